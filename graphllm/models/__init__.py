@@ -1,0 +1,1 @@
+"""graphllm.models"""
