@@ -1,0 +1,377 @@
+"""ComputeGraph (the model-description class users subclass) and Graph (the recorded dataflow graph).
+
+A model's ``build()`` calls op methods such as ``self.Linear(...)`` on ``self.data[...]`` and
+``self.weight[...]`` handles. Recording turns those calls into a networkx MultiDiGraph in SSA form:
+one node per op, one edge per value read (keyed by the consumer's port), a new node each time a
+data name is written, and the user's file and line on every node.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping
+
+import networkx as nx
+
+from ..errors import GraphBuildError
+from . import ops as O
+from .inputs import CACHE_PREFIXES, OUTPUT, input_types
+from .types import TensorType
+
+INPUT_OP = "Input"
+WEIGHT_OP = "Weight"
+_DSL_DIR = os.path.dirname(os.path.abspath(__file__))
+TIED_FALLBACK = {"lm_head.weight": "model.embed_tokens.weight"}
+
+
+@dataclass(frozen=True)
+class SourceLoc:
+    """Where in the user's model file an op was called."""
+
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+def caller_loc() -> SourceLoc | None:
+    """The first stack frame outside graphllm.dsl: the line of the user's model file."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not path.startswith(_DSL_DIR + os.sep):
+            return SourceLoc(frame.f_code.co_filename, frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+class GraphData:
+    """``self.data[name]``: a named intermediate value; ``data["a."][i]`` concatenates names."""
+
+    def __init__(self, pre: str = "") -> None:
+        self.pre = pre
+
+    def __getitem__(self, index: Any) -> "GraphData":
+        return GraphData(self.pre + str(index))
+
+    def __repr__(self) -> str:
+        return f"data[{self.pre!r}]"
+
+
+class GraphWeight:
+    """``self.weight[name]``: a checkpoint tensor; ``weight["a."][i][".b"]`` concatenates names."""
+
+    def __init__(self, pre: str = "") -> None:
+        self.pre = pre
+
+    def __getitem__(self, index: Any) -> "GraphWeight":
+        return GraphWeight(self.pre + str(index))
+
+    def __repr__(self) -> str:
+        return f"weight[{self.pre!r}]"
+
+
+class ModelConfig(dict):
+    """config.json as a dict; a missing key is an error naming the key and the model file's line."""
+
+    def __missing__(self, key: Any) -> Any:
+        loc = caller_loc()
+        raise GraphBuildError(f"{loc}: config has no key {key!r}"
+                              + _suggest(str(key), [str(k) for k in self]))
+
+
+def _suggest(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+
+
+class Graph:
+    """The dataflow graph: op nodes in a networkx MultiDiGraph; edge key = the consumer's port.
+
+    Node attributes: ``op`` (name), ``attrs`` (dict), ``type`` (TensorType of its one output, or
+    None), ``name`` (the user's data/weight/input name), ``loc`` (SourceLoc or None).
+    """
+
+    def __init__(self, config: Mapping[str, Any] | None = None) -> None:
+        self.nx = nx.MultiDiGraph()
+        self.config: dict[str, Any] = dict(config or {})
+        self.outputs: dict[str, str] = {}
+
+    def add(self, node_id: str, op: str, attrs: dict[str, Any] | None = None, *, name: str = "",
+            loc: SourceLoc | None = None, type: TensorType | None = None,
+            inputs: Mapping[str, str] | None = None) -> str:
+        """Add an op node and the edges of the values it reads."""
+        if node_id in self.nx:
+            raise ValueError(f"node {node_id} exists")
+        self.nx.add_node(node_id, op=op, attrs=dict(attrs or {}), name=name, loc=loc, type=type)
+        for port, src in (inputs or {}).items():
+            self.nx.add_edge(src, node_id, key=port)
+        return node_id
+
+    def __contains__(self, node_id: str) -> bool:
+        return node_id in self.nx
+
+    def __getitem__(self, node_id: str) -> dict[str, Any]:
+        return self.nx.nodes[node_id]
+
+    def __len__(self) -> int:
+        return self.nx.number_of_nodes()
+
+    def inputs(self, node_id: str) -> dict[str, str]:
+        """Port -> producing node, in the op spec's port order."""
+        found = {port: src for src, _, port in self.nx.in_edges(node_id, keys=True)}
+        spec = O.get_spec(self[node_id]["op"])
+        if spec is None:
+            return found
+        return {p.name: found[p.name] for p in spec.input_ports if p.name in found}
+
+    def users(self, node_id: str) -> list[tuple[str, str]]:
+        """(consumer node, port) pairs reading this node's value."""
+        return [(dst, port) for _, dst, port in self.nx.out_edges(node_id, keys=True)]
+
+    def order(self) -> list[str]:
+        """Topological order, ties broken by insertion order (so it is the order ops were recorded)."""
+        rank = {n: i for i, n in enumerate(self.nx.nodes)}
+        return list(nx.lexicographical_topological_sort(self.nx, key=rank.__getitem__))
+
+    def nodes_of(self, op: str) -> Iterator[str]:
+        """Every node of one op type, in insertion order."""
+        return (n for n, d in self.nx.nodes(data=True) if d["op"] == op)
+
+    def copy(self) -> "Graph":
+        """A deep copy (passes return new graphs, never edit their input)."""
+        g = Graph(copy.deepcopy(self.config))
+        g.nx = self.nx.copy()
+        for n in g.nx.nodes:
+            g.nx.nodes[n]["attrs"] = dict(g.nx.nodes[n]["attrs"])
+        g.outputs = dict(self.outputs)
+        return g
+
+    def where(self, node_id: str) -> str:
+        """A node described for error messages: 'file.py:12: Linear -> data['q']'."""
+        d = self[node_id]
+        loc = f"{d['loc']}: " if d["loc"] else ""
+        return f"{loc}{d['op']}" + (f" -> {d['name']!r}" if d["name"] else "")
+
+
+class _Recorder:
+    """Records op calls of one build() into a Graph."""
+
+    def __init__(self, graph: Graph, weight_types: Mapping[str, TensorType]) -> None:
+        self.graph = graph
+        self.weight_types = weight_types
+        self.current: dict[str, str] = {}
+        self.versions: dict[str, int] = {}
+        self.count = 0
+
+    def read_data(self, handle: Any, op: str, port: str, loc: SourceLoc | None) -> str:
+        if not isinstance(handle, GraphData):
+            raise GraphBuildError(f"{loc}: {op}: port {port!r} expects data[...], got {handle!r}")
+        name = handle.pre
+        if name in self.current:
+            return self.current[name]
+        if name.startswith(CACHE_PREFIXES):
+            raise GraphBuildError(f"{loc}: {op}: data[{name!r}] is a KV cache handle; only "
+                                  f"FusedAttention's k/v ports take it")
+        if name in input_types({"max_positions": 1, "head_dim": 2}):
+            node = self.graph.add(f"${name}", INPUT_OP, {"name": name}, name=name)
+            self.current[name] = node
+            return node
+        raise GraphBuildError(f"{loc}: {op}: data[{name!r}] is read before anything writes it"
+                              + _suggest(name, list(self.current)))
+
+    def read_weight(self, handle: Any, op: str, port: str, optional: bool, loc: SourceLoc | None) -> str | None:
+        if not isinstance(handle, GraphWeight):
+            if optional and handle is None:
+                return None
+            raise GraphBuildError(f"{loc}: {op}: port {port!r} expects weight[...], got {handle!r}")
+        name = handle.pre
+        if name not in self.weight_types:
+            if optional:
+                return None
+            fallback = TIED_FALLBACK.get(name)
+            if fallback in self.weight_types:
+                name = fallback
+            else:
+                raise GraphBuildError(f"{loc}: {op}: weight {name!r} is not in the checkpoint"
+                                      + _suggest(name, list(self.weight_types)))
+        node = f"@{name}"
+        if node not in self.graph:
+            self.graph.add(node, WEIGHT_OP, {"name": name}, name=name, type=self.weight_types[name])
+        return node
+
+    def write(self, name: str) -> str:
+        version = self.versions.get(name, -1) + 1
+        self.versions[name] = version
+        node = f"%{name}" if version == 0 else f"%{name}#{version}"
+        self.current[name] = node
+        return node
+
+    def record(self, spec: O.OpSpec, args: tuple, kwargs: dict) -> None:
+        loc = caller_loc()
+        bound = _bind(spec, args, kwargs, loc)
+        inputs: dict[str, str] = {}
+        attrs: dict[str, Any] = {}
+        out_name = None
+        for p in spec.params:
+            value = bound.get(p.name)
+            if p.kind in (O.IN, O.INOUT):
+                inputs[p.name] = self.read_data(value, spec.name, p.name, loc)
+                if p.kind == O.INOUT:
+                    out_name = value.pre
+            elif p.kind == O.WEIGHT:
+                node = self.read_weight(value, spec.name, p.name, p.optional, loc)
+                if node is not None:
+                    inputs[p.name] = node
+            elif p.kind == O.OUT:
+                if not isinstance(value, GraphData) or not value.pre:
+                    raise GraphBuildError(f"{loc}: {spec.name}: port {p.name!r} expects data[...], got {value!r}")
+                out_name = value.pre
+            elif p.kind == O.ATTR:
+                attrs[p.name] = _attr(value, p, spec.name, loc)
+            elif p.kind == O.CACHE:
+                attrs.setdefault("layer", _cache_layer(value, spec.name, p.name, loc))
+                if attrs["layer"] != _cache_layer(value, spec.name, p.name, loc):
+                    raise GraphBuildError(f"{loc}: {spec.name}: k and v name different layers' caches")
+        if out_name is not None:
+            node = self.write(out_name)
+        else:
+            self.count += 1
+            node = f"!{spec.name}#{self.count}"
+        self.graph.add(node, spec.name, attrs, name=out_name or "", loc=loc, inputs=inputs)
+
+
+def _bind(spec: O.OpSpec, args: tuple, kwargs: dict, loc: SourceLoc | None) -> dict[str, Any]:
+    names = [p.name for p in spec.params]
+    if len(args) > len(names):
+        raise GraphBuildError(f"{loc}: {spec.name} takes {len(names)} arguments ({', '.join(names)}), "
+                              f"got {len(args)}")
+    bound = dict(zip(names, args))
+    for k, v in kwargs.items():
+        if k not in names:
+            raise GraphBuildError(f"{loc}: {spec.name} has no parameter {k!r} (it takes {', '.join(names)})")
+        if k in bound:
+            raise GraphBuildError(f"{loc}: {spec.name}: parameter {k!r} given twice")
+        bound[k] = v
+    for p in spec.params:
+        if p.name not in bound:
+            if p.kind == O.ATTR and p.default is not None:
+                bound[p.name] = p.default
+            elif not (p.optional or p.kind == O.IGNORED):
+                raise GraphBuildError(f"{loc}: {spec.name} is missing its argument {p.name!r}")
+    return bound
+
+
+def _attr(value: Any, p: O.Param, op: str, loc: SourceLoc | None) -> Any:
+    if isinstance(value, (GraphData, GraphWeight)):
+        raise GraphBuildError(f"{loc}: {op}: {p.name!r} is a constant ({p.type.__name__}), got {value!r}")
+    try:
+        if p.type is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not a whole number")
+        return p.type(value) if p.type else value
+    except (TypeError, ValueError) as e:
+        raise GraphBuildError(f"{loc}: {op}: {p.name!r} must be {p.type.__name__}, got {value!r} ({e})")
+
+
+def _cache_layer(value: Any, op: str, port: str, loc: SourceLoc | None) -> int:
+    name = value.pre if isinstance(value, GraphData) else None
+    for prefix in CACHE_PREFIXES:
+        if name and name.startswith(prefix) and name[len(prefix):].isdigit():
+            return int(name[len(prefix):])
+    raise GraphBuildError(f"{loc}: {op}: port {port!r} expects data['pastKey.'][i] / data['pastValue.'][i], "
+                          f"got {value!r}")
+
+
+def _op_method(spec: O.OpSpec) -> Callable[..., None]:
+    def method(self: "ComputeGraph", *args: Any, **kwargs: Any) -> None:
+        if self._recorder is None:
+            raise GraphBuildError(f"{caller_loc()}: {spec.name} called outside build()")
+        self._recorder.record(spec, args, kwargs)
+
+    method.__name__ = spec.name
+    method.__doc__ = spec.doc
+    return method
+
+
+class ComputeGraph:
+    """Base class of model descriptions: subclass it, write ``build()``, end the file with ``__model__``."""
+
+    def __init__(self) -> None:
+        self.weight = GraphWeight()
+        self.data = GraphData()
+        self.config: ModelConfig = ModelConfig()
+        self.graph: list[dict[str, Any]] = []
+        self._recorder: _Recorder | None = None
+
+    def build(self) -> None:
+        """Describe the model by calling op methods; subclasses override it."""
+        raise NotImplementedError
+
+
+for _spec in O.REGISTRY.values():
+    setattr(ComputeGraph, _spec.name, _op_method(_spec))
+
+
+def trace(model: type[ComputeGraph] | ComputeGraph, config: Mapping[str, Any],
+          weight_types: Mapping[str, TensorType], *, notes: list[str] | None = None) -> Graph:
+    """Run a description's build() and return the recorded graph (types are set by the verify pass)."""
+    instance = model() if isinstance(model, type) else model
+    instance.config = ModelConfig(copy.deepcopy(dict(config)))
+    instance.weight, instance.data = GraphWeight(), GraphData()
+    graph = Graph()
+    recorder = instance._recorder = _Recorder(graph, weight_types)
+    try:
+        instance.build()
+    except GraphBuildError:
+        raise
+    except Exception as e:
+        raise GraphBuildError(f"{_user_frame(e, type(instance))}: build() failed: {type(e).__name__}: {e}") from e
+    finally:
+        instance._recorder = None
+    cfg = dict(instance.config)
+    if "max_positions" not in cfg:
+        for key in ("max_position_embeddings", "seq_length"):
+            if key in cfg:
+                cfg["max_positions"] = int(cfg[key])
+                if notes is not None:
+                    notes.append(f"max_positions not set by the model file: using config {key} = {cfg[key]}")
+                break
+        else:
+            raise GraphBuildError(f"{_class_file(type(instance))}: set config['max_positions'] in build() "
+                                  f"(the config has no max_position_embeddings or seq_length)")
+    graph.config = cfg
+    if OUTPUT not in recorder.current:
+        raise GraphBuildError(f"{_class_file(type(instance))}: build() never writes data[{OUTPUT!r}], "
+                              f"the model's output")
+    graph.outputs[OUTPUT] = recorder.current[OUTPUT]
+    return graph
+
+
+def _class_file(cls: type) -> str:
+    import inspect
+
+    try:
+        return f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
+    except (OSError, TypeError):
+        return cls.__name__
+
+
+def _user_frame(e: BaseException, cls: type) -> str:
+    """file:line of the deepest traceback frame in the model's own file, for errors inside build()."""
+    import inspect
+    import traceback
+
+    try:
+        target = os.path.abspath(inspect.getsourcefile(cls) or "")
+    except TypeError:
+        target = ""
+    loc = _class_file(cls)
+    for fs in traceback.extract_tb(e.__traceback__):
+        if os.path.abspath(fs.filename) == target:
+            loc = f"{fs.filename}:{fs.lineno}"
+    return loc

@@ -1,0 +1,73 @@
+"""The numpy reference executor: runs a verified graph op by op from the op specs.
+
+It is the oracle for every kernel and every pass. It keeps a contiguous KV cache per layer,
+``[slots, max_context, kv_heads, head_dim]``, and serves prefill (many tokens) and decode (one).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from . import ops as O
+from .graph import INPUT_OP, WEIGHT_OP, Graph
+from .inputs import OUTPUT, rope_tables
+
+
+class ReferenceExecutor:
+    """Executes a graph (after the verify pass) with numpy."""
+
+    def __init__(self, graph: Graph, weights: Mapping[str, np.ndarray], *, max_context: int,
+                 num_slots: int = 1) -> None:
+        self.graph = graph
+        self.order = graph.order()
+        self.max_context = max_context
+        self.weights = {n: np.ascontiguousarray(weights[graph[n]["attrs"]["name"]], dtype=np.float32)
+                        for n in graph.nodes_of(WEIGHT_OP)}
+        self.sin, self.cos = rope_tables(graph.config)
+        self.caches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for n in graph.nodes_of("FusedAttention"):
+            t = graph[graph.inputs(n)["curk"]]["type"]
+            shape = (num_slots, max_context) + tuple(t.shape[1:])
+            self.caches[graph[n]["attrs"]["layer"]] = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        self.last_use = {}
+        for i, n in enumerate(self.order):
+            for src in graph.inputs(n).values():
+                self.last_use[src] = i
+
+    def run(self, input_ids: Sequence[int] | np.ndarray, positions: Sequence[int] | np.ndarray,
+            seq_lens: Sequence[int] | np.ndarray, slots: Sequence[int] | np.ndarray) -> np.ndarray:
+        """One step over packed sequences: returns the logits of each sequence's last token [B, vocab]."""
+        feeds = {
+            "inputIds": np.asarray(input_ids, np.int32),
+            "positionIds": np.asarray(positions, np.int32),
+            "seqLens": np.asarray(seq_lens, np.int32),
+            "attentionMask": np.zeros(len(input_ids), np.int32),
+            "sin": self.sin,
+            "cos": self.cos,
+            "atype": np.zeros((), np.float32),
+        }
+        ctx = O.RefContext(caches=self.caches, seq_lens=feeds["seqLens"], slots=np.asarray(slots, np.int64),
+                           positions=feeds["positionIds"])
+        values: dict[str, np.ndarray] = {}
+        out_node = self.graph.outputs[OUTPUT]
+        for i, n in enumerate(self.order):
+            d = self.graph[n]
+            if d["op"] == INPUT_OP:
+                values[n] = feeds[d["attrs"]["name"]]
+                continue
+            if d["op"] == WEIGHT_OP:
+                values[n] = self.weights[n]
+                continue
+            spec = O.get_spec(d["op"])
+            ports = self.graph.inputs(n)
+            args = {port: values[src] for port, src in ports.items()}
+            ctx.names = {port: self.graph[src]["name"] for port, src in ports.items()}
+            result = spec.reference(args, d["attrs"], ctx)
+            if result is not None:
+                values[n] = result
+            for src in ports.values():
+                if self.last_use.get(src) == i and src != out_node and self.graph[src]["op"] != WEIGHT_OP:
+                    values.pop(src, None)
+        return values[out_node]
