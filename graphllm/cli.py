@@ -1,0 +1,121 @@
+"""The `graphllm` command: run, chat (more subcommands arrive with their issues)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import GraphLLMError
+from .runtime.sampling import SamplingParams
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Flags that pick and shape the model: shared by every subcommand that loads one."""
+    p.add_argument("-m", "--model", "-p", "--path", dest="model", default=None,
+                   help="an HF folder or a .gguf file (default: SmolLM2-135M-Instruct, downloaded once)")
+    p.add_argument("--custom", default=None, help="a ComputeGraph file whose __model__ replaces the built-in description")
+    p.add_argument("--max-context", type=int, default=None, help="KV cache length in tokens (default: min(model, 4096))")
+    p.add_argument("--executor", default="reference", choices=["reference"], help="what runs the graph")
+    p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: physical cores)")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 128) -> None:
+    """Sampling flags as llama.cpp users know them; temperature 0 (the default) is greedy."""
+    p.add_argument("--temperature", "--temp", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
+
+
+def sampling_from_args(a: argparse.Namespace) -> SamplingParams:
+    """SamplingParams from parsed flags (validated)."""
+    return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                          repetition_penalty=a.repetition_penalty, seed=a.seed, max_tokens=a.max_tokens,
+                          stop=list(a.stop), ignore_eos=a.ignore_eos).validate()
+
+
+def load_llm(a: argparse.Namespace):
+    """Load the model the flags name, printing the loader's notes to stderr."""
+    from .runtime.llm import LLM
+
+    llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context)
+    for note in llm.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return llm
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    """Complete a prompt, streaming the text to stdout."""
+    params = sampling_from_args(a)
+    llm = load_llm(a)
+    prompt = a.prompt if a.prompt is not None else sys.stdin.read()
+    if a.chat_template:
+        prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+    if a.echo:
+        sys.stdout.write(prompt)
+    for chunk in llm.stream(prompt, params):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(a: argparse.Namespace) -> int:
+    """Interactive chat with the model's chat template; keeps history; /reset and /exit."""
+    from .chat import chat_loop
+
+    params = sampling_from_args(a)
+    return chat_loop(load_llm(a), params, system=a.system)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(prog="graphllm", description="Describe an LLM as a compute graph; run it.")
+    parser.add_argument("--version", action="version", version=f"graphllm {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="complete a prompt (greedy by default)")
+    run.add_argument("prompt", nargs="?", default=None, help="the prompt (default: read stdin)")
+    run.add_argument("--chat-template", action="store_true", help="wrap the prompt as one user chat turn")
+    run.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    add_model_args(run)
+    add_sampling_args(run)
+    run.set_defaults(func=cmd_run)
+
+    chat = sub.add_parser("chat", help="interactive chat (/reset clears history, /exit quits)")
+    chat.add_argument("--system", default=None, help="system message")
+    add_model_args(chat)
+    add_sampling_args(chat, max_tokens=512)
+    chat.set_defaults(func=cmd_chat)
+    return parser
+
+
+def run_main(func: Callable[[], int]) -> int:
+    """Run a command body: user errors print one line and exit 2, Ctrl-C exits 130, never a traceback."""
+    try:
+        return func()
+    except GraphLLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `graphllm` console script."""
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    return run_main(lambda: a.func(a))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""LLM: a loaded model, its graph and an executor, with prefill/decode steps and text generation."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from ..dsl.graph import ComputeGraph, Graph, trace
+from ..dsl.modelfile import load_model_file
+from ..dsl.reference import ReferenceExecutor
+from ..dsl.types import TensorType
+from ..errors import GenerationError
+from ..models import builtin_model
+from ..passes.verify import verify
+from . import generate
+from .loader import LoadedModel, load_model
+from .sampling import SamplingParams
+
+DEFAULT_MAX_CONTEXT = 4096
+
+
+def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
+                custom: str | os.PathLike | None = None, notes: list[str] | None = None) -> Graph:
+    """Trace the model description (a custom file, else the built-in one for the config) and verify it."""
+    description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
+    return verify(trace(description, config, weight_types, notes=notes))
+
+
+@dataclass
+class Completion:
+    """A finished generation."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str
+
+
+class LLM:
+    """The Python API: ``LLM.load(path).complete("The capital of France is")``."""
+
+    def __init__(self, model: LoadedModel, graph: Graph, executor: Any, max_context: int,
+                 notes: list[str]) -> None:
+        self.model = model
+        self.graph = graph
+        self.executor = executor
+        self.max_context = max_context
+        self.notes = notes
+        self._cached: dict[int, list[int]] = {}
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, *, custom: str | os.PathLike | None = None,
+             executor: str = "reference", max_context: int | None = None, num_slots: int = 1) -> "LLM":
+        """Load weights and tokenizer, build the graph and an executor (``reference`` = numpy)."""
+        model = load_model(path)
+        notes: list[str] = []
+        weights = {name: model.weights[name] for name in model.weights}
+        graph = build_graph(model.config, {k: TensorType(tuple(v.shape)) for k, v in weights.items()},
+                            custom, notes)
+        limit = int(graph.config["max_positions"])
+        ctx = min(limit, max_context or DEFAULT_MAX_CONTEXT)
+        if max_context and max_context > limit:
+            notes.append(f"--max-context {max_context} exceeds the model's {limit} positions: using {limit}")
+        if executor != "reference":
+            raise GenerationError(f"unknown executor {executor!r} (available: reference)")
+        runner = ReferenceExecutor(graph, weights, max_context=ctx, num_slots=num_slots)
+        return cls(model, graph, runner, ctx, notes)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
+
+    def step(self, ids: Sequence[int], positions: Sequence[int], seq_lens: Sequence[int],
+             slots: Sequence[int]) -> np.ndarray:
+        """One forward step over packed sequences; logits of each sequence's last token [B, vocab]."""
+        return self.executor.run(ids, positions, seq_lens, slots)
+
+    def prefill(self, ids: Sequence[int], slot: int = 0) -> np.ndarray:
+        """Run a prompt into a slot's cache, reusing the prefix already cached there; last logits [vocab]."""
+        generate.check_prompt(len(ids), self.max_context)
+        cached = self._cached.get(slot, [])
+        n = 0
+        for a, b in zip(cached, ids):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(ids) - 1)
+        self._cached[slot] = list(ids)
+        return self.step(ids[n:], range(n, len(ids)), [len(ids) - n], [slot])[0]
+
+    def decode(self, token: int, position: int, slot: int = 0) -> np.ndarray:
+        """Run one token at a position of a slot; its logits [vocab]."""
+        return self.step([token], [position], [1], [slot])[0]
+
+    def note_cached(self, slot: int, ids: list[int]) -> None:
+        """Record which ids a slot's cache now holds (for prefix reuse by the next prefill)."""
+        self._cached[slot] = list(ids)
+
+    def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
+        """Token ids of a prompt given as text or ids."""
+        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
+               slot: int = 0) -> Iterator[generate.Chunk]:
+        """Stream the generation for a prompt, chunk by chunk."""
+        return generate.stream(self, self.encode_prompt(prompt), params or SamplingParams(), slot)
+
+    def complete(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Completion:
+        """Generate to the end and return the whole completion."""
+        ids = self.encode_prompt(prompt)
+        tokens: list[int] = []
+        parts: list[str] = []
+        finish = "length"
+        for chunk in generate.stream(self, ids, params or SamplingParams()):
+            parts.append(chunk.text)
+            if chunk.token is not None:
+                tokens.append(chunk.token)
+            if chunk.finish_reason:
+                finish = chunk.finish_reason
+        return Completion("".join(parts), tokens, len(ids), finish)

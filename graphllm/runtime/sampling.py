@@ -1,0 +1,73 @@
+"""Token sampling: greedy, temperature, top-k, top-p, repetition penalty, seeded."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import GenerationError
+
+
+@dataclass
+class SamplingParams:
+    """How to pick each next token and when to stop. temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    max_tokens: int = 128
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def validate(self) -> "SamplingParams":
+        """Raise GenerationError naming the first bad value."""
+        checks = [
+            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0"),
+            (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
+             "repetition_penalty must be > 0 (1 = off)"),
+            (self.max_tokens >= 0, "max_tokens must be >= 0"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise GenerationError(f"{message}, got {self!r}")
+        return self
+
+
+class Sampler:
+    """Picks the next token from one sequence's logits; owns its random generator."""
+
+    def __init__(self, params: SamplingParams) -> None:
+        self.params = params.validate()
+        self.rng = np.random.default_rng(params.seed)
+
+    def __call__(self, logits: np.ndarray, history: list[int] | None = None) -> int:
+        """The next token id given the logits [vocab] and the ids so far (for the repetition penalty)."""
+        p = self.params
+        if p.repetition_penalty != 1.0 and history:
+            logits = logits.copy()
+            seen = np.unique(np.asarray(history, dtype=np.int64))
+            vals = logits[seen]
+            logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.temperature == 0.0:
+            return int(np.argmax(logits))
+        scaled = logits.astype(np.float64) / p.temperature
+        if p.top_k and p.top_k < scaled.size:
+            idx = np.argpartition(-scaled, p.top_k - 1)[:p.top_k]
+        else:
+            idx = np.arange(scaled.size)
+        vals = scaled[idx]
+        order = np.argsort(-vals, kind="stable")
+        idx, vals = idx[order], vals[order]
+        probs = np.exp(vals - vals[0])
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
+            idx, probs = idx[:keep], probs[:keep] / probs[:keep].sum()
+        return int(idx[self.rng.choice(idx.size, p=probs)])
