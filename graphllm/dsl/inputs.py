@@ -47,10 +47,11 @@ def input_types(config: dict[str, Any]) -> dict[str, TensorType]:
 def rope_inv_freq(config: dict[str, Any]) -> np.ndarray:
     """Inverse frequencies of every rotated pair, with the config's rope_scaling applied."""
     pairs = rotary_pairs(config)
-    theta = float(config.get("rope_theta", 10000.0))
+    params = config.get("rope_parameters") or {}
+    theta = float(config.get("rope_theta", params.get("rope_theta", 10000.0)))
     exponent = np.arange(0, 2 * pairs, 2).astype(np.float32) / np.float32(2 * pairs)
     inv = (1.0 / np.power(np.float32(theta), exponent)).astype(np.float32)
-    scaling = config.get("rope_scaling") or {}
+    scaling = config.get("rope_scaling") or params
     kind = scaling.get("rope_type", scaling.get("type", "default"))
     if kind == "default":
         return inv
