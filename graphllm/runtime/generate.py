@@ -70,6 +70,7 @@ def stream(llm: "LLM", prompt_ids: list[int], params: SamplingParams, slot: int 
     logits = llm.prefill(prompt_ids, slot)
     cached = len(prompt_ids)
     finish = "length"
+    stopped = False
     generated = 0
     while generated < params.max_tokens:
         token = sampler(logits, history)
@@ -89,4 +90,8 @@ def stream(llm: "LLM", prompt_ids: list[int], params: SamplingParams, slot: int 
         logits = llm.decode(token, cached, slot)
         cached += 1
     llm.note_cached(slot, history[:cached])
-    yield Chunk(None, stops.flush() if finish == "length" else "", finish)
+    tail = ""
+    if not stopped:
+        tail, stopped = stops.feed(decoder.flush())
+        tail += "" if stopped else stops.flush()
+    yield Chunk(None, tail, finish)
