@@ -352,24 +352,23 @@ def trace(model: type[ComputeGraph] | ComputeGraph, config: Mapping[str, Any],
     return graph
 
 
-def _class_file(cls: type) -> str:
-    import inspect
+def _build_code(cls: type):
+    """The code object of the class's build() (its file is the model file, even for exec'd modules)."""
+    build = getattr(cls, "build", None)
+    return getattr(build, "__code__", None)
 
-    try:
-        return f"{inspect.getsourcefile(cls)}:{inspect.getsourcelines(cls)[1]}"
-    except (OSError, TypeError):
-        return cls.__name__
+
+def _class_file(cls: type) -> str:
+    code = _build_code(cls)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else cls.__name__
 
 
 def _user_frame(e: BaseException, cls: type) -> str:
     """file:line of the deepest traceback frame in the model's own file, for errors inside build()."""
-    import inspect
     import traceback
 
-    try:
-        target = os.path.abspath(inspect.getsourcefile(cls) or "")
-    except TypeError:
-        target = ""
+    code = _build_code(cls)
+    target = os.path.abspath(code.co_filename) if code else ""
     loc = _class_file(cls)
     for fs in traceback.extract_tb(e.__traceback__):
         if os.path.abspath(fs.filename) == target:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..dsl import ops as O
 from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from ..dsl.inputs import OUTPUT, input_types
+from ..dsl.types import SEQS
 from ..errors import GraphBuildError
 
 
@@ -41,7 +42,7 @@ def verify(graph: Graph) -> Graph:
     if out is None:
         raise GraphBuildError(f"the graph has no {OUTPUT!r} output")
     t = g[out]["type"]
-    if t is None or t.rank != 2 or not t.dtype.startswith("float"):
+    if t is None or t.rank != 2 or t.shape[0] != SEQS or not t.dtype.startswith("float"):
         raise GraphBuildError(f"{g.where(out)}: {OUTPUT!r} must be a float [sequences, vocab] tensor, got {t} "
                               f"(did you forget SplitLastTokenStates?)")
     return g
