@@ -8,6 +8,7 @@ from graphllm.dsl.graph import ComputeGraph
 class LlamaModel(ComputeGraph):
     def build(self):
         weight, data, config = self.weight, self.data, self.config
+        config["max_positions"] = config["max_position_embeddings"]
         head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
         eps = config["rms_norm_eps"]
         self.Embedding(data["inputIds"], weight["model.embed_tokens.weight"], data["hiddenStates"])

@@ -1,0 +1,96 @@
+"""The command line on the tiny fixture model: run, chat, python -m graphllm.chat, and bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from graphllm.cli import main
+
+TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
+EXPECTED = json.loads((TINY / "expected.json").read_text())
+
+
+def cli(*args, stdin=""):
+    return subprocess.run([sys.executable, "-m", "graphllm.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_run_streams_the_greedy_completion(capsys):
+    from graphllm.runtime.llm import LLM
+    from graphllm.runtime.sampling import SamplingParams
+
+    expected = LLM.load(TINY).complete("Hello", SamplingParams(max_tokens=8, ignore_eos=True)).text
+    assert main(["run", "-m", str(TINY), "Hello", "-n", "8", "--ignore-eos"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_run_sampling_flags_are_seeded(capsys):
+    args = ["run", "-m", str(TINY), "Hello", "-n", "8", "--ignore-eos", "--temperature", "1.5",
+            "--top-k", "50", "--top-p", "0.9", "--repetition-penalty", "1.2", "--seed", "7"]
+    main(args)
+    first = capsys.readouterr().out
+    main(args)
+    assert capsys.readouterr().out == first
+    main(args[:-1] + ["8"])
+    assert capsys.readouterr().out != first
+
+
+def test_run_stop_string(capsys):
+    main(["run", "-m", str(TINY), "Hello", "-n", "12", "--ignore-eos"])
+    full = capsys.readouterr().out.rstrip("\n")
+    stop = full[3:5]
+    main(["run", "-m", str(TINY), "Hello", "-n", "12", "--ignore-eos", "--stop", stop])
+    assert capsys.readouterr().out.rstrip("\n") == full[:full.find(stop)]
+
+
+def test_chat_keeps_history_and_resets():
+    r = cli("chat", "-m", str(TINY), "-n", "4", stdin="hi\nagain\n/reset\nhi\n/exit\nnever read\n")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert "(conversation cleared)" in lines
+    replies = [line for line in lines if line != "(conversation cleared)"]
+    assert len(replies) == 3 and replies[0] == replies[2]  # after /reset the same turn gives the same reply
+
+
+def test_python_m_graphllm_chat_fastllm_style():
+    r = subprocess.run([sys.executable, "-m", "graphllm.chat", "-t", "2", "-p", str(TINY), "-n", "3"],
+                       input="hi\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "-m", "/nonexistent/model", "x"], "/nonexistent/model"),
+    (["run", "-m", str(TINY), "x", "--custom", "/nonexistent/m.py"], "does not exist"),
+    (["run", "-m", str(TINY), "x", "--top-p", "0"], "top_p"),
+    (["run", "-m", str(TINY), "x" * 3000, "--max-context", "64"], "context holds 64"),
+])
+def test_bad_input_is_one_clear_line(args, needle):
+    r = cli(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert needle in r.stderr and r.stderr.splitlines()[-1].startswith("error: ")
+
+
+def test_broken_model_folders(tmp_path):
+    bad_json = tmp_path / "bad_json"
+    bad_json.mkdir()
+    (bad_json / "config.json").write_text('{"model_type": "llama",')
+    no_weights = tmp_path / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((TINY / "config.json").read_text())
+    alien = tmp_path / "alien"
+    alien.mkdir()
+    for f in TINY.iterdir():
+        (alien / f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((TINY / "config.json").read_text())
+    cfg.update(model_type="mamba", architectures=["MambaForCausalLM"])
+    (alien / "config.json").write_text(json.dumps(cfg))
+    for folder, needle in [(bad_json, "config.json"), (no_weights, "safetensors"), (alien, "mamba"),
+                           (tmp_path, "config.json")]:
+        r = cli("run", "-m", str(folder), "x")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert needle in r.stderr, r.stderr
