@@ -1,0 +1,66 @@
+"""The one entry point for models: `load_model(path)` for an HF folder, a .gguf file or the default model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from graphllm.errors import ModelLoadError
+from graphllm.runtime import download
+from graphllm.runtime.gguf_loader import open_gguf
+from graphllm.runtime.hf_loader import open_hf_folder
+from graphllm.runtime.tokenizer import Tokenizer
+
+_EXPECTED = "expected a .gguf file or a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for graph building: HF config, float32 HF-named weights (lazy), tokenizer."""
+
+    config: dict[str, Any]
+    weights: Mapping[str, np.ndarray]
+    tokenizer: Tokenizer | None  # None only for an HF folder without tokenizer.json
+    generation_config: dict[str, Any]
+    path: Path
+    file_type: str  # e.g. "gguf:Q4_1", "safetensors:bfloat16"
+
+
+def _load_gguf(path: Path) -> LoadedModel:
+    """A GGUF file: config and tokenizer from its metadata; eos ids include the chat template's end of turn."""
+    model = open_gguf(path)
+    tokenizer = Tokenizer.from_gguf(model.fields)
+    generation_config = {"eos_token_id": tokenizer.eos_token_ids}
+    if tokenizer.bos_token_id is not None:
+        generation_config["bos_token_id"] = tokenizer.bos_token_id
+    return LoadedModel(model.config, model.weights, tokenizer, generation_config, path, model.file_type)
+
+
+def _load_hf(path: Path) -> LoadedModel:
+    """An HF folder: config.json, safetensors, generation_config.json and tokenizer files."""
+    if not (path / "config.json").is_file():
+        what = "is empty" if not any(path.iterdir()) else "has no config.json"
+        raise ModelLoadError(f"{path}: the folder {what}; {_EXPECTED}")
+    model = open_hf_folder(path)
+    tokenizer = Tokenizer.from_hf_folder(path) if (path / "tokenizer.json").is_file() else None
+    generation_config = dict(model.generation_config)
+    if tokenizer is not None:
+        generation_config["eos_token_id"] = tokenizer.eos_token_ids
+    return LoadedModel(model.config, model.weights, tokenizer, generation_config, path, model.file_type)
+
+
+def load_model(path: str | os.PathLike[str] | None = None) -> LoadedModel:
+    """Load a model: None = the default (downloaded once), a folder = HF checkpoint, a .gguf file = GGUF."""
+    resolved = download.default_model_path() if path is None else Path(path).expanduser()
+    if resolved.is_dir():
+        return _load_hf(resolved)
+    if resolved.is_file() and resolved.suffix.lower() == ".gguf":
+        return _load_gguf(resolved)
+    if not resolved.exists():
+        raise ModelLoadError(f"{resolved}: no such file or folder; {_EXPECTED}")
+    raise ModelLoadError(f"{resolved}: unknown model file kind; {_EXPECTED}")
