@@ -64,7 +64,7 @@ def stream(llm: "LLM", prompt_ids: list[int], params: SamplingParams, slot: int 
     sampler = Sampler(params)
     check_prompt(len(prompt_ids), llm.max_context)
     eos = set() if params.ignore_eos else set(llm.tokenizer.eos_token_ids)
-    decoder = llm.tokenizer.stream_decoder()
+    decoder = llm.tokenizer.stream_decoder(prompt_ids)
     stops = StopMatcher(params.stop)
     history = list(prompt_ids)
     logits = llm.prefill(prompt_ids, slot)
