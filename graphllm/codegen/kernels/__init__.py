@@ -1,0 +1,1 @@
+"""Kernel definitions (TE/TIR) with their hand schedules, one module per kernel class."""

@@ -1,0 +1,220 @@
+"""Causal GQA attention over a contiguous float32 KV cache, and the cache write, as TIR PrimFuncs.
+
+Layouts (T tokens, S sequence slots and C context positions are symbolic int64 dims):
+  q [T, Hq, D], k_cache / v_cache [S, C, Hk, D], pos int32 [T], slot int32 [T], out [T, Hq*D].
+Query row t attends to positions 0..pos[t] of cache slot slot[t]; query head h reads kv head
+h // (Hq / Hk). The softmax is computed online (flash style, running max subtracted) over blocks
+of KEY_BLOCK keys, so any context length runs in fixed-size local buffers.
+
+The loop nests are written directly in TIR rather than scheduled from TE, because the key loop's
+extent depends on pos[t], which block-based schedules cannot express. The schedule is in the loops:
+- one parallel task per (token, key split); a task runs every head of its token over its key range,
+  so it streams the [keys, Hk, D] rows of the cache contiguously (each K/V byte is read once, and
+  the Hq/Hk query heads of a group reuse it from L1);
+- decode (few tokens): each token's keys are split into MIN_TASKS // T ranges (flash-decoding),
+  combined afterwards, so both threads work on one token;
+- prefill: tokens are visited in zigzag order (0, T-1, 1, T-2, ...) so the pool's contiguous static
+  chunks get equal causal work;
+- D is vectorized (8 lanes); KEY_UNROLL keys' dot products are interleaved (independent FMA
+  chains); exp is a vectorizable polynomial (`fast_exp`) instead of a libm call per lane.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tvm.tirx import Expr, PrimFunc
+
+KEY_BLOCK = 32  # keys per online-softmax block (scores kept in a local buffer)
+KEY_UNROLL = 4  # keys whose dot products are interleaved
+MIN_TASKS = 8  # split each token's keys until tokens x splits reaches this (decode parallelism)
+_NEG = -3.0e38  # "minus infinity" that stays finite through subtraction
+
+
+def _lanes(d: int) -> int:
+    """Return the vector width for the head dim: 8 floats (one ymm) if it divides d."""
+    return next(v for v in (8, 4, 2, 1) if d % v == 0)
+
+
+def fast_exp(x: Expr) -> Expr:
+    """Return a float32 exp(x) PrimExpr that vectorizes (Cephes polynomial, ~2 ulp; x <= -87 -> ~0).
+
+    LLVM lowers tirx.exp to one scalar libm call per lane (25% of attention time); this is FMAs.
+    """
+    from tvm import tirx
+
+    def f32(v: float) -> Expr:
+        """Return a float32 constant."""
+        return tirx.const(v, "float32")
+
+    x = tirx.max(tirx.min(x, f32(88.0)), f32(-87.0))
+    n = tirx.floor(x * f32(1.44269504088896341) + f32(0.5))
+    r = x - n * f32(0.693359375) + n * f32(2.12194440e-4)
+    p = f32(1.9875691500e-4)
+    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        p = p * r + f32(c)
+    p = p * r * r + r + f32(1.0)
+    two_n = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
+    return p * two_n
+
+
+def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> PrimFunc:
+    """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, out) of the module doc."""
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    hq, hk, d = num_q_heads, num_kv_heads, head_dim
+    if hq % hk:
+        raise ValueError(f"query heads {hq} must be a multiple of kv heads {hk}")
+    group, lanes, kb, unroll, min_tasks = hq // hk, _lanes(d), KEY_BLOCK, KEY_UNROLL, MIN_TASKS
+    chunks = d // lanes
+    scale = float(scale)
+    t_len, s_len, c_len = (tirx.Var(name, "int64") for name in ("T", "S", "C"))
+
+    @T.prim_func
+    def attention(
+        q: T.Buffer((t_len, hq, d), "float32"),
+        k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        pos: T.Buffer((t_len,), "int32"),
+        slot: T.Buffer((t_len,), "int32"),
+        out: T.Buffer((t_len, hq * d), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        n_split = T.max(T.int64(1), T.int64(min_tasks) // t_len)
+        # Partial results of each (token, head, split): acc[d], running max, running sum. Splits
+        # exist only while t_len * n_split <= min_tasks, hence the fixed size.
+        partial = T.alloc_buffer((min_tasks * hq * (d + 2),), "float32")
+        for task in T.parallel(t_len * n_split):
+            u = task // n_split
+            sp = task % n_split
+            t = T.Select(u % 2 == 0, u // 2, t_len - 1 - u // 2)  # zigzag over tokens
+            s = T.Cast("int64", slot[t])
+            n_keys = T.Cast("int64", pos[t]) + 1
+            per_split = (n_keys + n_split * kb - 1) // (n_split * kb) * kb
+            k_begin = T.min(sp * per_split, n_keys)
+            k_end = T.min(k_begin + per_split, n_keys)
+            qs = T.alloc_local((hq * d,), "float32")
+            acc = T.alloc_local((hq * d,), "float32")
+            run_max = T.alloc_local((hq,), "float32")
+            run_sum = T.alloc_local((hq,), "float32")
+            part = T.alloc_local((unroll * lanes,), "float32")
+            score = T.alloc_local((kb,), "float32")
+            tmp = T.alloc_local((2,), "float32")  # block max, rescale factor
+            for jj in T.vectorized(kb):
+                score[jj] = T.float32(0)
+            for h in range(hq):
+                for i in T.vectorized(d):
+                    qs[h * d + i] = q[t, h, i] * T.float32(scale)
+                    acc[h * d + i] = T.float32(0)
+                run_max[h] = T.float32(_NEG)
+                run_sum[h] = T.float32(0)
+            for jb in range((k_end - k_begin + kb - 1) // kb):
+                j0 = k_begin + jb * kb
+                nb = T.min(T.int64(kb), k_end - j0)
+                for h in range(hq):
+                    kvh = h // group
+                    # scores of keys j0 .. j0+nb for head h, KEY_UNROLL keys at a time
+                    for jq in range(nb // unroll):
+                        for u2, i in T.grid(unroll, lanes):
+                            part[u2 * lanes + i] = T.float32(0)
+                        for c in T.unroll(chunks):
+                            for u2 in T.unroll(unroll):
+                                for i in T.vectorized(lanes):
+                                    part[u2 * lanes + i] = (
+                                        part[u2 * lanes + i]
+                                        + qs[h * d + c * lanes + i]
+                                        * k_cache[s, j0 + jq * unroll + u2, kvh, c * lanes + i]
+                                    )
+                        for u2 in T.unroll(unroll):
+                            score[jq * unroll + u2] = T.float32(0)
+                            for i in T.unroll(lanes):
+                                score[jq * unroll + u2] = score[jq * unroll + u2] + part[u2 * lanes + i]
+                    for jj in range(nb // unroll * unroll, nb):
+                        for i in T.vectorized(lanes):
+                            part[i] = T.float32(0)
+                        for c in T.unroll(chunks):
+                            for i in T.vectorized(lanes):
+                                part[i] = part[i] + qs[h * d + c * lanes + i] * k_cache[s, j0 + jj, kvh, c * lanes + i]
+                        score[jj] = T.float32(0)
+                        for i in T.unroll(lanes):
+                            score[jj] = score[jj] + part[i]
+                    # online softmax: new running max, rescale, probabilities, weighted V
+                    tmp[0] = run_max[h]
+                    for jj in range(nb):
+                        tmp[0] = T.max(tmp[0], score[jj])
+                    tmp[1] = fast_exp(run_max[h] - tmp[0])
+                    run_max[h] = tmp[0]
+                    for jj in T.vectorized(kb):  # lanes >= nb are computed and never used
+                        score[jj] = fast_exp(score[jj] - tmp[0])
+                    run_sum[h] = run_sum[h] * tmp[1]
+                    for jj in range(nb):
+                        run_sum[h] = run_sum[h] + score[jj]
+                    for i in T.vectorized(d):
+                        acc[h * d + i] = acc[h * d + i] * tmp[1]
+                    for jj in range(nb):
+                        for i in T.vectorized(d):
+                            acc[h * d + i] = acc[h * d + i] + score[jj] * v_cache[s, j0 + jj, kvh, i]
+            for h in range(hq):
+                if n_split == 1:
+                    tmp[1] = T.float32(1) / run_sum[h]
+                    for i in T.vectorized(d):
+                        out[t, h * d + i] = acc[h * d + i] * tmp[1]
+                else:
+                    base = ((t * hq + h) * n_split + sp) * (d + 2)
+                    for i in T.vectorized(d):
+                        partial[base + i] = acc[h * d + i]
+                    partial[base + d] = run_max[h]
+                    partial[base + d + 1] = run_sum[h]
+        if n_split > 1:  # combine the key splits (a few tokens only, serial)
+            for th in range(t_len * hq):
+                comb = T.alloc_local((d,), "float32")
+                stats = T.alloc_local((3,), "float32")  # max, sum, weight
+                stats[0] = T.float32(_NEG)
+                for sp in range(n_split):
+                    stats[0] = T.max(stats[0], partial[(th * n_split + sp) * (d + 2) + d])
+                stats[1] = T.float32(0)
+                for i in T.vectorized(d):
+                    comb[i] = T.float32(0)
+                for sp in range(n_split):
+                    base = (th * n_split + sp) * (d + 2)
+                    stats[2] = fast_exp(partial[base + d] - stats[0])
+                    stats[1] = stats[1] + partial[base + d + 1] * stats[2]
+                    for i in T.vectorized(d):
+                        comb[i] = comb[i] + partial[base + i] * stats[2]
+                stats[2] = T.float32(1) / stats[1]
+                for i in T.vectorized(d):
+                    out[th // hq, th % hq * d + i] = comb[i] * stats[2]
+
+    return attention
+
+
+def kv_write_func(num_kv_heads: int, head_dim: int) -> PrimFunc:
+    """Return the PrimFunc kv_write(k_cur, v_cur, pos, slot, k_cache, v_cache), writing the caches in place.
+
+    k_cur, v_cur [T, Hk, D] go to k_cache / v_cache [slot[t], pos[t]]. Serial: a few KB per token
+    cost less than a thread-pool launch.
+    """
+    from tvm import tirx
+    from tvm.script import tirx as T
+
+    hk, d = num_kv_heads, head_dim
+    t_len, s_len, c_len = (tirx.Var(name, "int64") for name in ("T", "S", "C"))
+
+    @T.prim_func
+    def kv_write(
+        k_cur: T.Buffer((t_len, hk, d), "float32"),
+        v_cur: T.Buffer((t_len, hk, d), "float32"),
+        pos: T.Buffer((t_len,), "int32"),
+        slot: T.Buffer((t_len,), "int32"),
+        k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for t, h in T.grid(t_len, hk):
+            for i in T.vectorized(d):
+                k_cache[slot[t], pos[t], h, i] = k_cur[t, h, i]
+                v_cache[slot[t], pos[t], h, i] = v_cur[t, h, i]
+
+    return kv_write

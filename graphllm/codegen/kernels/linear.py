@@ -1,0 +1,118 @@
+"""float32 Linear y[T, N] = x[T, K] @ W[N, K]^T (+ b[N]) with symbolic T, as TVM PrimFuncs.
+
+Weight layout: W is packed once at load (`pack_weight`) from HF [N, K] into [N/nb, K, nb]
+(nb = 16 when N allows: two AVX2 vectors). One packed copy serves both kernels:
+- GEMV (`*_gemv`, T < GEMM_MIN_T): per nb-column block, stream its K x nb panel contiguously
+  and accumulate nb outputs in vector registers (no horizontal sums); parallel over blocks.
+- GEMM (`*_gemm`, T >= GEMM_MIN_T): a 6 x 16 register tile (12 ymm accumulators) per
+  (row tile, column block), broadcast x[t, k] times the panel row; parallel over blocks.
+Both kernels compute into a local accumulator and then write y = acc (+ b) in an epilogue.
+The GEMM pads T up to a multiple of its row tile by re-reading the last row (clamped index),
+so its inner loop has no predicate; only the epilogue store is guarded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from graphllm.codegen.build import aligned_empty
+
+if TYPE_CHECKING:
+    from tvm.tirx import PrimFunc
+
+GEMM_ROWS = 6  # rows of the GEMM register tile (6 x 16 floats = 12 ymm accumulators)
+GEMM_MIN_T = 3  # token counts below this use the GEMV kernel (measured crossover, cold W)
+_BLOCKS = (16, 8, 4, 2, 1)
+
+
+def pack_block(n: int) -> int:
+    """Return the column block nb used for N = n outputs: the largest of 16, 8, 4, 2, 1 dividing n."""
+    return next(b for b in _BLOCKS if n % b == 0)
+
+
+def pack_weight(w: np.ndarray) -> np.ndarray:
+    """Repack an HF Linear weight [N, K] into the kernels' 64-byte-aligned [N/nb, K, nb] float32."""
+    if w.ndim != 2:
+        raise ValueError(f"Linear weight must be [N, K], got shape {w.shape}")
+    n, k = w.shape
+    nb = pack_block(n)
+    out = aligned_empty((n // nb, k, nb), "float32")
+    out[...] = np.asarray(w, dtype=np.float32).reshape(n // nb, nb, k).transpose(0, 2, 1)
+    return out
+
+
+def _linear_prim_func(k: int, n: int, bias: bool, rows: int) -> PrimFunc:
+    """Return the unscheduled PrimFunc: accumulator over T padded to `rows`, then the epilogue."""
+    from tvm import te
+
+    nb = pack_block(n)
+    t_len = te.var("T", "int64")
+    x = te.placeholder((t_len, k), "float32", name="x")
+    w = te.placeholder((n // nb, k, nb), "float32", name="w")
+    r = te.reduce_axis((0, k), name="k")
+    t_pad = (t_len + rows - 1) // rows * rows
+
+    def x_row(t):
+        """Row of x feeding accumulator row t: padded rows re-read the last real row."""
+        return t if rows == 1 else te.min(t, t_len - 1)
+
+    acc = te.compute(
+        (t_pad, n),
+        lambda t, j: te.sum(x[x_row(t), r] * w[j // nb, r, j % nb], axis=r),
+        name="acc",
+    )
+    if bias:
+        b = te.placeholder((n,), "float32", name="b")
+        y = te.compute((t_len, n), lambda t, j: acc[t, j] + b[j], name="y")
+        return te.create_prim_func([x, w, b, y])
+    y = te.compute((t_len, n), lambda t, j: acc[t, j], name="y")
+    return te.create_prim_func([x, w, y])
+
+
+def _schedule(func: PrimFunc, n: int, rows: int) -> PrimFunc:
+    """Apply the register-tile schedule (rows x nb accumulators, parallel over column blocks)."""
+    import tvm
+
+    nb = pack_block(n)
+    sch = tvm.s_tir.Schedule(func)
+    acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
+    t, j = sch.get_loops(y)
+    t_outer, t_inner = sch.split(t, [None, rows])
+    j_outer, j_inner = sch.split(j, [None, nb])
+    sch.reorder(j_outer, t_outer, t_inner, j_inner)
+    sch.parallel(j_outer)
+    sch.vectorize(j_inner)
+    sch.set_scope(acc, 0, "local")
+    sch.compute_at(acc, t_outer)
+    *a_t, a_j, a_k = sch.get_loops(acc)[2:]  # a_t is absent when rows == 1
+    sch.reorder(a_k, *a_t, a_j)
+    if a_t:
+        sch.unroll(a_t[0])
+    sch.vectorize(a_j)
+    sch.decompose_reduction(acc, a_k)
+    return sch.mod["main"]
+
+
+def linear_gemv(k: int, n: int, bias: bool = False) -> PrimFunc:
+    """Return the scheduled GEMV PrimFunc (x, w_packed, [b,] y) for small T, memory-bound."""
+    return _schedule(_linear_prim_func(k, n, bias, 1), n, 1)
+
+
+def linear_gemm(k: int, n: int, bias: bool = False) -> PrimFunc:
+    """Return the scheduled GEMM PrimFunc (x, w_packed, [b,] y) for large T, compute-bound."""
+    return _schedule(_linear_prim_func(k, n, bias, GEMM_ROWS), n, GEMM_ROWS)
+
+
+def linear_kernels(k: int, n: int, bias: bool = False, name: str = "linear") -> dict[str, PrimFunc]:
+    """Return {name_gemv, name_gemm} PrimFuncs for one Linear shape, to build into one module."""
+    return {
+        f"{name}_gemv": linear_gemv(k, n, bias).with_attr("global_symbol", f"{name}_gemv"),
+        f"{name}_gemm": linear_gemm(k, n, bias).with_attr("global_symbol", f"{name}_gemm"),
+    }
+
+
+def linear_entry(name: str, t: int) -> str:
+    """Return the function name of `linear_kernels(name=...)` to call for t tokens."""
+    return f"{name}_gemv" if t < GEMM_MIN_T else f"{name}_gemm"
