@@ -1,0 +1,153 @@
+"""Elementwise kernels: AddTo, MulTo, Add, Mul, Silu, Gelu, Swiglu (float32, any row shape).
+
+Each op is a TE compute with the formula of its numpy reference in ops.py, scheduled by
+`sched.schedule_rows` (row loop parallel in the large-T variant, row vectorized by 8).
+
+exp and erf: LLVM lowers `tirx.exp` and `tirx.erf` to one scalar libm call per vector lane
+(expf / erff), which undoes the vectorization. exp uses `topi.fast_exp` (a Cephes-style polynomial,
+~1e-7 relative error, clamped to +-88.4 so that x / (1 + exp(-x)) stays finite); erf uses the
+reference's own Abramowitz & Stegun 7.1.26 formula with that exp. The tanh GELU is computed as
+x * sigmoid(2u), which equals 0.5 * x * (1 + tanh(u)) and needs one exp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from graphllm.codegen.kernels.sched import attrs_of, f32, require_float32, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+
+# Abramowitz & Stegun 7.1.26, as in ops._erf: erf(z) = 1 - t * poly(t) * exp(-z^2), t = 1/(1 + P z).
+_ERF_P = 0.3275911
+_ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+_SQRT1_2 = 0.7071067811865476
+_SQRT2_PI = 0.7978845608028654
+_GELU_TANH_C = 0.044715
+
+
+def _elementwise(req: LowerRequest, ports: tuple[str, ...], body: Callable[..., Any]) -> Kernel:
+    """Lower out = body(*inputs) (float32 ports, a TE tensor named "out") to a row Kernel."""
+    require_float32(req, *ports)
+    return row_kernel(req, [(p, req.types[p]) for p in ports], body)
+
+
+def _with_exp(shape: tuple[Any, ...], arg: Callable[..., Any], combine: Callable[..., Any]) -> Any:
+    """Return out[i] = combine(exp(arg(i)), i) with a vectorizable exp (topi.fast_exp, inlined later)."""
+    from tvm import te, topi
+
+    e = topi.fast_exp(te.compute(shape, arg, name="exp_arg"))
+    return te.compute(shape, lambda *i: combine(e(*i), *i), name="out")
+
+
+def _pointwise(req: LowerRequest, ports: tuple[str, ...], fn: Callable[..., Any]) -> Kernel:
+    """Lower out[i] = fn(x0[i], x1[i], ...) over same-shaped float32 inputs."""
+
+    def body(*xs: Any) -> Any:
+        """The TE compute of fn."""
+        from tvm import te
+
+        return te.compute(xs[0].shape, lambda *i: fn(*(x(*i) for x in xs)), name="out")
+
+    return _elementwise(req, ports, body)
+
+
+@lowering("AddTo")
+def lower_add_to(req: LowerRequest) -> Kernel:
+    """input0 + input1 * alpha (alpha == 1: a plain add, as in the reference)."""
+    alpha = float(attrs_of(req)["alpha"])
+    if alpha == 1.0:
+        return _pointwise(req, ("input0", "input1"), lambda a, b: a + b)
+    return _pointwise(req, ("input0", "input1"), lambda a, b: a + b * f32(alpha))
+
+
+@lowering("MulTo")
+def lower_mul_to(req: LowerRequest) -> Kernel:
+    """input0 * input1."""
+    return _pointwise(req, ("input0", "input1"), lambda a, b: a * b)
+
+
+@lowering("Add")
+def lower_add(req: LowerRequest) -> Kernel:
+    """input + v (a constant)."""
+    v = f32(float(attrs_of(req)["v"]))
+    return _pointwise(req, ("input",), lambda a: a + v)
+
+
+@lowering("Mul")
+def lower_mul(req: LowerRequest) -> Kernel:
+    """input * v (a constant)."""
+    v = f32(float(attrs_of(req)["v"]))
+    return _pointwise(req, ("input",), lambda a: a * v)
+
+
+@lowering("Silu")
+def lower_silu(req: LowerRequest) -> Kernel:
+    """input / (1 + exp(-input))."""
+    return _elementwise(
+        req, ("input",), lambda x: _with_exp(x.shape, lambda *i: -x(*i), lambda e, *i: x(*i) / (f32(1.0) + e))
+    )
+
+
+@lowering("Swiglu")
+def lower_swiglu(req: LowerRequest) -> Kernel:
+    """silu(input[..., :n]) * input[..., n:], n = half the last dim."""
+    n = int(req.output.shape[-1])
+
+    def body(v: Any) -> Any:
+        """The Swiglu formula on the output's shape: gate at column j, up at column j + n."""
+
+        def up(*i: Any) -> Any:
+            """The up half at output index i."""
+            return v(*i[:-1], i[-1] + n)
+
+        shape = (*v.shape[:-1], n)
+        return _with_exp(shape, lambda *i: -v(*i), lambda e, *i: v(*i) / (f32(1.0) + e) * up(*i))
+
+    return _elementwise(req, ("input",), body)
+
+
+@lowering("Gelu")
+def lower_gelu(req: LowerRequest) -> Kernel:
+    """GELU: exact (erf, approximate="none") or the tanh form (approximate="tanh")."""
+    approximate = attrs_of(req)["approximate"]
+    if approximate == "tanh":
+        return _elementwise(req, ("input",), _gelu_tanh)
+    if approximate == "none":
+        return _elementwise(req, ("input",), _gelu_erf)
+    raise NotImplementedError(f"Gelu: approximate={approximate!r} is not 'none' or 'tanh'")
+
+
+def _gelu_tanh(x: Any) -> Any:
+    """0.5 * x * (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) * (x + 0.044715 x^3)."""
+
+    def minus_2u(*i: Any) -> Any:
+        """-2u at index i."""
+        v = x(*i)
+        return f32(-2.0 * _SQRT2_PI) * (v + f32(_GELU_TANH_C) * v * v * v)
+
+    return _with_exp(x.shape, minus_2u, lambda e, *i: x(*i) / (f32(1.0) + e))
+
+
+def _gelu_erf(x: Any) -> Any:
+    """0.5 * x * (1 + erf(x / sqrt(2))), erf as in ops._erf (A&S 7.1.26)."""
+    from tvm import tirx
+
+    def minus_z2(*i: Any) -> Any:
+        """-z^2 at index i, z = x / sqrt(2)."""
+        z = x(*i) * f32(_SQRT1_2)
+        return -(z * z)
+
+    def combine(e: Any, *i: Any) -> Any:
+        """GELU from exp(-z^2) at index i."""
+        v = x(*i)
+        z = v * f32(_SQRT1_2)
+        t = f32(1.0) / (f32(1.0) + f32(_ERF_P) * tirx.abs(z))
+        poly = f32(_ERF_A[-1])
+        for a in reversed(_ERF_A[:-1]):
+            poly = poly * t + f32(a)
+        tail = t * poly * e  # 1 - |erf(z)|
+        erf = tirx.Select(z < f32(0.0), tail - f32(1.0), f32(1.0) - tail)
+        return f32(0.5) * v * (f32(1.0) + erf)
+
+    return _with_exp(x.shape, minus_z2, combine)

@@ -1,0 +1,86 @@
+"""Row normalizations over the last axis: RMSNorm and LayerNorm (with or without bias), float32.
+
+One row per parallel task (large-T variant) or a serial row loop (small T). The row statistics
+are sums rfactor-ed into up to 32 vector partial sums (`sched.schedule_row_reductions`); LayerNorm
+makes two passes (mean, then the mean of squared deviations) exactly as its reference does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphllm.codegen.kernels.sched import attrs_of, f32, require_float32, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+
+
+def _norm_kernel(req: LowerRequest, ports: tuple[str, ...], reductions: tuple[str, ...], body: Any) -> Kernel:
+    """Lower out = body(*inputs) (TE stages whose `reductions` are row sums) to a row Kernel."""
+    require_float32(req, *ports)
+    args = [(p, req.types[p]) for p in ports]
+    return row_kernel(req, args, body, axis=req.output.rank - 1, reductions=reductions)
+
+
+def _row_sum(shape: tuple[Any, ...], term: Any, name: str) -> Any:
+    """Return s[r] = sum over the last axis k of term(*r, k), a TE reduction over one row."""
+    from tvm import te
+
+    k = te.reduce_axis((0, shape[-1]), name="k")
+    return te.compute(shape[:-1], lambda *r: te.sum(term(*r, k), axis=k), name=name)
+
+
+def _rsqrt_mean(total: Any, n: int, eps: float, name: str) -> Any:
+    """Return 1 / sqrt(total / n + eps) per row (the reference's mean, then eps, then sqrt)."""
+    from tvm import te
+
+    def value(*r: Any) -> Any:
+        """The row's inverse root at row index r."""
+        return f32(1.0) / te.sqrt(total(*r) / f32(float(n)) + f32(eps))
+
+    return te.compute(total.shape, value, name=name)
+
+
+@lowering("RMSNorm")
+def lower_rmsnorm(req: LowerRequest) -> Kernel:
+    """(x * (1 / sqrt(mean(x^2) + eps))) * weight over the last axis."""
+    eps, n = float(attrs_of(req)["eps"]), int(req.output.shape[-1])
+
+    def body(x: Any, w: Any) -> Any:
+        """The RMSNorm TE stages."""
+        from tvm import te
+
+        sq = _row_sum(x.shape, lambda *i: x(*i) * x(*i), "sumsq")
+        inv = _rsqrt_mean(sq, n, eps, "inv_rms")
+        return te.compute(x.shape, lambda *i: x(*i) * inv(*i[:-1]) * w(i[-1]), name="out")
+
+    return _norm_kernel(req, ("input", "weight"), ("sumsq",), body)
+
+
+@lowering("LayerNorm")
+def lower_layernorm(req: LowerRequest) -> Kernel:
+    """(x - mean) / sqrt(var + eps) * weight (+ bias) over the last axis; bias if the node has one."""
+    eps, n = float(attrs_of(req)["eps"]), int(req.output.shape[-1])
+    has_bias = "bias" in req.types
+
+    def body(x: Any, w: Any, *bias: Any) -> Any:
+        """The LayerNorm TE stages (two-pass variance)."""
+        from tvm import te
+
+        total = _row_sum(x.shape, x, "sum")
+        mean = te.compute(total.shape, lambda *r: total(*r) / f32(float(n)), name="mean")
+
+        def dev(*i: Any) -> Any:
+            """x - mean at index i."""
+            return x(*i) - mean(*i[:-1])
+
+        sq = _row_sum(x.shape, lambda *i: dev(*i) * dev(*i), "sumsq")
+        rstd = _rsqrt_mean(sq, n, eps, "rstd")
+
+        def out(*i: Any) -> Any:
+            """The normalized, scaled (and shifted) value at index i."""
+            y = dev(*i) * rstd(*i[:-1]) * w(i[-1])
+            return y + bias[0](i[-1]) if bias else y
+
+        return te.compute(x.shape, out, name="out")
+
+    ports = ("input", "weight", "bias") if has_bias else ("input", "weight")
+    return _norm_kernel(req, ports, ("sum", "sumsq"), body)

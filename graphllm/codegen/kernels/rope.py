@@ -1,0 +1,40 @@
+"""LlamaRotatePosition2D: rotate-half RoPE with per-token positions, into a new buffer (float32).
+
+out[t, h, i]      = x[t, h, i] * cos[p, i] - x[t, h, i + r] * sin[p, i]      for i < r
+out[t, h, i + r]  = x[t, h, i + r] * cos[p, i] + x[t, h, i] * sin[p, i]      for i < r
+out[t, h, i]      = x[t, h, i]                                               for i >= 2r
+with p = positionIds[t] and r = rotaryDim (it counts pairs, as in fastllm). The three regions of
+a head are loop-partitioned apart, so each is a branch-free vector loop over i.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphllm.codegen.kernels.sched import attrs_of, require_float32, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+
+
+@lowering("LlamaRotatePosition2D")
+def lower_rope(req: LowerRequest) -> Kernel:
+    """Rotate pairs (i, i + rotaryDim) of every head by the angle tables at each token's position."""
+    require_float32(req, "input", "sin", "cos")
+    r = int(attrs_of(req)["rotaryDim"])
+    head_dim = int(req.types["input"].shape[2])
+
+    def body(x: Any, pos: Any, sin: Any, cos: Any) -> Any:
+        """The RoPE formula; the region tests fold away once the i loop is partitioned."""
+        from tvm import te
+
+        def value(t: Any, h: Any, i: Any) -> Any:
+            """out[t, h, i]."""
+            p = pos[t]
+            first = x[t, h, i] * cos[p, i] - x[t, h, i + r] * sin[p, i]
+            second = x[t, h, i] * cos[p, i - r] + x[t, h, i - r] * sin[p, i - r]
+            return te.if_then_else(i < r, first, te.if_then_else(i < 2 * r, second, x[t, h, i]))
+
+        return te.compute(x.shape, value, name="out")
+
+    cuts = (r, 2 * r) if 2 * r < head_dim else (r,)
+    args = [(p, req.types[p]) for p in ("input", "positionIds", "sin", "cos")]
+    return row_kernel(req, args, body, axis=2, cuts=cuts)

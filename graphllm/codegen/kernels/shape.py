@@ -1,0 +1,92 @@
+"""Shape ops that move data: Cat, Split, Repeat, and DataTypeAs when it changes the dtype (a cast).
+
+All are row copies: the loops before the op's axis are the rows, the rest is fused and vectorized.
+Cat's two sources are loop-partitioned apart and Repeat's copies are separate tiles, so the
+inner loops are plain vector copies without per-element tests or modulos.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from graphllm.codegen.kernels.sched import attrs_of, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+
+
+def _axis(req: LowerRequest, port: str) -> int:
+    """Return the node's `axis` attribute as a non-negative axis of the `port` input."""
+    return int(attrs_of(req)["axis"]) % req.types[port].rank
+
+
+def _at(index: tuple[Any, ...], axis: int, value: Any) -> tuple[Any, ...]:
+    """Return `index` with its `axis` entry replaced by `value`."""
+    return (*index[:axis], value, *index[axis + 1 :])
+
+
+@lowering("Cat")
+def lower_cat(req: LowerRequest) -> Kernel:
+    """out = concatenate(input0, input1) along axis."""
+    axis = _axis(req, "input0")
+    first = int(req.types["input0"].shape[axis])
+    inner = math.prod(int(d) for d in req.output.shape[axis + 1 :])
+
+    def body(x0: Any, x1: Any) -> Any:
+        """The concatenation; the source test folds away once the row is partitioned at the seam."""
+        from tvm import te
+
+        def value(*i: Any) -> Any:
+            """out[i]."""
+            return te.if_then_else(i[axis] < first, x0(*i), x1(*_at(i, axis, i[axis] - first)))
+
+        shape = _at(tuple(x0.shape), axis, x0.shape[axis] + x1.shape[axis])
+        return te.compute(shape, value, name="out")
+
+    args = [(p, req.types[p]) for p in ("input0", "input1")]
+    return row_kernel(req, args, body, axis=axis, cuts=(first * inner,))
+
+
+@lowering("Split")
+def lower_split(req: LowerRequest) -> Kernel:
+    """out = input[start:end] along axis."""
+    attrs = attrs_of(req)
+    axis, start, end = _axis(req, "input"), int(attrs["start"]), int(attrs["end"])
+
+    def body(x: Any) -> Any:
+        """The slice."""
+        from tvm import te
+
+        shape = _at(tuple(x.shape), axis, end - start)
+        return te.compute(shape, lambda *i: x(*_at(i, axis, i[axis] + start)), name="out")
+
+    return row_kernel(req, [("input", req.types["input"])], body, axis=axis)
+
+
+@lowering("Repeat")
+def lower_repeat(req: LowerRequest) -> Kernel:
+    """out = repeatTimes copies of input one after another along axis (numpy.tile semantics)."""
+    axis, times = _axis(req, "input"), int(attrs_of(req)["repeatTimes"])
+    size = int(req.types["input"].shape[axis])
+
+    def body(x: Any) -> Any:
+        """The tiling; the modulo folds away once the row is split into its copies."""
+        from tvm import te
+
+        shape = _at(tuple(x.shape), axis, size * times)
+        return te.compute(shape, lambda *i: x(*_at(i, axis, i[axis] % size)), name="out")
+
+    return row_kernel(req, [("input", req.types["input"])], body, axis=axis, repeats=times)
+
+
+@lowering("DataTypeAs")
+def lower_datatype_as(req: LowerRequest) -> Kernel:
+    """out = input cast to input1's dtype; input1 only names the dtype, so it is not a parameter."""
+    dtype = req.output.dtype
+
+    def body(x: Any) -> Any:
+        """The cast."""
+        from tvm import te
+
+        return te.compute(x.shape, lambda *i: x(*i).astype(dtype), name="out")
+
+    return row_kernel(req, [("input", req.types["input"])], body)
