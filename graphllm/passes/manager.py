@@ -1,0 +1,68 @@
+"""The pass manager: a registry of named passes (each Graph -> new Graph) and the pipeline that runs them.
+
+``run_passes`` can write the text IR before the first pass and after every pass
+(``--print-ir-after-all``: 00_input.ir, 01_verify.ir, ...), so a diff of two files shows what one
+pass did, and can stop after a named pass (``--after``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ..dsl.graph import Graph
+from ..dsl.textir import print_graph
+from ..errors import GraphLLMError
+from .verify import verify
+
+Pass = Callable[[Graph], Graph]
+PASSES: dict[str, Pass] = {}
+INPUT_STAGE = "input"  # `after=INPUT_STAGE` runs no pass: the graph as the front end built it
+
+
+def register_pass(name: str) -> Callable[[Pass], Pass]:
+    """Decorator adding a pass to PASSES under a name (new, and not the reserved 'input')."""
+    def add(fn: Pass) -> Pass:
+        if name in PASSES or name == INPUT_STAGE:
+            raise ValueError(f"pass name {name!r} is taken")
+        PASSES[name] = fn
+        return fn
+    return add
+
+
+register_pass("verify")(verify)
+
+DEFAULT_PIPELINE: list[str] = ["verify"]
+
+
+def _check_known(name: str) -> None:
+    if name not in PASSES:
+        raise GraphLLMError(f"unknown pass {name!r} (known passes: {', '.join(PASSES)})")
+
+
+def run_passes(graph: Graph, names: list[str] | None = None, *, print_ir_after_all: Path | None = None,
+               after: str | None = None) -> Graph:
+    """Run a pipeline of passes (default: DEFAULT_PIPELINE), optionally writing the IR after each one.
+
+    ``after`` stops after the first run of that pass ('input' runs none); ``print_ir_after_all``
+    is a folder (created if needed) that gets NN_<pass>.ir files, 00_input.ir first.
+    """
+    pipeline = list(DEFAULT_PIPELINE if names is None else names)
+    for name in pipeline:
+        _check_known(name)
+    if after == INPUT_STAGE:
+        pipeline = []
+    elif after is not None:
+        _check_known(after)
+        if after not in pipeline:
+            raise GraphLLMError(f"pass {after!r} is not in the pipeline ({', '.join(pipeline) or 'empty'})")
+        pipeline = pipeline[:pipeline.index(after) + 1]
+    if print_ir_after_all is not None:
+        print_ir_after_all = Path(print_ir_after_all)
+        print_ir_after_all.mkdir(parents=True, exist_ok=True)
+        (print_ir_after_all / f"00_{INPUT_STAGE}.ir").write_text(print_graph(graph), encoding="utf-8")
+    for i, name in enumerate(pipeline, 1):
+        graph = PASSES[name](graph)
+        if print_ir_after_all is not None:
+            (print_ir_after_all / f"{i:02d}_{name}.ir").write_text(print_graph(graph), encoding="utf-8")
+    return graph

@@ -1,0 +1,114 @@
+"""`graphllm dump` in-process on the tiny fixture: every format, --after, --print-ir-after-all, -o/--force,
+--custom, and load_ir (what `graphllm compile --ir FILE` reads)."""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import load_file
+
+from graphllm.cli import run_main
+from graphllm.dsl.serialize import graph_from_json
+from graphllm.dsl.textir import graph_difference, parse_graph
+from graphllm.dsl.types import TensorType
+from graphllm.dump import add_dump_parser, load_ir
+from graphllm.errors import GraphBuildError, GraphLLMError
+from graphllm.runtime.llm import build_graph
+
+TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
+
+
+def dump(*args: str) -> int:
+    parser = argparse.ArgumentParser(prog="graphllm")
+    add_dump_parser(parser.add_subparsers())
+    a = parser.parse_args(["dump", "-m", str(TINY), *args])
+    return run_main(lambda: a.func(a))
+
+
+@pytest.fixture(scope="module")
+def graph():
+    config = json.loads((TINY / "config.json").read_text())
+    types = {k: TensorType(v.shape) for k, v in load_file(TINY / "model.safetensors").items()}
+    return build_graph(config, types)
+
+
+def test_text_to_stdout_is_the_verified_graph(capsys, graph):
+    assert dump() == 0
+    out = capsys.readouterr().out
+    assert out.startswith("graph llama {\n") and "= FusedAttention(" in out
+    assert graph_difference(parse_graph(out), graph) is None
+
+
+def test_json_and_dot(capsys, graph):
+    assert dump("--format", "json") == 0
+    assert graph_difference(graph_from_json(json.loads(capsys.readouterr().out)), graph) is None
+    assert dump("--format", "dot", "--after", "input") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("digraph graphllm {") and 'label="RMSNorm\\n%attenInput"' in out
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` is not installed")
+def test_svg_to_a_file(tmp_path, capsys):
+    assert dump("--format", "svg", "-o", str(tmp_path / "g.svg")) == 0
+    svg = (tmp_path / "g.svg").read_bytes()
+    assert b"<svg" in svg and b"FusedAttention" in svg and b"f32[T,64]" in svg
+
+
+def test_svg_needs_an_output_file(capsys):
+    assert dump("--format", "svg") == 2
+    assert "-o FILE.svg" in capsys.readouterr().err
+
+
+def test_output_file_is_never_overwritten_without_force(tmp_path, capsys):
+    out = tmp_path / "g.ir"
+    out.write_text("mine")
+    assert dump("-o", str(out)) == 2
+    assert "exists; pass --force" in capsys.readouterr().err and out.read_text() == "mine"
+    assert dump("-o", str(out), "--force") == 0
+    assert out.read_text().startswith("graph llama {")
+
+
+def test_print_ir_after_all_and_after(tmp_path, capsys, graph):
+    ir_dir = tmp_path / "ir"
+    assert dump("--print-ir-after-all", str(ir_dir), "--after", "verify", "-o", str(tmp_path / "g.ir")) == 0
+    assert sorted(p.name for p in ir_dir.iterdir()) == ["00_input.ir", "01_verify.ir"]
+    assert (ir_dir / "01_verify.ir").read_text() == (tmp_path / "g.ir").read_text()
+    assert dump("--print-ir-after-all", str(ir_dir)) == 2
+    assert "already holds .ir files" in capsys.readouterr().err
+    assert dump("--after", "fold") == 2
+    assert "unknown pass 'fold' (known passes: verify" in capsys.readouterr().err
+
+
+def test_custom_model_file(tmp_path, capsys):
+    custom = tmp_path / "m.py"
+    custom.write_text("from graphllm.models.llama import LlamaModel\n\n"
+                      "class M(LlamaModel):\n"
+                      "    def build(self):\n"
+                      "        super().build()\n"
+                      "        self.Print(self.data['logits'])\n\n"
+                      "__model__ = M\n")
+    assert dump("--custom", str(custom)) == 0
+    out = capsys.readouterr().out
+    assert f"= Print(input=%logits)  @ {custom}:6" in out
+
+
+def test_load_ir_reads_a_dump_and_checks_its_types(tmp_path, capsys, graph):
+    path = tmp_path / "g.ir"
+    assert dump("-o", str(path)) == 0
+    assert graph_difference(load_ir(path), graph) is None
+    text = path.read_text()
+    untyped = tmp_path / "untyped.ir"
+    untyped.write_text(text.replace(" : f32[T,64] = ", " = "))
+    assert graph_difference(load_ir(untyped), graph) is None
+    broken = tmp_path / "broken.ir"
+    broken.write_text(text.replace("%q : f32[T,64]", "%q : f32[T,32]", 1))
+    with pytest.raises(GraphBuildError, match=r"broken.ir: .*llama.py:20: Linear -> 'q' \(%q\): the IR says "
+                                              r"f32\[T,32\] but its inputs give f32\[T,64\]"):
+        load_ir(broken)
+    with pytest.raises(GraphBuildError, match=r"broken2.ir:\d+:\d+: "):
+        (tmp_path / "broken2.ir").write_text(text.replace("= Linear(", "= Linear((", 1))
+        load_ir(tmp_path / "broken2.ir")
+    with pytest.raises(GraphLLMError, match="cannot read the IR file"):
+        load_ir(tmp_path / "missing.ir")
