@@ -17,8 +17,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="an HF folder or a .gguf file (default: SmolLM2-135M-Instruct, downloaded once)")
     p.add_argument("--custom", default=None, help="a ComputeGraph file whose __model__ replaces the built-in description")
     p.add_argument("--max-context", type=int, default=None, help="KV cache length in tokens (default: min(model, 4096))")
-    p.add_argument("--executor", default="reference", choices=["reference"], help="what runs the graph")
-    p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: physical cores)")
+    p.add_argument("--executor", default="tvm", choices=["tvm", "reference"],
+                   help="tvm: compiled kernels (default); reference: the numpy oracle, for debugging")
+    p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 128) -> None:
@@ -44,7 +46,8 @@ def load_llm(a: argparse.Namespace):
     """Load the model the flags name, printing the loader's notes to stderr."""
     from .runtime.llm import LLM
 
-    llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context)
+    llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context,
+                   artifact=a.artifact, threads=a.threads, show_progress=sys.stderr.isatty())
     for note in llm.notes:
         print(f"note: {note}", file=sys.stderr)
     return llm
@@ -74,6 +77,41 @@ def cmd_chat(a: argparse.Namespace) -> int:
     return chat_loop(load_llm(a), params, system=a.system)
 
 
+def cmd_compile(a: argparse.Namespace) -> int:
+    """Compile the model's kernels into an artifact folder."""
+    from .codegen.compile import compile_graph
+    from .runtime.builds import host_target
+    from .runtime.llm import build_graph
+    from .runtime.loader import load_model, weight_types
+
+    if a.target != "cpu":
+        raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
+    if a.ir:
+        from .dump import load_ir
+
+        graph = load_ir(a.ir)
+    else:
+        model = load_model(a.model)
+        graph = build_graph(model.config, weight_types(model), a.custom)
+    out = compile_graph(graph, a.output, host_target(), show_progress=sys.stderr.isatty())
+    print(f"run it with: graphllm run --artifact {out} -m {a.model or 'MODEL'} \"PROMPT\"")
+    return 0
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    """Measure prefill/decode speed of the model on this machine."""
+    import json
+
+    from .runtime.bench import format_bench, run_bench
+
+    if a.max_context is None:
+        a.max_context = a.prompt_tokens + a.gen_tokens + 1
+    llm = load_llm(a)
+    result = run_bench(llm, a.prompt_tokens, a.gen_tokens, a.repeat)
+    print(json.dumps(result, indent=1) if a.json else format_bench(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line."""
     parser = argparse.ArgumentParser(prog="graphllm", description="Describe an LLM as a compute graph; run it.")
@@ -93,6 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(chat)
     add_sampling_args(chat, max_tokens=512)
     chat.set_defaults(func=cmd_chat)
+
+    comp = sub.add_parser("compile", help="build the model's kernels with TVM into a folder")
+    comp.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    comp.add_argument("--target", default="cpu", help="cpu (this host's ISA)")
+    comp.add_argument("--ir", default=None,
+                      help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's description")
+    add_model_args(comp)
+    comp.set_defaults(func=cmd_compile)
+
+    bench = sub.add_parser("bench", help="prefill/decode tokens/s, first-token time, memory, bandwidth")
+    bench.add_argument("--prompt-tokens", type=int, default=128)
+    bench.add_argument("--gen-tokens", type=int, default=128)
+    bench.add_argument("--repeat", type=int, default=3)
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_args(bench)
+    bench.set_defaults(func=cmd_bench)
+
+    from .dump import add_dump_parser
+
+    add_dump_parser(sub)
     return parser
 
 

@@ -40,10 +40,9 @@ def add_dump_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def cmd_dump(a: argparse.Namespace) -> int:
     """Build the model's graph, run the passes and write it in the asked format."""
-    from .dsl.types import TensorType
     from .passes.manager import run_passes
     from .runtime.llm import build_graph
-    from .runtime.loader import load_model
+    from .runtime.loader import load_model, weight_types
 
     if a.format == "svg" and a.output is None:
         raise GraphLLMError("--format svg writes a binary file: give it with -o FILE.svg")
@@ -53,9 +52,8 @@ def cmd_dump(a: argparse.Namespace) -> int:
     if ir_dir is not None and not a.force and ir_dir.is_dir() and any(ir_dir.glob("*.ir")):
         raise GraphLLMError(f"{ir_dir} already holds .ir files; pass --force to overwrite them")
     model = load_model(a.model)
-    shapes = getattr(model.weights, "tensors", model.weights)  # the loaders' tensor headers: no decoding
     notes: list[str] = []
-    graph = build_graph(model.config, {k: TensorType(tuple(shapes[k].shape)) for k in model.weights}, a.custom, notes)
+    graph = build_graph(model.config, weight_types(model), a.custom, notes, passes=[])
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     graph = run_passes(graph, after=a.after, print_ir_after_all=ir_dir)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 from ..dsl.types import TensorType
 
 VIEW_OPS = frozenset({"ExpandHead"})
+RUNTIME_ATTRS = frozenset({"layer"})  # attrs that only pick runtime state (which KV cache), not code
 HOST_OPS = frozenset({"Print", "Exit"})
 EXTRAS = ("positions", "slots", "last_rows", "kcache", "vcache")
 
@@ -53,13 +54,17 @@ class LowerRequest:
 
 @dataclass
 class Kernel:
-    """A lowered node: one PrimFunc (or a small-T and a large-T variant) and how to bind its params."""
+    """A lowered node: one PrimFunc (or a small-T and a large-T variant) and how to bind its params.
+
+    ``before`` lists kernels the node runs first (e.g. FusedAttention's KV-cache write).
+    """
 
     func: Any
     params: tuple[str, ...]
     large: Any = None
     large_from: int = 0
     packs: dict[str, str] = field(default_factory=dict)
+    before: tuple["Kernel", ...] = ()
 
     def variants(self) -> dict[str, Any]:
         """Suffix -> PrimFunc for every variant to build."""
@@ -98,14 +103,14 @@ def is_view(op: str, req: LowerRequest) -> bool:
 
 def lower(req: LowerRequest) -> Kernel:
     """The kernel for one node; an op without a lowering is an error naming it."""
-    _load_kernel_modules()
+    load_kernel_modules()
     fn = LOWERINGS.get(req.op)
     if fn is None:
         raise NotImplementedError(f"no TVM lowering for op {req.op}")
     return fn(req)
 
 
-def _load_kernel_modules() -> None:
+def load_kernel_modules() -> None:
     import importlib
     import pkgutil
 

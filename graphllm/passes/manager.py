@@ -13,6 +13,8 @@ from typing import Callable
 from ..dsl.graph import Graph
 from ..dsl.textir import print_graph
 from ..errors import GraphLLMError
+from .cse import cse
+from .dce import dce
 from .verify import verify
 
 Pass = Callable[[Graph], Graph]
@@ -31,8 +33,10 @@ def register_pass(name: str) -> Callable[[Pass], Pass]:
 
 
 register_pass("verify")(verify)
+register_pass("dce")(dce)
+register_pass("cse")(cse)
 
-DEFAULT_PIPELINE: list[str] = ["verify"]
+DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse"]
 
 
 def _check_known(name: str) -> None:

@@ -189,16 +189,13 @@ class GGUFTensor:
 
 
 class GGUFWeights(Mapping[str, np.ndarray]):
-    """HF-named float32 weights that dequantize on first access and are cached afterwards."""
+    """HF-named float32 weights, dequantized on each access (executors read each once; no second copy kept)."""
 
     def __init__(self, tensors: Mapping[str, GGUFTensor]) -> None:
         self.tensors = tensors
-        self._cache: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._cache:
-            self._cache[name] = self.tensors[name].dequantize()
-        return self._cache[name]
+        return self.tensors[name].dequantize()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)

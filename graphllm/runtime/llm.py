@@ -11,22 +11,24 @@ import numpy as np
 from ..dsl.graph import ComputeGraph, Graph, trace
 from ..dsl.modelfile import load_model_file
 from ..dsl.reference import ReferenceExecutor
-from ..dsl.types import TensorType
 from ..errors import GenerationError
 from ..models import builtin_model
-from ..passes.verify import verify
+from ..dsl.types import TensorType
+from ..passes.manager import run_passes
 from . import generate
-from .loader import LoadedModel, load_model
+from .loader import LoadedModel, load_model, weight_types
 from .sampling import SamplingParams
 
 DEFAULT_MAX_CONTEXT = 4096
+EXECUTORS = ("tvm", "reference")
 
 
 def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
-                custom: str | os.PathLike | None = None, notes: list[str] | None = None) -> Graph:
-    """Trace the model description (a custom file, else the built-in one for the config) and verify it."""
+                custom: str | os.PathLike | None = None, notes: list[str] | None = None,
+                passes: list[str] | None = None) -> Graph:
+    """Trace the model description (a custom file, else the built-in one for the config) and run the passes."""
     description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
-    return verify(trace(description, config, weight_types, notes=notes))
+    return run_passes(trace(description, config, weight_types, notes=notes), passes)
 
 
 @dataclass
@@ -53,20 +55,30 @@ class LLM:
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, custom: str | os.PathLike | None = None,
-             executor: str = "reference", max_context: int | None = None, num_slots: int = 1) -> "LLM":
-        """Load weights and tokenizer, build the graph and an executor (``reference`` = numpy)."""
+             executor: str = "tvm", max_context: int | None = None, num_slots: int = 1,
+             artifact: str | os.PathLike | None = None, threads: int | None = None,
+             show_progress: bool = False) -> "LLM":
+        """Load weights and tokenizer, build the graph and an executor.
+
+        ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
+        cache (compiling on first use); ``reference`` runs the numpy oracle.
+        """
+        if executor not in EXECUTORS:
+            raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
         model = load_model(path)
         notes: list[str] = []
-        weights = {name: model.weights[name] for name in model.weights}
-        graph = build_graph(model.config, {k: TensorType(tuple(v.shape)) for k, v in weights.items()},
-                            custom, notes)
+        graph = build_graph(model.config, weight_types(model), custom, notes)
         limit = int(graph.config["max_positions"])
         ctx = min(limit, max_context or DEFAULT_MAX_CONTEXT)
         if max_context and max_context > limit:
             notes.append(f"--max-context {max_context} exceeds the model's {limit} positions: using {limit}")
-        if executor != "reference":
-            raise GenerationError(f"unknown executor {executor!r} (available: reference)")
-        runner = ReferenceExecutor(graph, weights, max_context=ctx, num_slots=num_slots)
+        if executor == "reference":
+            runner = ReferenceExecutor(graph, model.weights, max_context=ctx, num_slots=num_slots)
+        else:
+            from .builds import open_build
+
+            runner = open_build(graph, model.weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
+                                threads=threads, notes=notes, show_progress=show_progress)
         return cls(model, graph, runner, ctx, notes)
 
     @property

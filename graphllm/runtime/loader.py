@@ -14,6 +14,7 @@ from graphllm.errors import ModelLoadError
 from graphllm.runtime import download
 from graphllm.runtime.gguf_loader import open_gguf
 from graphllm.runtime.hf_loader import open_hf_folder
+from graphllm.dsl.types import TensorType
 from graphllm.runtime.tokenizer import Tokenizer
 
 _EXPECTED = "expected a .gguf file or a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)"
@@ -29,6 +30,11 @@ class LoadedModel:
     generation_config: dict[str, Any]
     path: Path
     file_type: str  # e.g. "gguf:Q4_1", "safetensors:bfloat16"
+
+
+def weight_types(model: LoadedModel) -> dict[str, TensorType]:
+    """Shapes of every weight (as float32 graph types) without reading or dequantizing any."""
+    return {name: TensorType(tuple(t.shape)) for name, t in model.weights.tensors.items()}
 
 
 def _load_gguf(path: Path) -> LoadedModel:

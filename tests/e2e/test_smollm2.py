@@ -12,9 +12,9 @@ from graphllm.runtime.sampling import SamplingParams
 GOLDEN = json.loads((Path(__file__).parents[1] / "fixtures" / "smollm2_golden.json").read_text())
 
 
-@pytest.fixture(scope="module")
-def llm(smollm2_gguf):
-    return LLM.load(smollm2_gguf, max_context=256)
+@pytest.fixture(scope="module", params=["tvm", pytest.param("reference", marks=pytest.mark.slow)])
+def llm(request, smollm2_gguf):
+    return LLM.load(smollm2_gguf, executor=request.param, max_context=256)
 
 
 def test_tokenizer_and_chat_template_match_transformers(llm):

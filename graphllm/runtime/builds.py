@@ -1,0 +1,65 @@
+"""The build cache: find, load or make the compiled build of a graph (GRAPHLLM_HOME/builds/<key>)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..codegen.compile import LIB_FILE, PLAN_FILE, cache_key, compile_graph, graph_key, tvm_version
+from ..dsl.graph import Graph
+from ..errors import ModelLoadError
+from .download import graphllm_home
+from .executor import CompiledExecutor, read_plan
+
+def host_target() -> dict[str, Any]:
+    """The host's TVM target, remembered on disk per CPU and TVM version (detecting it imports TVM)."""
+    from ..codegen.target import cpu_flags
+
+    ident = hashlib.sha256(" ".join(sorted(cpu_flags())).encode() + tvm_version().encode()).hexdigest()[:16]
+    path = graphllm_home() / "targets" / f"{ident}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        from ..codegen.target import detect_target
+
+        target = detect_target()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(target))
+        os.replace(tmp, path)
+        return target
+
+
+def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
+    """Where the build of a graph for a target lives in the cache."""
+    return graphllm_home() / "builds" / cache_key(graph, target or host_target())
+
+
+def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
+               max_context: int, num_slots: int, threads: int | None, notes: list[str],
+               show_progress: bool = False) -> CompiledExecutor:
+    """A CompiledExecutor from an explicit artifact, else from the cache; a bad cache entry is rebuilt."""
+    kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads)
+    if artifact is not None:
+        plan = read_plan(artifact)
+        if plan.get("graph_key") != graph_key(graph):
+            raise ModelLoadError(f"the build in {artifact} was compiled for another model or model file; "
+                                 f"recompile it with `graphllm compile` for this one")
+        return CompiledExecutor(artifact, weights, **kwargs)
+    target = host_target()
+    folder = build_dir(graph, target)
+    if (folder / PLAN_FILE).is_file() and (folder / LIB_FILE).is_file():
+        try:
+            executor = CompiledExecutor(folder, weights, **kwargs)
+            notes.append(f"loaded the build from {folder}")
+            return executor
+        except (ModelLoadError, OSError, ValueError, KeyError, RuntimeError) as e:
+            notes.append(f"the cached build {folder} is unusable ({e}); rebuilding")
+    compile_graph(graph, folder, target, show_progress=show_progress)
+    notes.append(f"compiled the model's kernels into {folder}")
+    return CompiledExecutor(folder, weights, **kwargs)

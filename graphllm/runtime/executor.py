@@ -1,0 +1,284 @@
+"""The compiled executor: replays a build plan's kernels over buffers allocated once.
+
+Everything a step needs is allocated at load: weights (re-laid out once where a kernel asks),
+activation buffers sized for the largest chunk and shared between values whose lifetimes do not
+overlap, the KV cache ``[slots, max_context, kv_heads, head_dim]`` per layer, and the step inputs.
+Per token count the kernel calls are bound once to tensors (views of those buffers) and cached, so
+a decode step is a loop of pre-bound calls with no allocation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..codegen.build import aligned_empty, as_tensor, load_module
+from ..codegen.compile import LIB_FILE, PLAN_FILE
+from ..codegen.lower import PACKERS, load_kernel_modules
+from ..codegen.target import configure_threads
+from ..dsl import ops as O
+from ..dsl.inputs import rope_tables
+from ..dsl.types import SEQS, TOKENS, TensorType
+from ..errors import GenerationError, ModelLoadError
+
+_NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
+MAX_BINDINGS = 8
+
+
+def read_plan(artifact: str | Path) -> dict[str, Any]:
+    """The plan of an artifact folder; a missing or corrupt one is a ModelLoadError."""
+    path = Path(artifact) / PLAN_FILE
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{path}: not a graphllm build ({e})") from None
+    if not (Path(artifact) / LIB_FILE).is_file():
+        raise ModelLoadError(f"{Path(artifact) / LIB_FILE} is missing: recompile with `graphllm compile`")
+    return plan
+
+
+def _size(t: TensorType, tokens: int, seqs: int) -> int:
+    return int(np.prod(t.concrete({TOKENS: tokens, SEQS: seqs}), dtype=np.int64))
+
+
+class CompiledExecutor:
+    """Runs a compiled plan; same ``run`` contract as the reference executor."""
+
+    def __init__(self, artifact: str | Path, weights: Mapping[str, np.ndarray], *, max_context: int,
+                 num_slots: int = 1, chunk: int = 128, threads: int | None = None) -> None:
+        self.plan = plan = read_plan(artifact)
+        self.threads = configure_threads(threads)
+        self.lib = load_module(Path(artifact) / LIB_FILE)
+        self.max_context, self.num_slots, self.chunk = max_context, num_slots, chunk
+        self.types = {v: TensorType.parse(info["type"]) for v, info in plan["values"].items()}
+        self.steps = plan["steps"]
+        self.output = plan["output"]
+        self._check_weights(weights)
+        self.weights = self._load_weights(weights)
+        sin, cos = rope_tables(plan["config"])
+        self.inputs = {
+            "inputIds": aligned_empty(chunk, "int32"), "positionIds": aligned_empty(chunk, "int32"),
+            "seqLens": aligned_empty(num_slots, "int32"), "attentionMask": aligned_empty(chunk, "int32"),
+            "sin": _aligned(sin), "cos": _aligned(cos), "atype": aligned_empty((), "float32"),
+        }
+        self.extras = {"positions": self.inputs["positionIds"], "slots": aligned_empty(chunk, "int32"),
+                       "last_rows": aligned_empty(num_slots, "int32")}
+        self.caches = self._allocate_caches()
+        self.storage = self._plan_storage()
+        self._bindings: OrderedDict[tuple[int, int], list[tuple[Callable, tuple]]] = OrderedDict()
+        self.weight_bytes = self._bytes_per_token()
+
+    # -------------------------------------------------------------- load
+
+    def _used_weights(self) -> dict[str, dict[str, Any]]:
+        """Weight values some kernel reads (a packed copy replaces the plain one it came from)."""
+        used = {a for step in self.steps if "kernel" in step for a in step["args"]}
+        used |= {a for step in self.steps if "host" in step for a in step["args"].values()}
+        return {v: info for v, info in self.plan["values"].items() if info["kind"] == "weight" and v in used}
+
+    def _check_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        shapes = getattr(weights, "tensors", None)
+        for v, info in self._used_weights().items():
+            if info["name"] not in weights:
+                raise ModelLoadError(f"the build needs weight {info['name']!r}, which the model lacks: "
+                                     f"this build is for another model")
+            shape = tuple(shapes[info["name"]].shape if shapes is not None else weights[info["name"]].shape)
+            if shape != self.types[v].shape:
+                raise ModelLoadError(f"weight {info['name']!r} is {list(shape)} but the build was compiled for "
+                                     f"{list(self.types[v].shape)}: this build is for another model")
+
+    def _load_weights(self, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each used weight read once from the model, re-laid out if a kernel asks, 64-byte aligned."""
+        load_kernel_modules()
+        out: dict[str, np.ndarray] = {}
+        for v, info in self._used_weights().items():
+            arr = np.asarray(weights[info["name"]], dtype=np.float32)
+            out[v] = PACKERS[info["pack"]](arr) if info.get("pack") else _aligned(arr)
+        return out
+
+    def _allocate_caches(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        caches = {}
+        for step in self.steps:
+            if step.get("layer") is not None:
+                shape = (self.num_slots, self.max_context, *self._kv_shape(step))
+                caches[step["layer"]] = (aligned_empty(shape, "float32"), aligned_empty(shape, "float32"))
+        return caches
+
+    def _kv_shape(self, step: dict[str, Any]) -> tuple[int, int]:
+        """(kv_heads, head_dim) of a FusedAttention step, from its curk argument's type."""
+        nodes = self.plan["graph"]["nodes"]
+        curk = next(n for n in nodes if n["id"] == step["node"])["inputs"]["curk"]
+        t = self.types[curk]
+        return int(t.shape[1]), int(t.shape[2])
+
+    def _plan_storage(self) -> dict[str, np.ndarray]:
+        """Flat storage per buffer value, shared by values whose lifetimes do not overlap."""
+        values = self.plan["values"]
+        base = {v: (info["of"] if info["kind"] == "view" else v) for v, info in values.items()}
+        for v in base:
+            while values[base[v]]["kind"] == "view":
+                base[v] = values[base[v]]["of"]
+        last: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            for a in step["args"] if isinstance(step["args"], list) else step["args"].values():
+                if a in base:
+                    last[base[a]] = i
+        last[base[self.output]] = len(self.steps)
+        free: dict[int, list[np.ndarray]] = {}
+        storage: dict[str, np.ndarray] = {}
+        for i, step in enumerate(self.steps):
+            node = step["node"]
+            if node in values and values[node]["kind"] == "buffer" and node not in storage:
+                t = self.types[node]
+                nbytes = _size(t, self.chunk, self.num_slots) * np.dtype(_NP[t.dtype]).itemsize
+                pool = free.get(nbytes)
+                storage[node] = pool.pop() if pool else aligned_empty(nbytes, "uint8")
+            for v, end in list(last.items()):
+                if end == i and v in storage:
+                    free.setdefault(storage[v].nbytes, []).append(storage[v])
+                    del last[v]
+        return storage
+
+    def _bytes_per_token(self) -> int:
+        """Weight bytes a decode step reads: every weight, except embedding tables (one row each)."""
+        gathered = {a for step in self.steps if "kernel" in step and step["kernel"].startswith("embedding")
+                    for a in step["args"]}
+        return sum(a.nbytes for v, a in self.weights.items() if v not in gathered)
+
+    # -------------------------------------------------------------- binding
+
+    def _array(self, v: str, tokens: int, seqs: int) -> np.ndarray:
+        info = self.plan["values"][v]
+        t = self.types[v]
+        shape = t.concrete({TOKENS: tokens, SEQS: seqs})
+        kind = info["kind"]
+        if kind == "weight":
+            return self.weights[v]
+        if kind == "input":
+            arr = self.inputs[info["name"]]
+            return arr if arr.ndim != 1 or not isinstance(t.shape[0], str) else arr[:shape[0]]
+        if kind == "view":
+            return self._array(info["of"], tokens, seqs).reshape(shape)
+        n = _size(t, tokens, seqs)
+        return self.storage[v][:n * np.dtype(_NP[t.dtype]).itemsize].view(_NP[t.dtype]).reshape(shape)
+
+    def _bind(self, tokens: int, seqs: int) -> list[tuple[Callable, tuple]]:
+        key = (tokens, seqs)
+        if key in self._bindings:
+            self._bindings.move_to_end(key)
+            return self._bindings[key]
+        calls = []
+        for step in self.steps:
+            if "host" in step:
+                calls.append(self._host_call(step, tokens, seqs))
+                continue
+            name = step["large"] if step["large"] and tokens >= step["large_from"] else step["kernel"]
+            args = []
+            for a in step["args"]:
+                if a.startswith("extra:"):
+                    extra = a[6:]
+                    if extra in ("kcache", "vcache"):
+                        args.append(as_tensor(self.caches[step["layer"]][0 if extra == "kcache" else 1]))
+                    else:
+                        arr = self.extras[extra]
+                        args.append(as_tensor(arr[:seqs] if extra == "last_rows" else arr[:tokens]))
+                else:
+                    args.append(as_tensor(self._array(a, tokens, seqs)))
+            calls.append((self.lib[name], tuple(args)))
+        self._bindings[key] = calls
+        if len(self._bindings) > MAX_BINDINGS:
+            self._bindings.popitem(last=False)
+        return calls
+
+    def _host_call(self, step: dict[str, Any], tokens: int, seqs: int) -> tuple[Callable, tuple]:
+        spec = O.get_spec(step["host"])
+        arrays = {port: self._array(v, tokens, seqs) for port, v in step["args"].items()}
+        names = {port: self.plan["values"].get(v, {}).get("name", v) for port, v in step["args"].items()}
+
+        def host() -> None:
+            spec.reference(arrays, {}, O.RefContext(names=names))
+        return host, ()
+
+    # -------------------------------------------------------------- run
+
+    def run(self, input_ids: Sequence[int] | np.ndarray, positions: Sequence[int] | np.ndarray,
+            seq_lens: Sequence[int] | np.ndarray, slots: Sequence[int] | np.ndarray) -> np.ndarray:
+        """One step over packed sequences: logits of each sequence's last token [B, vocab] (a copy)."""
+        ids = np.asarray(input_ids, np.int32)
+        pos = np.asarray(positions, np.int32)
+        lens = np.asarray(seq_lens, np.int32)
+        slot_ids = np.asarray(slots, np.int32)
+        if len(lens) > self.num_slots or (slot_ids.size and (slot_ids.max() >= self.num_slots or slot_ids.min() < 0)):
+            raise GenerationError(f"this executor has {self.num_slots} sequence slot(s)")
+        if pos.size and pos.max() >= self.max_context:
+            raise GenerationError(f"position {int(pos.max())} is past the context of {self.max_context} tokens")
+        if len(ids) <= self.chunk:
+            return self._step(ids, pos, lens, slot_ids)
+        starts = np.concatenate([[0], np.cumsum(lens)])
+        outs = []
+        for b in range(len(lens)):
+            rows = slice(starts[b], starts[b + 1])
+            s_ids, s_pos = ids[rows], pos[rows]
+            for c in range(0, len(s_ids), self.chunk):
+                part = slice(c, c + self.chunk)
+                n = len(s_ids[part])
+                logits = self._step(s_ids[part], s_pos[part], np.array([n], np.int32), slot_ids[b:b + 1])
+            outs.append(logits[0])
+        return np.stack(outs)
+
+    def _step(self, ids: np.ndarray, pos: np.ndarray, lens: np.ndarray, slot_ids: np.ndarray) -> np.ndarray:
+        tokens, seqs = len(ids), len(lens)
+        self.inputs["inputIds"][:tokens] = ids
+        self.inputs["positionIds"][:tokens] = pos
+        self.inputs["seqLens"][:seqs] = lens
+        self.extras["slots"][:tokens] = np.repeat(slot_ids, lens)
+        self.extras["last_rows"][:seqs] = np.cumsum(lens) - 1
+        try:
+            for fn, args in self._bind(tokens, seqs):
+                fn(*args)
+        except O.OpExit as e:
+            raise GenerationError(str(e)) from None
+        return self._array(self.output, tokens, seqs).copy()
+
+    def profile(self, tokens: int = 1, seqs: int = 1, repeat: int = 5) -> dict[str, float]:
+        """Time of a step vs the time spent inside kernels, for the host (Python + FFI) overhead share.
+
+        Kernel time = each call timed alone minus the cost of an empty FFI call, measured here.
+        """
+        from ..codegen.target import load_runtime
+
+        calls = self._bind(tokens, seqs)
+        self.inputs["inputIds"][:tokens] = 0
+        self.inputs["positionIds"][:tokens] = np.arange(tokens)
+        self.inputs["seqLens"][:seqs] = tokens // seqs
+        self.extras["slots"][:tokens] = 0
+        self.extras["last_rows"][:seqs] = np.arange(1, seqs + 1) * (tokens // seqs) - 1
+        null = load_runtime().get_global_func("runtime.NumThreads")
+        t0 = time.perf_counter()
+        for _ in range(1000):
+            null()
+        ffi = (time.perf_counter() - t0) / 1000
+        kernel = 0.0
+        for _ in range(repeat):
+            for fn, args in calls:
+                t0 = time.perf_counter()
+                fn(*args)
+                kernel += time.perf_counter() - t0 - ffi
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            for fn, args in calls:
+                fn(*args)
+        total = time.perf_counter() - t0
+        return {"step_s": total / repeat, "kernels_s": max(kernel, 0.0) / repeat, "launches": len(calls),
+                "ffi_call_s": ffi}
+
+
+def _aligned(arr: np.ndarray) -> np.ndarray:
+    out = aligned_empty(arr.shape, arr.dtype)
+    out[...] = arr
+    return out

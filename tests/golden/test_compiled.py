@@ -1,0 +1,93 @@
+"""The TVM-compiled executor: same logits as the reference executor and transformers; builds cached."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphllm.runtime.llm import LLM
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=["tiny_llama", "tiny_qwen2"])
+def pair(request):
+    folder = FIXTURES / request.param
+    return (LLM.load(folder, executor="tvm", max_context=160, num_slots=2),
+            np.load(folder / "expected.npz"))
+
+
+def test_compiled_matches_transformers_prefill_and_decode(pair):
+    llm, exp = pair
+    for p in range(3):
+        ids = exp[f"prompt{p}_ids"].tolist()
+        logits = llm.prefill(ids, slot=0)
+        position = len(ids)
+        for k, expected in enumerate(exp[f"prompt{p}_step_logits"]):
+            np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0, err_msg=f"prompt {p} step {k}")
+            token = int(exp[f"prompt{p}_new_tokens"][k])
+            logits = llm.decode(token, position, slot=0)
+            position += 1
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 128, 150])
+def test_compiled_equals_reference_at_token_counts(pair, tokens):
+    llm, _ = pair
+    ref = LLM.load(llm.model.path, executor="reference", max_context=160)
+    ids = (np.arange(tokens) * 37 % 300 + 3).tolist()
+    np.testing.assert_allclose(llm.step(ids, range(tokens), [tokens], [1]),
+                               ref.step(ids, range(tokens), [tokens], [0]), atol=TOL, rtol=0)
+
+
+def test_compiled_batched_sequences(pair):
+    llm, exp = pair
+    a, b = exp["prompt1_ids"].tolist(), exp["prompt2_ids"].tolist()
+    out = llm.step(a + b, list(range(len(a))) + list(range(len(b))), [len(a), len(b)], [0, 1])
+    np.testing.assert_allclose(out[0], exp["prompt1_prefill_logits"][-1], atol=TOL, rtol=0)
+    np.testing.assert_allclose(out[1], exp["prompt2_prefill_logits"][-1], atol=TOL, rtol=0)
+
+
+def _run(home, *args):
+    env = dict(os.environ, GRAPHLLM_HOME=str(home))
+    return subprocess.run([sys.executable, "-m", "graphllm.cli", *args], capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_artifact_round_trip_and_cache(tmp_path):
+    home = tmp_path / "home"
+    model = str(FIXTURES / "tiny_llama")
+    out = tmp_path / "artifact"
+    r = _run(home, "compile", "-m", model, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["target"]["kind"] == "llvm" and plan["graphllm"] and plan["tvm"]
+    args = ["run", "-m", model, "Hello", "-n", "8", "--ignore-eos"]
+    from_artifact = _run(home, *args, "--artifact", str(out))
+    assert from_artifact.returncode == 0, from_artifact.stderr
+    assert "compiled" not in from_artifact.stderr
+    first = _run(home, *args)
+    assert first.returncode == 0 and "note: compiled" in first.stderr, first.stderr
+    second = _run(home, *args)
+    assert second.returncode == 0 and "note: loaded the build" in second.stderr, second.stderr
+    reference = _run(home, *args, "--executor", "reference")
+    assert from_artifact.stdout == first.stdout == second.stdout == reference.stdout
+    # a corrupt cache entry is rebuilt, never a crash
+    build = next((home / "builds").iterdir())
+    (build / "plan.json").write_text("{not json")
+    third = _run(home, *args)
+    assert third.returncode == 0 and "rebuilding" in third.stderr and third.stdout == first.stdout
+    (build / "kernels.so").write_bytes(b"garbage")
+    fourth = _run(home, *args)
+    assert fourth.returncode == 0 and "rebuilding" in fourth.stderr and fourth.stdout == first.stdout
+
+
+def test_artifact_for_another_model_is_a_clear_error(tmp_path):
+    out = tmp_path / "artifact"
+    assert _run(tmp_path / "home", "compile", "-m", str(FIXTURES / "tiny_llama"), "-o", str(out)).returncode == 0
+    r = _run(tmp_path / "home", "run", "-m", str(FIXTURES / "tiny_qwen2"), "x", "--artifact", str(out))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "another model" in r.stderr
