@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+
 if TYPE_CHECKING:
     from tvm.tirx import Expr, PrimFunc
 
@@ -218,3 +220,14 @@ def kv_write_func(num_kv_heads: int, head_dim: int) -> PrimFunc:
                 v_cache[slot[t], pos[t], h, i] = v_cur[t, h, i]
 
     return kv_write
+
+
+@lowering("FusedAttention")
+def lower_attention(req: LowerRequest) -> Kernel:
+    """The KV-cache write of this step's k/v, then causal attention over the layer's cache."""
+    t = req.types
+    _, hq, d = t["q"].shape
+    hk = t["curk"].shape[1]
+    write = Kernel(kv_write_func(hk, d), ("curk", "curv", "positions", "slots", "kcache", "vcache"))
+    return Kernel(attention_func(hq, hk, d, req.attr["scale"]),
+                  ("q", "kcache", "vcache", "positions", "slots", "out"), before=(write,))

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from graphllm.codegen.build import aligned_empty
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering, packer
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
@@ -116,3 +117,22 @@ def linear_kernels(k: int, n: int, bias: bool = False, name: str = "linear") -> 
 def linear_entry(name: str, t: int) -> str:
     """Return the function name of `linear_kernels(name=...)` to call for t tokens."""
     return f"{name}_gemv" if t < GEMM_MIN_T else f"{name}_gemm"
+
+
+@packer("linear_blocks")
+def _pack(w: np.ndarray) -> np.ndarray:
+    """The registered name of pack_weight, so plans can say which re-layout a weight needs."""
+    return pack_weight(w)
+
+
+@lowering("Linear")
+def lower_linear(req: LowerRequest) -> Kernel:
+    """Linear over a 2-D input: GEMV below GEMM_MIN_T tokens, register-tiled GEMM from there."""
+    t = req.types
+    if t["input"].rank != 2:
+        raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
+    n, k = t["weight"].shape
+    bias = "bias" in t
+    params = ("input", "weight", "bias", "out") if bias else ("input", "weight", "out")
+    return Kernel(linear_gemv(k, n, bias), params, large=linear_gemm(k, n, bias), large_from=GEMM_MIN_T,
+                  packs={"weight": "linear_blocks"})
