@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from .qformats import qformat
+
 Dim = Union[int, str]
 
 TOKENS = "T"
@@ -26,8 +28,13 @@ class TensorType:
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
+        if self.dtype not in DTYPES and qformat(self.dtype) is None:
             raise ValueError(f"unknown dtype {self.dtype!r}")
+
+    @property
+    def quantized(self) -> bool:
+        """A block-quantized weight (see qformats): logical shape, raw block storage."""
+        return qformat(self.dtype) is not None
 
     @property
     def rank(self) -> int:
@@ -41,7 +48,7 @@ class TensorType:
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
 
     def __str__(self) -> str:
-        return f"{_SHORT[self.dtype]}[{','.join(str(d) for d in self.shape)}]"
+        return f"{_SHORT.get(self.dtype, self.dtype)}[{','.join(str(d) for d in self.shape)}]"
 
     @staticmethod
     def parse(text: str) -> "TensorType":
@@ -49,7 +56,7 @@ class TensorType:
         short, _, rest = text.partition("[")
         body = rest.rstrip("]")
         dims = tuple(int(d) if d.lstrip("-").isdigit() else d for d in body.split(",") if d)
-        return TensorType(dims, _LONG[short])
+        return TensorType(dims, _LONG.get(short, short))
 
 
 def fmt_shape(shape: tuple[Dim, ...]) -> str:

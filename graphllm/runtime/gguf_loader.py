@@ -11,7 +11,7 @@ import functools
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, LlamaFileTy
 from gguf import quants as gguf_quants
 from gguf.gguf_reader import ReaderField
 
+from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
 
 QT = GGMLQuantizationType
@@ -51,9 +52,6 @@ _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_REQUIRED = ("token_embd.weight", "output_norm.weight")
 _LAYER_REQUIRED = tuple(f"{k}.weight" for k in _LAYER_NAMES)
 
-# Chunk of blocks decoded at once: keeps temporaries in cache (3-6x faster than one big pass).
-_CHUNK_BLOCKS = 1 << 14
-
 
 class _FastReader(GGUFReader):
     """GGUFReader over a plain ndarray view of its memmap.
@@ -73,45 +71,12 @@ class _FastReader(GGUFReader):
 
 
 # ---------------------------------------------------------------- block decoders
-def _f16(col: np.ndarray) -> np.ndarray:
-    """Widen a [n, 2] uint8 column of little-endian fp16 scales to a [n, 1] float32 column."""
-    return col.view(np.float16).astype(np.float32)
+_QFORMATS = {QT.Q8_0: "q8_0", QT.Q4_0: "q4_0", QT.Q4_1: "q4_1"}
 
 
-def _nibbles(qs: np.ndarray) -> np.ndarray:
-    """Unpack [n, 16] bytes into [n, 32] float32 quants: low nibbles are 0..15, high ones 16..31."""
-    q = np.empty((qs.shape[0], 2 * qs.shape[1]), np.float32)
-    np.bitwise_and(qs, 0x0F, out=q[:, : qs.shape[1]], casting="unsafe")
-    np.right_shift(qs, 4, out=q[:, qs.shape[1] :], casting="unsafe")
-    return q
-
-
-def _q8_0(blocks: np.ndarray) -> np.ndarray:
-    """Q8_0 block, 34 bytes: fp16 scale d, 32 int8 quants q; value = q * d."""
-    return blocks[:, 2:].view(np.int8).astype(np.float32) * _f16(blocks[:, :2])
-
-
-def _q4_0(blocks: np.ndarray) -> np.ndarray:
-    """Q4_0 block, 18 bytes: fp16 scale d, 16 bytes of 4-bit quants q; value = d * (q - 8)."""
-    q = _nibbles(blocks[:, 2:])
-    q -= 8.0
-    q *= _f16(blocks[:, :2])
-    return q
-
-
-def _q4_1(blocks: np.ndarray) -> np.ndarray:
-    """Q4_1 block, 20 bytes: fp16 scale d, fp16 minimum m, 16 bytes of 4-bit quants q; value = d * q + m."""
-    q = _nibbles(blocks[:, 4:])
-    q *= _f16(blocks[:, :2])
-    q += _f16(blocks[:, 2:4])
-    return q
-
-
-_DECODERS: dict[GGMLQuantizationType, Callable[[np.ndarray], np.ndarray]] = {
-    QT.Q8_0: _q8_0,
-    QT.Q4_0: _q4_0,
-    QT.Q4_1: _q4_1,
-}
+def qformat_of(ggml_type: GGMLQuantizationType) -> str | None:
+    """graphllm's name for a GGML block type it computes on without dequantizing (see dsl/qformats)."""
+    return _QFORMATS.get(ggml_type)
 
 
 def dequantize_raw(raw: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarray:
@@ -122,20 +87,17 @@ def dequantize_raw(raw: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarr
         return raw.view(np.float16).astype(np.float32)
     if ggml_type == QT.BF16:  # the top 16 bits of a float32
         return (raw.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
-    decode = _DECODERS.get(ggml_type)
-    if decode is None:
+    name = _QFORMATS.get(ggml_type)
+    if name is None:
         return gguf_quants.dequantize(raw, ggml_type)
-    blocks = np.ascontiguousarray(raw).reshape(-1, GGML_QUANT_SIZES[ggml_type][1])
-    out = np.empty((blocks.shape[0], GGML_QUANT_SIZES[ggml_type][0]), np.float32)
-    for start in range(0, blocks.shape[0], _CHUNK_BLOCKS):
-        out[start : start + _CHUNK_BLOCKS] = decode(blocks[start : start + _CHUNK_BLOCKS])
-    return out.reshape(*raw.shape[:-1], -1)
+    rows = int(np.prod(raw.shape[:-1], dtype=np.int64))
+    return qformats.dequantize(raw, name, (rows, -1)).reshape(*raw.shape[:-1], -1)
 
 
 @functools.cache
 def _can_dequantize(ggml_type: GGMLQuantizationType) -> bool:
     """Whether this module or gguf's fallback can decode `ggml_type` (probes one zero block)."""
-    if ggml_type in (QT.F32, QT.F16, QT.BF16) or ggml_type in _DECODERS:
+    if ggml_type in (QT.F32, QT.F16, QT.BF16) or ggml_type in _QFORMATS:
         return True
     try:
         gguf_quants.dequantize(np.zeros((1, GGML_QUANT_SIZES[ggml_type][1]), np.uint8), ggml_type)
