@@ -21,6 +21,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="tvm: compiled kernels (default); reference: the numpy oracle, for debugging")
     p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+    p.add_argument("--dtype", default=None,
+                   help="weights: float32, int8, int8g<G>, int4, int4g<G> (weight-only; default: as stored, "
+                        "a GGUF keeps its Q8_0/Q4_0/Q4_1 blocks)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 128) -> None:
@@ -47,7 +50,7 @@ def load_llm(a: argparse.Namespace):
     from .runtime.llm import LLM
 
     llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context,
-                   artifact=a.artifact, threads=a.threads, show_progress=sys.stderr.isatty())
+                   artifact=a.artifact, threads=a.threads, dtype=a.dtype, show_progress=sys.stderr.isatty())
     for note in llm.notes:
         print(f"note: {note}", file=sys.stderr)
     return llm
@@ -82,6 +85,7 @@ def cmd_compile(a: argparse.Namespace) -> int:
     from .codegen.compile import compile_graph
     from .runtime.builds import host_target
     from .runtime.llm import build_graph
+    from .passes.quantize import quantize_weights
     from .runtime.loader import load_model, weight_types
 
     if a.target != "cpu":
@@ -92,7 +96,9 @@ def cmd_compile(a: argparse.Namespace) -> int:
         graph = load_ir(a.ir)
     else:
         model = load_model(a.model)
-        graph = build_graph(model.config, weight_types(model), a.custom)
+        graph = build_graph(model.config, weight_types(model, native=a.dtype is None), a.custom)
+        if a.dtype is not None:
+            graph = quantize_weights(graph, a.dtype)
     out = compile_graph(graph, a.output, host_target(), show_progress=sys.stderr.isatty())
     print(f"run it with: graphllm run --artifact {out} -m {a.model or 'MODEL'} \"PROMPT\"")
     return 0

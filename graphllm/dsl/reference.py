@@ -13,6 +13,8 @@ import numpy as np
 from . import ops as O
 from .graph import INPUT_OP, WEIGHT_OP, Graph
 from .inputs import OUTPUT, rope_tables
+from .qformats import dequantize
+from .types import TensorType
 
 
 class ReferenceExecutor:
@@ -23,7 +25,7 @@ class ReferenceExecutor:
         self.graph = graph
         self.order = graph.order()
         self.max_context = max_context
-        self.weights = {n: np.ascontiguousarray(weights[graph[n]["attrs"]["name"]], dtype=np.float32)
+        self.weights = {n: _float_weight(weights[graph[n]["attrs"]["name"]], graph[n]["type"])
                         for n in graph.nodes_of(WEIGHT_OP)}
         self.sin, self.cos = rope_tables(graph.config)
         self.caches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -71,3 +73,10 @@ class ReferenceExecutor:
                 if self.last_use.get(src) == i and src != out_node and self.graph[src]["op"] != WEIGHT_OP:
                     values.pop(src, None)
         return values[out_node]
+
+
+def _float_weight(value: np.ndarray, t: TensorType) -> np.ndarray:
+    """A weight as float32: block-quantized values are decoded exactly as the kernels decode them."""
+    if t.quantized:
+        return dequantize(value, t.dtype, t.shape)
+    return np.ascontiguousarray(value, dtype=np.float32)

@@ -8,15 +8,16 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..dsl.graph import ComputeGraph, Graph, trace
+from ..dsl.graph import WEIGHT_OP, ComputeGraph, Graph, trace
 from ..dsl.modelfile import load_model_file
 from ..dsl.reference import ReferenceExecutor
 from ..errors import GenerationError
 from ..models import builtin_model
 from ..dsl.types import TensorType
 from ..passes.manager import run_passes
+from ..passes.quantize import quantize_weights
 from . import generate
-from .loader import LoadedModel, load_model, weight_types
+from .loader import LoadedModel, WeightSource, load_model, weight_types
 from .sampling import SamplingParams
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -57,27 +58,31 @@ class LLM:
     def load(cls, path: str | os.PathLike | None = None, *, custom: str | os.PathLike | None = None,
              executor: str = "tvm", max_context: int | None = None, num_slots: int = 1,
              artifact: str | os.PathLike | None = None, threads: int | None = None,
-             show_progress: bool = False) -> "LLM":
+             dtype: str | None = None, show_progress: bool = False) -> "LLM":
         """Load weights and tokenizer, build the graph and an executor.
 
         ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
-        cache (compiling on first use); ``reference`` runs the numpy oracle.
+        cache (compiling on first use); ``reference`` runs the numpy oracle. ``dtype`` None keeps a
+        GGUF's blocks as they are; float32 dequantizes them; int8 / int4g[GROUP] quantize Linear weights.
         """
         if executor not in EXECUTORS:
             raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
         model = load_model(path)
         notes: list[str] = []
-        graph = build_graph(model.config, weight_types(model), custom, notes)
+        graph = build_graph(model.config, weight_types(model, native=dtype is None), custom, notes)
+        if dtype is not None:
+            graph = quantize_weights(graph, dtype, notes=notes)
+        weights = WeightSource(model, {graph[n]["name"]: graph[n]["type"] for n in graph.nodes_of(WEIGHT_OP)})
         limit = int(graph.config["max_positions"])
         ctx = min(limit, max_context or DEFAULT_MAX_CONTEXT)
         if max_context and max_context > limit:
             notes.append(f"--max-context {max_context} exceeds the model's {limit} positions: using {limit}")
         if executor == "reference":
-            runner = ReferenceExecutor(graph, model.weights, max_context=ctx, num_slots=num_slots)
+            runner = ReferenceExecutor(graph, weights, max_context=ctx, num_slots=num_slots)
         else:
             from .builds import open_build
 
-            runner = open_build(graph, model.weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
+            runner = open_build(graph, weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
                                 threads=threads, notes=notes, show_progress=show_progress)
         return cls(model, graph, runner, ctx, notes)
 

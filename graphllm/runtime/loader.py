@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +12,9 @@ import numpy as np
 
 from graphllm.errors import ModelLoadError
 from graphllm.runtime import download
-from graphllm.runtime.gguf_loader import open_gguf
+from graphllm.runtime.gguf_loader import open_gguf, qformat_of
 from graphllm.runtime.hf_loader import open_hf_folder
+from graphllm.dsl import qformats
 from graphllm.dsl.types import TensorType
 from graphllm.runtime.tokenizer import Tokenizer
 
@@ -32,9 +33,43 @@ class LoadedModel:
     file_type: str  # e.g. "gguf:Q4_1", "safetensors:bfloat16"
 
 
-def weight_types(model: LoadedModel) -> dict[str, TensorType]:
-    """Shapes of every weight (as float32 graph types) without reading or dequantizing any."""
-    return {name: TensorType(tuple(t.shape)) for name, t in model.weights.tensors.items()}
+def weight_types(model: LoadedModel, native: bool = True) -> dict[str, TensorType]:
+    """Every weight's graph type, without reading any: GGUF Q8_0/Q4_0/Q4_1 matrices keep their block
+    format when ``native`` (kernels dequantize inside the loop); everything else is float32."""
+    out = {}
+    for name, t in model.weights.tensors.items():
+        fmt = qformat_of(t.ggml_type) if native and hasattr(t, "ggml_type") and len(t.shape) == 2 else None
+        out[name] = TensorType(tuple(t.shape), fmt or "float32")
+    return out
+
+
+class WeightSource(Mapping[str, np.ndarray]):
+    """Weights as a graph's types want them: raw blocks for block-quantized types, else float32.
+
+    GGUF blocks of the wanted format are passed through untouched; float weights are quantized here
+    when the graph asks for a block format (``--dtype int8`` / ``int4g``).
+    """
+
+    def __init__(self, model: LoadedModel, types: Mapping[str, TensorType]) -> None:
+        self.model, self.types = model, types
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        t = self.types.get(name)
+        if t is None or not t.quantized:
+            return self.model.weights[name]
+        tensor = self.model.weights.tensors.get(name)
+        if tensor is not None and hasattr(tensor, "ggml_type") and qformat_of(tensor.ggml_type) == t.dtype:
+            return tensor.raw()
+        return qformats.quantize(self.model.weights[name], t.dtype)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.model.weights)
+
+    def __len__(self) -> int:
+        return len(self.model.weights)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.model.weights
 
 
 def _load_gguf(path: Path) -> LoadedModel:

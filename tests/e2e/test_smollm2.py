@@ -12,9 +12,11 @@ from graphllm.runtime.sampling import SamplingParams
 GOLDEN = json.loads((Path(__file__).parents[1] / "fixtures" / "smollm2_golden.json").read_text())
 
 
-@pytest.fixture(scope="module", params=["tvm", pytest.param("reference", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=[("tvm", "float32"), pytest.param(("reference", None), marks=pytest.mark.slow)],
+                ids=["tvm-float32", "reference-q4_1"])
 def llm(request, smollm2_gguf):
-    return LLM.load(smollm2_gguf, executor=request.param, max_context=256)
+    executor, dtype = request.param
+    return LLM.load(smollm2_gguf, executor=executor, dtype=dtype, max_context=256)
 
 
 def test_tokenizer_and_chat_template_match_transformers(llm):
