@@ -87,7 +87,11 @@ def make_plan(graph: Graph, progress: Callable[[str], None] | None = None) -> tu
         if key not in kernels:
             if progress:
                 progress(key)
-            kernels[key] = lower(req)
+            try:
+                kernels[key] = lower(req)
+            except NotImplementedError as e:
+                raise GraphLLMError(f"{graph.where(node)}: no TVM kernel yet: {e} (run with --executor reference, "
+                                    f"or --dtype float32 for quantized weights)") from None
             for i, kernel in enumerate(_stages(kernels[key])):
                 for suffix, func in kernel.variants().items():
                     funcs[f"{key}_{i}{suffix}"] = func
