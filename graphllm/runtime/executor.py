@@ -102,6 +102,49 @@ class CompiledExecutor:
             out[v] = PACKERS[info["pack"]](arr) if info.get("pack") else _aligned(arr)
         return out
 
+    def _allocate_caches(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        caches = {}
+        for step in self.steps:
+            if step.get("layer") is not None:
+                shape = (self.num_slots, self.max_context, *self._kv_shape(step))
+                caches[step["layer"]] = (aligned_empty(shape, "float32"), aligned_empty(shape, "float32"))
+        return caches
+
+    def _kv_shape(self, step: dict[str, Any]) -> tuple[int, int]:
+        """(kv_heads, head_dim) of a FusedAttention step, from its curk argument's type."""
+        nodes = self.plan["graph"]["nodes"]
+        curk = next(n for n in nodes if n["id"] == step["node"])["inputs"]["curk"]
+        t = self.types[curk]
+        return int(t.shape[1]), int(t.shape[2])
+
+    def _plan_storage(self) -> dict[str, np.ndarray]:
+        """Flat storage per buffer value, shared by values whose lifetimes do not overlap."""
+        values = self.plan["values"]
+        base = {v: (info["of"] if info["kind"] == "view" else v) for v, info in values.items()}
+        for v in base:
+            while values[base[v]]["kind"] == "view":
+                base[v] = values[base[v]]["of"]
+        last: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            for a in step["args"] if isinstance(step["args"], list) else step["args"].values():
+                if a in base:
+                    last[base[a]] = i
+        last[base[self.output]] = len(self.steps)
+        free: dict[int, list[np.ndarray]] = {}
+        storage: dict[str, np.ndarray] = {}
+        for i, step in enumerate(self.steps):
+            node = step["node"]
+            if node in values and values[node]["kind"] == "buffer" and node not in storage:
+                t = self.types[node]
+                nbytes = _size(t, self.chunk, self.num_slots) * np.dtype(_NP[t.dtype]).itemsize
+                pool = free.get(nbytes)
+                storage[node] = pool.pop() if pool else aligned_empty(nbytes, "uint8")
+            for v, end in list(last.items()):
+                if end == i and v in storage:
+                    free.setdefault(storage[v].nbytes, []).append(storage[v])
+                    del last[v]
+        return storage
+
     def _bytes_per_token(self) -> int:
         """Weight bytes a decode step reads: every weight, except embedding tables (one row each)."""
         gathered = {a for step in self.steps if "kernel" in step and step["kernel"].startswith("embedding")
