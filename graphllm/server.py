@@ -2,12 +2,12 @@
 
 `graphllm serve -m MODEL` or `python -m graphllm.server -p PATH`; endpoints: GET /v1/models,
 POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI).
+FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
 """
-
-from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hmac
 import json
 import socket
@@ -16,17 +16,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.exceptions import HTTPException
+from typing import TYPE_CHECKING, Any
 
 from .errors import GraphLLMError
-from .runtime import engine as eng
 from .runtime.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    from .runtime.engine import Engine
+    from .runtime.engine import Request as Generation
 
 WEBUI = Path(__file__).parent / "webui" / "index.html"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
@@ -41,7 +41,7 @@ class APIError(Exception):
         self.status, self.message, self.code, self.kind = status, message, code, kind
 
     @classmethod
-    def of(cls, exc: Exception) -> APIError:
+    def of(cls, exc: Exception) -> "APIError":
         """Any exception as an API error: user errors are 400, anything else 500."""
         if isinstance(exc, APIError):
             return exc
@@ -53,46 +53,50 @@ class APIError(Exception):
         """The error object."""
         return {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}}
 
-    def response(self) -> JSONResponse:
+    def response(self) -> "JSONResponse":
         """The JSON response for this error."""
+        from starlette.responses import JSONResponse
+
         return JSONResponse(self.payload(), status_code=self.status)
 
 
 # ---------------------------------------------------------------- request bodies
-class _Body(BaseModel):
-    """Fields shared by both generation endpoints; unknown OpenAI fields are accepted and ignored."""
+@functools.cache
+def _bodies() -> tuple[type, type]:
+    """The pydantic models of the chat and completion bodies; unknown OpenAI fields are accepted and ignored."""
+    from pydantic import BaseModel, ConfigDict, Field
 
-    model_config = ConfigDict(extra="allow")
-    model: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int = 0  # extension (llama.cpp, vLLM)
-    repetition_penalty: float = 1.0  # extension
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    ignore_eos: bool = False  # extension, for benchmarks
+    class Body(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        model: str | None = None
+        max_tokens: int | None = None
+        temperature: float | None = None
+        top_p: float | None = None
+        top_k: int = 0  # extension (llama.cpp, vLLM)
+        repetition_penalty: float = 1.0  # extension
+        seed: int | None = None
+        stop: str | list[str] | None = None
+        n: int = 1
+        stream: bool = False
+        stream_options: dict[str, Any] | None = None
+        ignore_eos: bool = False  # extension, for benchmarks
+
+    class Message(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        role: str
+        content: str | list[dict[str, Any]] | None = None
+
+    class ChatBody(Body):
+        messages: list[Message] = Field(min_length=1)
+        max_completion_tokens: int | None = None
+
+    class CompletionBody(Body):
+        prompt: str | list[int] | list[str]
+
+    return ChatBody, CompletionBody
 
 
-class _Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    role: str
-    content: str | list[dict[str, Any]] | None = None
-
-
-class ChatBody(_Body):
-    messages: list[_Message] = Field(min_length=1)
-    max_completion_tokens: int | None = None
-
-
-class CompletionBody(_Body):
-    prompt: str | list[int] | list[str]
-
-
-def _sampling(body: _Body, max_tokens: int) -> SamplingParams:
+def _sampling(body: Any, max_tokens: int) -> SamplingParams:
     """SamplingParams from a body (OpenAI defaults: temperature 1, top_p 1); validated."""
     if body.n != 1:
         raise APIError(400, "only n=1 is supported")
@@ -103,7 +107,7 @@ def _sampling(body: _Body, max_tokens: int) -> SamplingParams:
                           stop=stop, ignore_eos=body.ignore_eos).validate()
 
 
-def _message_text(message: _Message) -> str:
+def _message_text(message: Any) -> str:
     """A message's text; content given as parts must be text parts."""
     if isinstance(message.content, list):
         if any(part.get("type") != "text" for part in message.content):
@@ -150,7 +154,7 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(gen: eng.Request, out: _Output, options: dict[str, Any]) -> AsyncIterator[str]:
+async def _stream(gen: "Generation", out: _Output, options: dict[str, Any]) -> AsyncIterator[str]:
     """SSE chunks of a generation, then [DONE]; a disconnect (task cancelled) cancels the generation.
 
     stream_options: include_usage adds a last chunk with the token counts; continuous_usage_stats
@@ -180,14 +184,16 @@ async def _stream(gen: eng.Request, out: _Output, options: dict[str, Any]) -> As
         gen.cancel()
 
 
-async def _until_disconnect(http: Request) -> None:
+async def _until_disconnect(http: "Request") -> None:
     """Returns once the client has closed the connection."""
     while (await http.receive())["type"] != "http.disconnect":
         pass
 
 
-async def _whole(gen: eng.Request, out: _Output, http: Request) -> Response:
+async def _whole(gen: "Generation", out: _Output, http: "Request") -> "Response":
     """The full response; if the client leaves first, the generation is cancelled."""
+    from starlette.responses import JSONResponse, Response
+
     chunks: list = []
 
     async def collect() -> None:
@@ -226,8 +232,14 @@ def _auth_middleware(app: Any, api_key: str) -> Any:
     return wrapped
 
 
-def create_app(engine: eng.Engine, model_name: str, api_key: str | None = None) -> Any:
+def create_app(engine: "Engine", model_name: str, api_key: str | None = None) -> Any:
     """The ASGI app serving `engine` under `model_name` (wrapped for the API key when one is set)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    ChatBody, CompletionBody = _bodies()  # noqa: N806 - classes
     app = FastAPI(title="graphllm", docs_url=None, redoc_url=None, openapi_url=None)
     tok = engine.llm.tokenizer
 
@@ -248,12 +260,12 @@ def create_app(engine: eng.Engine, model_name: str, api_key: str | None = None) 
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return APIError(exc.status_code, str(exc.detail)).response()
 
-    def check_model(body: _Body) -> None:
+    def check_model(body: Any) -> None:
         if body.model is not None and body.model != model_name:
             raise APIError(404, f"The model '{body.model}' does not exist (this server has '{model_name}')",
                            "model_not_found")
 
-    async def respond(body: _Body, http: Request, ids: list[int], max_tokens: int, chat: bool) -> Response:
+    async def respond(body: Any, http: Request, ids: list[int], max_tokens: int, chat: bool) -> Response:
         params = _sampling(body, max_tokens)
         gen = engine.submit(ids, params)
         out = _Output(chat, model_name, len(ids))
@@ -333,6 +345,7 @@ def serve(a: argparse.Namespace) -> int:
     """Load the model, start the engine and serve until interrupted."""
     import uvicorn
 
+    from .runtime.engine import Engine
     from .runtime.llm import LLM
 
     if a.max_batch < 1:
@@ -346,7 +359,7 @@ def serve(a: argparse.Namespace) -> int:
     sock = _listen(a.host, a.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    engine = eng.Engine(llm, a.max_batch, a.max_prefill_tokens)
+    engine = Engine(llm, a.max_batch, a.max_prefill_tokens)
     config = uvicorn.Config(create_app(engine, name, a.api_key), log_level="warning", access_log=False)
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)
