@@ -351,7 +351,7 @@ def serve(a: argparse.Namespace) -> int:
     if a.max_batch < 1:
         raise GraphLLMError("--max-batch must be >= 1")
     llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context,
-                   num_slots=a.max_batch, artifact=a.artifact, threads=a.threads,
+                   num_slots=a.max_batch, artifact=a.artifact, threads=a.threads, dtype=a.dtype,
                    show_progress=sys.stderr.isatty())
     for note in llm.notes:
         print(f"note: {note}", file=sys.stderr)
