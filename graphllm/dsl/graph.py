@@ -143,6 +143,13 @@ class Graph:
         """Every node of one op type, in insertion order."""
         return (n for n, d in self.nx.nodes(data=True) if d["op"] == op)
 
+    def reorder(self, order: list[str]) -> None:
+        """Re-insert the nodes in ``order`` (a topological order), so later order() ties follow it."""
+        old = self.nx
+        self.nx = nx.MultiDiGraph()
+        self.nx.add_nodes_from((n, old.nodes[n]) for n in order)
+        self.nx.add_edges_from(old.edges(keys=True))
+
     def copy(self) -> "Graph":
         """A deep copy (passes return new graphs, never edit their input)."""
         g = Graph(copy.deepcopy(self.config))

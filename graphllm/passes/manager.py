@@ -15,6 +15,7 @@ from ..dsl.textir import print_graph
 from ..errors import GraphLLMError
 from .cse import cse
 from .dce import dce
+from .fuse_swiglu import fuse_swiglu
 from .verify import verify
 
 Pass = Callable[[Graph], Graph]
@@ -35,8 +36,9 @@ def register_pass(name: str) -> Callable[[Pass], Pass]:
 register_pass("verify")(verify)
 register_pass("dce")(dce)
 register_pass("cse")(cse)
+register_pass("fuse_swiglu")(fuse_swiglu)
 
-DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse"]
+DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse", "fuse_swiglu"]
 
 
 def _check_known(name: str) -> None:

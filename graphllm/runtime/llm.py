@@ -32,6 +32,13 @@ def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
     return run_passes(trace(description, config, weight_types, notes=notes), passes)
 
 
+def weight_source(model: LoadedModel, graph: Graph) -> WeightSource:
+    """The weights as the graph's Weight nodes want them (types, derived concatenations)."""
+    nodes = [graph[n] for n in graph.nodes_of(WEIGHT_OP)]
+    return WeightSource(model, {d["name"]: d["type"] for d in nodes},
+                        {d["name"]: d["attrs"]["concat"] for d in nodes if d["attrs"].get("concat")})
+
+
 @dataclass
 class Completion:
     """A finished generation."""
@@ -72,7 +79,7 @@ class LLM:
         graph = build_graph(model.config, weight_types(model, native=dtype is None), custom, notes)
         if dtype is not None:
             graph = quantize_weights(graph, dtype, notes=notes)
-        weights = WeightSource(model, {graph[n]["name"]: graph[n]["type"] for n in graph.nodes_of(WEIGHT_OP)})
+        weights = weight_source(model, graph)
         limit = int(graph.config["max_positions"])
         ctx = min(limit, max_context or DEFAULT_MAX_CONTEXT)
         if max_context and max_context > limit:

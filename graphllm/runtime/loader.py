@@ -50,11 +50,20 @@ class WeightSource(Mapping[str, np.ndarray]):
     when the graph asks for a block format (``--dtype int8`` / ``int4g``).
     """
 
-    def __init__(self, model: LoadedModel, types: Mapping[str, TensorType]) -> None:
-        self.model, self.types = model, types
+    def __init__(self, model: LoadedModel, types: Mapping[str, TensorType],
+                 parts: Mapping[str, list[str]] | None = None) -> None:
+        self.model, self.types, self.parts = model, types, dict(parts or {})
 
     def __getitem__(self, name: str) -> np.ndarray:
-        t = self.types.get(name)
+        if name in self.parts:  # a weight a pass derived: the rows of several checkpoint tensors
+            t = self.types[name]
+            return np.concatenate([self._value(p, TensorType(self._shape(p), t.dtype)) for p in self.parts[name]])
+        return self._value(name, self.types.get(name))
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.model.weights.tensors[name].shape)
+
+    def _value(self, name: str, t: TensorType | None) -> np.ndarray:
         if t is None or not t.quantized:
             return self.model.weights[name]
         tensor = self.model.weights.tensors.get(name)
@@ -63,13 +72,14 @@ class WeightSource(Mapping[str, np.ndarray]):
         return qformats.quantize(self.model.weights[name], t.dtype)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.model.weights)
+        yield from self.model.weights
+        yield from self.parts
 
     def __len__(self) -> int:
-        return len(self.model.weights)
+        return len(self.model.weights) + len(self.parts)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.model.weights
+        return name in self.model.weights or name in self.parts
 
 
 def _load_gguf(path: Path) -> LoadedModel:
