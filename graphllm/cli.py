@@ -21,6 +21,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="tvm: compiled kernels (default); reference: the numpy oracle, for debugging")
     p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+    p.add_argument("--passes", default=None, type=lambda v: [x for x in v.split(",") if x],
+                   help="comma-separated pass pipeline (default: verify,dce,cse,fuse_swiglu)")
+    p.add_argument("--no-fuse", action="store_true", help="leave out the fusion passes (debugging)")
     p.add_argument("--dtype", default=None,
                    help="weights: float32, int8, int8g<G>, int4, int4g<G> (weight-only; default: as stored, "
                         "a GGUF keeps its Q8_0/Q4_0/Q4_1 blocks)")
@@ -45,12 +48,22 @@ def sampling_from_args(a: argparse.Namespace) -> SamplingParams:
                           stop=list(a.stop), ignore_eos=a.ignore_eos).validate()
 
 
+def pipeline_from_args(a: argparse.Namespace) -> list[str] | None:
+    """The pass pipeline the flags ask for (None = the default one)."""
+    from .passes.manager import DEFAULT_PIPELINE
+
+    if not a.no_fuse:
+        return a.passes
+    return [p for p in (a.passes or DEFAULT_PIPELINE) if not p.startswith("fuse_")]
+
+
 def load_llm(a: argparse.Namespace):
     """Load the model the flags name, printing the loader's notes to stderr."""
     from .runtime.llm import LLM
 
     llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context,
-                   artifact=a.artifact, threads=a.threads, dtype=a.dtype, show_progress=sys.stderr.isatty())
+                   artifact=a.artifact, threads=a.threads, dtype=a.dtype, passes=pipeline_from_args(a),
+                   show_progress=sys.stderr.isatty())
     for note in llm.notes:
         print(f"note: {note}", file=sys.stderr)
     return llm
@@ -96,7 +109,8 @@ def cmd_compile(a: argparse.Namespace) -> int:
         graph = load_ir(a.ir)
     else:
         model = load_model(a.model)
-        graph = build_graph(model.config, weight_types(model, native=a.dtype is None), a.custom)
+        graph = build_graph(model.config, weight_types(model, native=a.dtype is None), a.custom,
+                            passes=pipeline_from_args(a))
         if a.dtype is not None:
             graph = quantize_weights(graph, a.dtype)
     out = compile_graph(graph, a.output, host_target(), show_progress=sys.stderr.isatty())
@@ -115,6 +129,41 @@ def cmd_bench(a: argparse.Namespace) -> int:
     llm = load_llm(a)
     result = run_bench(llm, a.prompt_tokens, a.gen_tokens, a.repeat)
     print(json.dumps(result, indent=1) if a.json else format_bench(result))
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    """Write the model with its weights in the asked dtype, so later loads skip quantization."""
+    from .runtime.export import export_model
+    from .runtime.llm import LLM
+
+    llm = LLM.load(a.model, custom=a.custom, executor="reference", dtype=a.dtype, max_context=2)
+    out = export_model(llm, a.output, force=a.force)
+    print(f"wrote {out} ({llm.model.file_type} -> {a.dtype or 'as stored'}); run it with: graphllm run -m {out} \"PROMPT\"")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    """Perplexity on a text file and the mean KL divergence from the float32 model."""
+    from pathlib import Path
+
+    from .runtime.evaluate import evaluate
+    from .runtime.llm import LLM
+
+    try:
+        text = Path(a.text).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GraphLLMError(f"cannot read --text {a.text}: {e}") from None
+    kwargs = dict(custom=a.custom, executor=a.executor, max_context=a.window + 1, max_seqs=a.chunk,
+                  threads=a.threads, show_progress=sys.stderr.isatty())
+    llm = LLM.load(a.model, dtype=a.dtype, **kwargs)
+    ref = None if a.dtype == "float32" else LLM.load(a.model, dtype="float32", **kwargs)
+    r = evaluate(llm, text, ref, window=a.window, chunk=a.chunk, max_tokens=a.max_tokens)
+    print(f"tokens          {r.tokens}")
+    print(f"perplexity      {r.perplexity:.4f}  (--dtype {a.dtype or 'as stored'})")
+    if r.mean_kl is not None:
+        print(f"float32 ppl     {r.reference_perplexity:.4f}")
+        print(f"mean KL         {r.mean_kl:.6f} nats/token vs float32")
     return 0
 
 
@@ -153,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_args(bench)
     bench.set_defaults(func=cmd_bench)
+
+    export = sub.add_parser("export", help="write the model with quantized weights (safetensors + config)")
+    export.add_argument("-o", "--output", required=True, help="folder to write")
+    export.add_argument("--force", action="store_true", help="replace a non-empty folder")
+    add_model_args(export)
+    export.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser("eval", help="perplexity of a text file and KL divergence from float32")
+    ev.add_argument("--text", required=True, help="a UTF-8 text file")
+    ev.add_argument("--window", type=int, default=256, help="tokens per evaluation window (fresh context)")
+    ev.add_argument("--chunk", type=int, default=64, help="tokens per step")
+    ev.add_argument("--max-tokens", type=int, default=None, help="evaluate at most this many tokens")
+    add_model_args(ev)
+    ev.set_defaults(func=cmd_eval)
 
     from .dump import add_dump_parser
 

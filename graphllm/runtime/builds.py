@@ -42,9 +42,9 @@ def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
 
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
                max_context: int, num_slots: int, threads: int | None, notes: list[str],
-               show_progress: bool = False) -> CompiledExecutor:
+               show_progress: bool = False, max_seqs: int | None = None) -> CompiledExecutor:
     """A CompiledExecutor from an explicit artifact, else from the cache; a bad cache entry is rebuilt."""
-    kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads)
+    kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
     if artifact is not None:
         plan = read_plan(artifact)
         if plan.get("graph_key") != graph_key(graph):

@@ -50,11 +50,13 @@ class CompiledExecutor:
     """Runs a compiled plan; same ``run`` contract as the reference executor."""
 
     def __init__(self, artifact: str | Path, weights: Mapping[str, np.ndarray], *, max_context: int,
-                 num_slots: int = 1, chunk: int = 128, threads: int | None = None) -> None:
+                 num_slots: int = 1, chunk: int = 128, threads: int | None = None,
+                 max_seqs: int | None = None) -> None:
         self.plan = plan = read_plan(artifact)
         self.threads = configure_threads(threads)
         self.lib = load_module(Path(artifact) / LIB_FILE)
         self.max_context, self.num_slots, self.chunk = max_context, num_slots, chunk
+        self.max_seqs = max(num_slots, max_seqs or 0)  # sequences per step (eval packs one per token)
         self.types = {v: TensorType.parse(info["type"]) for v, info in plan["values"].items()}
         self.steps = plan["steps"]
         self.output = plan["output"]
@@ -63,11 +65,11 @@ class CompiledExecutor:
         sin, cos = rope_tables(plan["config"])
         self.inputs = {
             "inputIds": aligned_empty(chunk, "int32"), "positionIds": aligned_empty(chunk, "int32"),
-            "seqLens": aligned_empty(num_slots, "int32"), "attentionMask": aligned_empty(chunk, "int32"),
+            "seqLens": aligned_empty(self.max_seqs, "int32"), "attentionMask": aligned_empty(chunk, "int32"),
             "sin": _aligned(sin), "cos": _aligned(cos), "atype": aligned_empty((), "float32"),
         }
         self.extras = {"positions": self.inputs["positionIds"], "slots": aligned_empty(chunk, "int32"),
-                       "last_rows": aligned_empty(num_slots, "int32")}
+                       "last_rows": aligned_empty(self.max_seqs, "int32")}
         self.caches = self._allocate_caches()
         self.storage = self._plan_storage()
         self._bindings: OrderedDict[tuple[int, int], list[tuple[Callable, tuple]]] = OrderedDict()
@@ -132,17 +134,21 @@ class CompiledExecutor:
         last[base[self.output]] = len(self.steps)
         free: dict[int, list[np.ndarray]] = {}
         storage: dict[str, np.ndarray] = {}
+        naive = 0
         for i, step in enumerate(self.steps):
             node = step["node"]
             if node in values and values[node]["kind"] == "buffer" and node not in storage:
                 t = self.types[node]
-                nbytes = _size(t, self.chunk, self.num_slots) * np.dtype(_NP[t.dtype]).itemsize
+                nbytes = _size(t, self.chunk, self.max_seqs) * np.dtype(_NP[t.dtype]).itemsize
                 pool = free.get(nbytes)
                 storage[node] = pool.pop() if pool else aligned_empty(nbytes, "uint8")
+                naive += nbytes
             for v, end in list(last.items()):
                 if end == i and v in storage:
                     free.setdefault(storage[v].nbytes, []).append(storage[v])
                     del last[v]
+        unique = {id(a): a.nbytes for a in storage.values()}
+        self.activation_bytes = {"planned": sum(unique.values()), "naive": naive}
         return storage
 
     def _bytes_per_token(self) -> int:
@@ -214,8 +220,9 @@ class CompiledExecutor:
         pos = np.asarray(positions, np.int32)
         lens = np.asarray(seq_lens, np.int32)
         slot_ids = np.asarray(slots, np.int32)
-        if len(lens) > self.num_slots or (slot_ids.size and (slot_ids.max() >= self.num_slots or slot_ids.min() < 0)):
-            raise GenerationError(f"this executor has {self.num_slots} sequence slot(s)")
+        if len(lens) > self.max_seqs or (slot_ids.size and (slot_ids.max() >= self.num_slots or slot_ids.min() < 0)):
+            raise GenerationError(f"this executor has {self.num_slots} KV-cache slot(s) and takes {self.max_seqs} "
+                                  f"sequence(s) a step")
         if pos.size and pos.max() >= self.max_context:
             raise GenerationError(f"position {int(pos.max())} is past the context of {self.max_context} tokens")
         if len(ids) <= self.chunk:

@@ -125,6 +125,11 @@ class GGUFTensor:
     n_head: int | None = None  # set when the file's rows are llama.cpp-permuted Q/K rows
 
     @property
+    def qformat(self) -> str | None:
+        """The block format graphllm computes on directly, if this tensor has one."""
+        return qformat_of(self.ggml_type) if len(self.shape) == 2 else None
+
+    @property
     def block_size(self) -> int:
         """Elements per GGML block (1 for F32/F16/BF16)."""
         return GGML_QUANT_SIZES[self.ggml_type][0]

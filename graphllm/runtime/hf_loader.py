@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
 
 # safetensors dtype -> (numpy dtype of the stored bytes, name used in file_type)
@@ -25,7 +26,9 @@ _DTYPES: dict[str, tuple[np.dtype, str]] = {
     "F16": (np.dtype("<f2"), "float16"),
     "BF16": (np.dtype("<u2"), "bfloat16"),
     "F64": (np.dtype("<f8"), "float64"),
+    "U8": (np.dtype("u1"), "uint8"),  # raw quantized blocks (graphllm export)
 }
+QUANT_KEY = "graphllm_quantization"
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -63,6 +66,43 @@ class SafeTensor:
         else:
             out = raw.astype(np.float32, copy=False)
         return out.reshape(self.shape)
+
+    @property
+    def qformat(self) -> None:
+        """Plain tensors hold numbers, not blocks."""
+        return None
+
+
+@dataclass(frozen=True)
+class BlockTensor:
+    """A tensor stored as raw quantized blocks (written by `graphllm export`): logical shape [N, K]."""
+
+    name: str
+    qformat: str
+    shape: tuple[int, ...]
+    stored: SafeTensor = field(repr=False)
+
+    def raw(self) -> np.ndarray:
+        """The blocks, uint8 [N, K/G*block_bytes]."""
+        return self.stored.data.reshape(self.stored.shape)
+
+    def load(self) -> np.ndarray:
+        """The tensor decoded to float32."""
+        return qformats.dequantize(self.raw(), self.qformat, self.shape)
+
+
+def _block_tensors(config: dict[str, Any], tensors: dict[str, SafeTensor], folder: Path) -> None:
+    """Replace the tensors config.json's graphllm_quantization names by BlockTensors (in place)."""
+    spec = config.get(QUANT_KEY) or {}
+    for name, dtype in (spec.get("dtypes") or {}).items():
+        shape = tuple(spec.get("shapes", {}).get(name) or ())
+        fmt = qformats.qformat(str(dtype))
+        stored = tensors.get(name)
+        if fmt is None or len(shape) != 2 or stored is None or stored.dtype != "U8" \
+                or stored.shape != (shape[0], fmt.row_bytes(shape[1])):
+            raise ModelLoadError(f"{folder}: {QUANT_KEY} entry for {name!r} ({dtype}, {list(shape)}) does not match "
+                                 f"the stored tensor")
+        tensors[name] = BlockTensor(name, fmt.name, shape, stored)
 
 
 def _parse_header(path: Path) -> tuple[int, dict[str, Any]]:
@@ -166,7 +206,8 @@ def open_hf_folder(folder: str | os.PathLike[str]) -> HFModel:
     tensors: dict[str, SafeTensor] = {}
     for f in _weight_files(folder):
         tensors.update(read_safetensors(f))
+    _block_tensors(config, tensors, folder)
     generation_config = read_json(folder / "generation_config.json", required=False) or {}
-    counts = Counter(_DTYPES[t.dtype][1] for t in tensors.values())
+    counts = Counter(t.qformat or _DTYPES[t.dtype][1] for t in tensors.values())
     file_type = f"safetensors:{counts.most_common(1)[0][0] if counts else 'empty'}"
     return HFModel(folder, config, SafetensorsWeights(tensors), generation_config, file_type)

@@ -27,8 +27,13 @@ EXECUTORS = ("tvm", "reference")
 def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
                 custom: str | os.PathLike | None = None, notes: list[str] | None = None,
                 passes: list[str] | None = None) -> Graph:
-    """Trace the model description (a custom file, else the built-in one for the config) and run the passes."""
+    """Trace the model description (a custom file, else the built-in one for the config) and run the passes.
+
+    A given pipeline always starts with verify (every later layer needs the inferred types).
+    """
     description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
+    if passes is not None and passes[:1] != ["verify"]:
+        passes = ["verify", *passes]
     return run_passes(trace(description, config, weight_types, notes=notes), passes)
 
 
@@ -65,7 +70,8 @@ class LLM:
     def load(cls, path: str | os.PathLike | None = None, *, custom: str | os.PathLike | None = None,
              executor: str = "tvm", max_context: int | None = None, num_slots: int = 1,
              artifact: str | os.PathLike | None = None, threads: int | None = None,
-             dtype: str | None = None, show_progress: bool = False) -> "LLM":
+             dtype: str | None = None, passes: list[str] | None = None, show_progress: bool = False,
+             max_seqs: int | None = None) -> "LLM":
         """Load weights and tokenizer, build the graph and an executor.
 
         ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
@@ -76,7 +82,7 @@ class LLM:
             raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
         model = load_model(path)
         notes: list[str] = []
-        graph = build_graph(model.config, weight_types(model, native=dtype is None), custom, notes)
+        graph = build_graph(model.config, weight_types(model, native=dtype is None), custom, notes, passes)
         if dtype is not None:
             graph = quantize_weights(graph, dtype, notes=notes)
         weights = weight_source(model, graph)
@@ -90,7 +96,7 @@ class LLM:
             from .builds import open_build
 
             runner = open_build(graph, weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
-                                threads=threads, notes=notes, show_progress=show_progress)
+                                threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs)
         return cls(model, graph, runner, ctx, notes)
 
     @property

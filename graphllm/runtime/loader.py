@@ -12,7 +12,7 @@ import numpy as np
 
 from graphllm.errors import ModelLoadError
 from graphllm.runtime import download
-from graphllm.runtime.gguf_loader import open_gguf, qformat_of
+from graphllm.runtime.gguf_loader import open_gguf
 from graphllm.runtime.hf_loader import open_hf_folder
 from graphllm.dsl import qformats
 from graphllm.dsl.types import TensorType
@@ -38,8 +38,7 @@ def weight_types(model: LoadedModel, native: bool = True) -> dict[str, TensorTyp
     format when ``native`` (kernels dequantize inside the loop); everything else is float32."""
     out = {}
     for name, t in model.weights.tensors.items():
-        fmt = qformat_of(t.ggml_type) if native and hasattr(t, "ggml_type") and len(t.shape) == 2 else None
-        out[name] = TensorType(tuple(t.shape), fmt or "float32")
+        out[name] = TensorType(tuple(t.shape), (t.qformat if native else None) or "float32")
     return out
 
 
@@ -67,7 +66,7 @@ class WeightSource(Mapping[str, np.ndarray]):
         if t is None or not t.quantized:
             return self.model.weights[name]
         tensor = self.model.weights.tensors.get(name)
-        if tensor is not None and hasattr(tensor, "ggml_type") and qformat_of(tensor.ggml_type) == t.dtype:
+        if tensor is not None and tensor.qformat == t.dtype:
             return tensor.raw()
         return qformats.quantize(self.model.weights[name], t.dtype)
 
