@@ -218,8 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_eval)
 
     from .dump import add_dump_parser
+    from .server import add_serve_parser
 
     add_dump_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
