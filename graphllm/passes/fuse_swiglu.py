@@ -64,6 +64,7 @@ def fuse_swiglu(graph: Graph) -> Graph:
         g.add(mul, "Swiglu", {}, inputs={"input": merged}, **attrs)
         for dst, port in users:
             g.nx.add_edge(mul, dst, key=port)
+        g[merged]["group"] = g[mul]["group"] = f"swiglu:{g[mul]['name']}{mul.partition('#')[2]}"
         for w in (wg, wu):
             if not g.users(w):
                 g.nx.remove_node(w)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from graphllm.dsl.reference import ReferenceExecutor
+from graphllm.dsl.dot import to_dot
 from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
 from graphllm.passes.fuse_swiglu import fuse_swiglu
 from graphllm.runtime.llm import build_graph, weight_source
@@ -27,6 +28,9 @@ def test_fusion_counts_and_equal_logits(name, native):
     merged = [fused[n] for n in fused.nodes_of("Weight") if fused[n]["attrs"].get("concat")]
     assert len(merged) == layers and merged[0]["type"].shape == (256, 64)
     assert graphs_equal(parse_graph(print_graph(fused)), fused)
+    swiglu = next(fused.nodes_of("Swiglu"))
+    assert fused[swiglu]["group"] == fused[fused.inputs(swiglu)["input"]]["group"]  # drawn as one cluster
+    assert f'cluster_{fused[swiglu]["group"]}' in to_dot(fused)
     ids = [7, 100, 31, 2, 250]
     run = lambda g: ReferenceExecutor(g, weight_source(model, g), max_context=16).run(ids, range(5), [5], [0])  # noqa: E731
     np.testing.assert_allclose(run(fused), run(plain), atol=1e-5, rtol=0)
