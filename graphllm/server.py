@@ -322,8 +322,9 @@ def _add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="port (0: any free port; the URL is printed)")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/ endpoints")
     p.add_argument("--max-batch", type=int, default=8, help="concurrent sequences (KV-cache slots)")
-    p.add_argument("--max-prefill-tokens", type=int, default=256,
-                   help="prompt tokens per step, so long prompts do not stall running replies")
+    p.add_argument("--max-step-tokens", type=int, default=128,
+                   help="tokens per step: one per running reply, prompts in chunks in the rest (so long prompts "
+                        "do not stall replies); at most the executor's packed-step size (128)")
     p.add_argument("--model-name", default=None, help="the model id clients use (default: the file/folder name)")
 
 
@@ -345,21 +346,21 @@ def serve(a: argparse.Namespace) -> int:
     """Load the model, start the engine and serve until interrupted."""
     import uvicorn
 
+    from .cli import pipeline_from_args
     from .runtime.engine import Engine
     from .runtime.llm import LLM
 
-    if a.max_batch < 1:
-        raise GraphLLMError("--max-batch must be >= 1")
+    Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
     llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context,
                    num_slots=a.max_batch, artifact=a.artifact, threads=a.threads, dtype=a.dtype,
-                   show_progress=sys.stderr.isatty())
+                   passes=pipeline_from_args(a), show_progress=sys.stderr.isatty())
     for note in llm.notes:
         print(f"note: {note}", file=sys.stderr)
     name = a.model_name or Path(llm.model.path).name.removesuffix(".gguf")
     sock = _listen(a.host, a.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    engine = Engine(llm, a.max_batch, a.max_prefill_tokens)
+    engine = Engine(llm, a.max_batch, a.max_step_tokens)
     config = uvicorn.Config(create_app(engine, name, a.api_key), log_level="warning", access_log=False)
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)

@@ -4,7 +4,8 @@ Requests are submitted from any asyncio event loop and read back as async iterat
 ``generate.Chunk``. Between steps the engine admits waiting requests into free KV-cache slots
 (preferring the slot whose cache already holds the longest prefix of the prompt), drops cancelled
 ones, and builds a single ``llm.step`` from every running sequence: one token for each decode plus
-prompt chunks up to ``max_prefill_tokens``, so a long prompt never stalls the others for long.
+prompt chunks in what is left of ``max_step_tokens``, so a long prompt never stalls the others for long
+(and a step never exceeds what the executor runs as one packed call).
 """
 
 from __future__ import annotations
@@ -114,12 +115,11 @@ class Request:
 class Engine:
     """The batching scheduler; ``submit`` from an event loop, iterate the returned Request."""
 
-    def __init__(self, llm: LLM, num_slots: int, max_prefill_tokens: int = 256) -> None:
-        if num_slots < 1 or max_prefill_tokens < 1:
-            raise GenerationError("the engine needs at least one slot and one prompt token per step")
+    def __init__(self, llm: LLM, num_slots: int, max_step_tokens: int = 128) -> None:
+        self.check_sizes(num_slots, max_step_tokens)
         self.llm = llm
         self.num_slots = num_slots
-        self.max_prefill_tokens = max_prefill_tokens
+        self.max_step_tokens = max_step_tokens
         self.steps = 0
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
@@ -131,6 +131,13 @@ class Engine:
         self._thread.start()
 
     # ------------------------------------------------------------ public
+    @staticmethod
+    def check_sizes(num_slots: int, max_step_tokens: int) -> None:
+        """Each step holds one decode per slot and at least one prompt token; GenerationError otherwise."""
+        if not 1 <= num_slots < max_step_tokens:
+            raise GenerationError(f"tokens per step ({max_step_tokens}) must exceed the slots ({num_slots}) "
+                                  f"and there must be at least one slot")
+
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
         """Queue a generation; call from a running event loop. Bad prompts or params raise GenerationError."""
         check_prompt(len(prompt_ids), self.llm.max_context)
@@ -204,12 +211,10 @@ class Engine:
     def _step(self, out: dict) -> None:
         """One packed forward step for every running sequence, then sampling for the caught-up ones."""
         batch: list[tuple[Request, int]] = []
-        budget = self.max_prefill_tokens
+        budget = self.max_step_tokens
         for request in sorted(self._running, key=lambda r: len(r.history) - r.cached > 1):  # decodes first
-            n = len(request.history) - request.cached
-            if n > 1:
-                n = min(n, budget)
-                budget -= n
+            n = min(len(request.history) - request.cached, budget)  # decodes always fit (slots < budget)
+            budget -= n
             if n:
                 batch.append((request, n))
         if not batch:

@@ -83,8 +83,8 @@ def run_all(engine: Engine, jobs: list[tuple[list[int], SamplingParams]]):
 def engine_factory():
     engines: list[Engine] = []
 
-    def make(llm, slots: int, max_prefill_tokens: int = 256) -> Engine:
-        engines.append(Engine(llm, slots, max_prefill_tokens))
+    def make(llm, slots: int, max_step_tokens: int = 128) -> Engine:
+        engines.append(Engine(llm, slots, max_step_tokens))
         return engines[-1]
     yield make
     for e in engines:
@@ -96,7 +96,7 @@ def engine_factory():
     SamplingParams(temperature=1.0, top_k=40, top_p=0.9, repetition_penalty=1.2, seed=3, max_tokens=12),
 ], ids=["greedy", "seeded-sampling"])
 def test_batched_requests_equal_solo_generation(solo, tiny4, engine_factory, params):
-    engine = engine_factory(tiny4, 4, max_prefill_tokens=8)  # 10 requests > 4 slots, prompts in chunks of 8
+    engine = engine_factory(tiny4, 4, max_step_tokens=8)  # 10 requests > 4 slots, prompts in small chunks
     results = run_all(engine, [(tiny4.tokenizer.encode(p), params) for p in PROMPTS])
     for prompt, (text, finish, n) in zip(PROMPTS, results):
         expected = solo.complete(prompt, params)
@@ -125,15 +125,15 @@ def test_prefix_reuse_feeds_only_the_new_tokens(solo, tiny4, engine_factory):
     assert llm.fed[0] <= len(follow) - len(first) + 1  # the first turn's tokens were not run again
 
 
-def test_one_packed_step_per_iteration_with_a_prefill_budget(engine_factory):
+def test_one_packed_step_per_iteration_within_a_token_budget(engine_factory):
     llm = ScriptedLLM(script=[7] * 64)
-    engine = engine_factory(llm, 3, max_prefill_tokens=5)
+    engine = engine_factory(llm, 3, max_step_tokens=5)
     jobs = [([5] * n, SamplingParams(max_tokens=4, ignore_eos=True)) for n in (12, 3, 9)]
     results = run_all(engine, jobs)
     assert [r[2] for r in results] == [4, 4, 4]
     for ids, positions, lens, slots in llm.calls:
         assert len(ids) == len(positions) == sum(lens) and len(set(slots)) == len(slots)
-        assert sum(n for n in lens if n > 1) <= 5  # prompt tokens per step are bounded
+        assert sum(lens) <= 5  # tokens per step are bounded
     assert any(1 in lens and max(lens) > 1 for _, _, lens, _ in llm.calls)  # decodes ride along with a prefill
 
 
@@ -150,6 +150,8 @@ def test_eos_context_limit_and_zero_max_tokens(engine_factory):
 
 
 def test_bad_requests_raise_at_submit(engine_factory):
+    with pytest.raises(GenerationError, match="must exceed the slots"):
+        Engine(ScriptedLLM([1]), 8, max_step_tokens=8)
     engine = engine_factory(ScriptedLLM([1] * 16, max_context=16), 1)
 
     async def main():
