@@ -26,13 +26,13 @@ def test_bad_dtype(bad):
 
 
 def test_only_linear_weights_are_quantized_and_values_match():
-    llm = LLM.load(TINY, executor="reference", dtype="int4g32", max_context=32)
+    llm = LLM.load(TINY, executor="reference", dtype="int4g32", max_context=32, passes=["verify"])
     types = {llm.graph[n]["name"]: llm.graph[n]["type"] for n in llm.graph.nodes_of("Weight")}
     assert types["model.layers.0.mlp.up_proj.weight"].dtype == "q4_1"
     assert types["model.embed_tokens.weight"].dtype == "float32"
     assert types["model.norm.weight"].dtype == "float32"
     # the reference computes on the decoded blocks: a float model given those values agrees exactly
-    float_llm = LLM.load(TINY, executor="reference", max_context=32)
+    float_llm = LLM.load(TINY, executor="reference", max_context=32, passes=["verify"])
     for node in float_llm.graph.nodes_of("Weight"):
         t = types[float_llm.graph[node]["name"]]
         if t.quantized:
