@@ -8,7 +8,9 @@ block layouts); other GGML types fall back to `gguf.quants.dequantize`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
+import pickle
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -23,6 +25,7 @@ from gguf.gguf_reader import ReaderField
 
 from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
+from graphllm.runtime.download import graphllm_home
 
 QT = GGMLQuantizationType
 
@@ -294,17 +297,77 @@ def _check_complete(tensors: Mapping[str, GGUFTensor], config: Mapping[str, Any]
             raise ModelLoadError(f"{path}: the GGUF file lacks the tensor {name!r} ({hf_tensor_name(name)})")
 
 
+class _StoredField:
+    """A metadata value read back from the index cache; answers `contents()` like a ReaderField."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def contents(self) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True)
+class _TensorEntry:
+    """What open_gguf needs of one tensor: GGUF name, type, shape (GGUF order) and its bytes."""
+
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: np.ndarray
+    data: np.ndarray
+
+
+def _index_path(path: Path) -> Path:
+    """Where the parsed header of this exact file (path, size, mtime) is cached."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    return graphllm_home() / "gguf-index" / f"{key}.pkl"
+
+
+def _read_indexed(path: Path) -> tuple[Mapping[str, Any], list[_TensorEntry]]:
+    """Metadata and tensor table: from the index cache, else parsed with gguf's reader and cached.
+
+    gguf's reader walks every tokenizer string in Python (over a second for a 49k vocabulary); the
+    cache makes later opens of the same file take milliseconds.
+    """
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: no such GGUF file")
+    index = _index_path(path)
+    try:
+        with open(index, "rb") as f:
+            values, table = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+        reader = _read(path)
+        values = {k: f.contents() for k, f in reader.fields.items()}
+        table = [(t.name, int(t.tensor_type), t.shape.tolist(), int(t.data_offset), int(t.n_bytes))
+                 for t in reader.tensors]
+        try:
+            index.parent.mkdir(parents=True, exist_ok=True)
+            tmp = index.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as f:
+                pickle.dump((values, table), f, protocol=pickle.HIGHEST_PROTOCOL)
+            os.replace(tmp, index)
+        except OSError:
+            pass  # a read-only cache folder only costs the next open its parse time
+    mm = np.memmap(path, np.uint8, mode="r")
+    entries = []
+    for name, tt, shape, offset, nbytes in table:
+        if offset + nbytes > mm.size:
+            raise ModelLoadError(f"{path}: not a valid GGUF file (truncated: tensor {name!r} ends past the file)")
+        entries.append(_TensorEntry(name, GGMLQuantizationType(tt), np.asarray(shape), mm[offset:offset + nbytes]))
+    return {k: _StoredField(v) for k, v in values.items()}, entries
+
+
 def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     """Open a .gguf file (memory-mapped): config, raw tensors and lazily dequantized HF-named weights."""
     path = Path(path)
-    reader = _read(path)
-    fields = reader.fields
-    gguf_names = {t.name for t in reader.tensors}
+    fields, entries = _read_indexed(path)
+    gguf_names = {t.name for t in entries}
     config = build_config(fields, gguf_names, path)
     permuted = _ARCHS[config["model_type"]][2]
     heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
     tensors: dict[str, GGUFTensor] = {}
-    for t in reader.tensors:
+    for t in entries:
         if not _can_dequantize(t.tensor_type):
             raise ModelLoadError(
                 f"{path}: tensor {t.name!r} has GGML type {t.tensor_type.name}, which graphllm cannot decode"

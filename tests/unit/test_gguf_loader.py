@@ -334,3 +334,21 @@ def test_real_model_full_load_via_loader(smollm2_model, smollm2_gguf: Path) -> N
     assert shapes["model.layers.0.mlp.down_proj.weight"] == (576, 1536)
     assert shapes["model.norm.weight"] == (576,)
     assert model.tokenizer.encode("The capital of France is") == [504, 3575, 282, 4649, 314]
+
+
+def test_header_index_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch) -> None:
+    from graphllm.runtime import gguf_loader
+
+    monkeypatch.setenv("GRAPHLLM_HOME", str(tmp_path / "home"))
+    write_gguf(tmp_path / "m.gguf")
+    first = open_gguf(tmp_path / "m.gguf")
+    assert list((tmp_path / "home" / "gguf-index").iterdir())
+    monkeypatch.setattr(gguf_loader, "_read", lambda path: pytest.fail("parsed again despite the index"))
+    again = open_gguf(tmp_path / "m.gguf")
+    assert again.config == first.config
+    assert np.array_equal(again.weights["model.norm.weight"], first.weights["model.norm.weight"])
+    (tmp_path / "m.gguf").write_bytes((tmp_path / "m.gguf").read_bytes()[:100])  # a changed file is re-read
+    monkeypatch.undo()
+    monkeypatch.setenv("GRAPHLLM_HOME", str(tmp_path / "home"))
+    with pytest.raises(ModelLoadError):
+        open_gguf(tmp_path / "m.gguf")
