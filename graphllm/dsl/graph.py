@@ -25,7 +25,8 @@ from .types import TensorType
 INPUT_OP = "Input"
 WEIGHT_OP = "Weight"
 _DSL_DIR = os.path.dirname(os.path.abspath(__file__))
-TIED_FALLBACK = {"lm_head.weight": "model.embed_tokens.weight"}
+CONFIG_NODE_TYPES = ("config.int", "config.float")  # fastllm's {"name": key, "type": ...}: a config value
+CONSTANT_NODE_TYPES = ("constant.int", "constant.float")  # fastllm's {"name": "", "type": ..., "value": v}
 
 
 @dataclass(frozen=True)
@@ -169,12 +170,16 @@ class Graph:
 class _Recorder:
     """Records op calls of one build() into a Graph."""
 
-    def __init__(self, graph: Graph, weight_types: Mapping[str, TensorType]) -> None:
+    def __init__(self, graph: Graph, weight_types: Mapping[str, TensorType], model: "ComputeGraph",
+                 notes: list[str] | None) -> None:
         self.graph = graph
         self.weight_types = weight_types
+        self.model = model  # its config (which build() may change or replace) answers config references
+        self.notes = notes
         self.current: dict[str, str] = {}
         self.versions: dict[str, int] = {}
         self.count = 0
+        self.embedding: str | None = None  # the weight of the last Embedding: absent Linear weights read it
 
     def read_data(self, handle: Any, op: str, port: str, loc: SourceLoc | None) -> str:
         if not isinstance(handle, GraphData):
@@ -201,12 +206,13 @@ class _Recorder:
         if name not in self.weight_types:
             if optional:
                 return None
-            fallback = TIED_FALLBACK.get(name)
-            if fallback in self.weight_types:
-                name = fallback
-            else:
+            if not (op == "Linear" and port == "weight" and self.embedding):
                 raise GraphBuildError(f"{loc}: {op}: weight {name!r} is not in the checkpoint"
                                       + _suggest(name, list(self.weight_types)))
+            if self.notes is not None and not name.endswith("lm_head.weight"):
+                self.notes.append(f"{loc}: weight {name!r} is not in the checkpoint: Linear reads the "
+                                  f"embedding {self.embedding!r} instead (tied weights, as in fastllm)")
+            name = self.embedding
         node = f"@{name}"
         if node not in self.graph:
             self.graph.add(node, WEIGHT_OP, {"name": name}, name=name, type=self.weight_types[name])
@@ -240,7 +246,8 @@ class _Recorder:
                     raise GraphBuildError(f"{loc}: {spec.name}: port {p.name!r} expects data[...], got {value!r}")
                 out_name = value.pre
             elif p.kind == O.ATTR:
-                attrs[p.name] = _attr(value, p, spec.name, loc)
+                if value is not None or not p.optional:
+                    attrs[p.name] = _attr(self.resolve(value, p, spec.name, loc), p, spec.name, loc)
             elif p.kind == O.CACHE:
                 attrs.setdefault("layer", _cache_layer(value, spec.name, p.name, loc))
                 if attrs["layer"] != _cache_layer(value, spec.name, p.name, loc):
@@ -251,6 +258,63 @@ class _Recorder:
             self.count += 1
             node = f"!{spec.name}#{self.count}"
         self.graph.add(node, spec.name, attrs, name=out_name or "", loc=loc, inputs=inputs)
+        if spec.name == "Embedding":
+            self.embedding = self.graph[inputs["weight"]]["name"]
+
+    def record_dict(self, op: Any) -> None:
+        """Record a raw fastllm op dict ``{"type": "Linear", "nodes": {"input": ..., ...}}``."""
+        loc = caller_loc()
+        if not isinstance(op, Mapping) or not isinstance(op.get("type"), str):
+            raise GraphBuildError(f"{loc}: self.graph.append expects an op dict "
+                                  f"{{'type': 'OpName', 'nodes': {{port: value}}}}, got {op!r}")
+        spec = O.get_spec(op["type"])
+        if spec is None:
+            raise GraphBuildError(f"{loc}: unknown op type {op['type']!r} in an op dict appended to self.graph"
+                                  + _suggest(op["type"], list(O.REGISTRY)))
+        nodes = op.get("nodes") or {}
+        if not isinstance(nodes, Mapping):
+            raise GraphBuildError(f"{loc}: {spec.name}: 'nodes' must be a dict of port -> value, got {nodes!r}")
+        self.record(spec, (), {port: _from_node(value) for port, value in nodes.items()})
+
+    def resolve(self, value: Any, p: O.Param, op: str, loc: SourceLoc | None) -> Any:
+        """An attribute given as a fastllm node dict: a constant's value or a config lookup."""
+        if not isinstance(value, Mapping):
+            return value
+        kind = value.get("type", "")
+        if kind in CONSTANT_NODE_TYPES:
+            return value.get("value", 0)  # fastllm's GraphNode leaves out a value of 0
+        key = value.get("name")
+        if kind not in CONFIG_NODE_TYPES + ("",) or not isinstance(key, str):
+            raise GraphBuildError(f"{loc}: {op}: {p.name!r} must be a constant or a config reference "
+                                  f"{{'name': KEY, 'type': 'config.float'}}, got {value!r}")
+        config = self.model.config
+        found = _config_lookup(config, key)
+        if found is None:
+            raise GraphBuildError(f"{loc}: {op}: {p.name!r} reads config key {key!r}, which the config lacks"
+                                  + _suggest(key, [str(k) for k in config]))
+        try:
+            return int(float(found)) if kind == "config.int" else float(found) if kind == "config.float" else found
+        except (TypeError, ValueError):
+            raise GraphBuildError(f"{loc}: {op}: {p.name!r}: config {key!r} = {found!r} is not a number") from None
+
+
+def _from_node(value: Any) -> Any:
+    """A port value of a raw op dict: fastllm's data/weight node dicts become handles; the rest stays."""
+    if isinstance(value, Mapping) and value.get("type") in ("data", "weight") and isinstance(value.get("name"), str):
+        return GraphData(value["name"]) if value["type"] == "data" else GraphWeight(value["name"])
+    return value
+
+
+def _config_lookup(config: Mapping[str, Any], key: str) -> Any:
+    """config[key]; a dotted key reads nested dicts, as fastllm flattens config.json ("rope_scaling.type")."""
+    if key in config:
+        return config[key]
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
 
 
 def _bind(spec: O.OpSpec, args: tuple, kwargs: dict, loc: SourceLoc | None) -> dict[str, Any]:
@@ -305,6 +369,32 @@ def _op_method(spec: O.OpSpec) -> Callable[..., None]:
     return method
 
 
+class OpList(list):
+    """``self.graph``: fastllm's op list; an op dict appended to it is recorded like an op method call."""
+
+    def __init__(self, owner: "ComputeGraph", ops: Any = ()) -> None:
+        super().__init__()
+        self._owner = owner
+        self.extend(ops)
+
+    def append(self, op: Any) -> None:
+        """Record the op dict (inside build() only) and keep it in the list."""
+        recorder = getattr(self._owner, "_recorder", None)
+        if recorder is None:
+            raise GraphBuildError(f"{caller_loc()}: ops can be appended to self.graph only inside build()")
+        recorder.record_dict(op)
+        super().append(op)
+
+    def extend(self, ops: Any) -> None:
+        """Append each op dict in order."""
+        for op in ops:
+            self.append(op)
+
+    def __iadd__(self, ops: Any) -> "OpList":
+        self.extend(ops)
+        return self
+
+
 class ComputeGraph:
     """Base class of model descriptions: subclass it, write ``build()``, end the file with ``__model__``."""
 
@@ -312,8 +402,18 @@ class ComputeGraph:
         self.weight = GraphWeight()
         self.data = GraphData()
         self.config: ModelConfig = ModelConfig()
-        self.graph: list[dict[str, Any]] = []
+        self.graph = []
         self._recorder: _Recorder | None = None
+
+    @property
+    def graph(self) -> OpList:
+        """The ops appended as raw dicts (fastllm's ``self.graph``); appending records them."""
+        return self._ops
+
+    @graph.setter
+    def graph(self, ops: Any) -> None:
+        if ops is not getattr(self, "_ops", None):  # `self.graph += [...]` assigns the same list back
+            self._ops = OpList(self, ops)
 
     def build(self) -> None:
         """Describe the model by calling op methods; subclasses override it."""
@@ -329,9 +429,9 @@ def trace(model: type[ComputeGraph] | ComputeGraph, config: Mapping[str, Any],
     """Run a description's build() and return the recorded graph (types are set by the verify pass)."""
     instance = model() if isinstance(model, type) else model
     instance.config = ModelConfig(copy.deepcopy(dict(config)))
-    instance.weight, instance.data = GraphWeight(), GraphData()
+    instance.weight, instance.data, instance.graph = GraphWeight(), GraphData(), []
     graph = Graph()
-    recorder = instance._recorder = _Recorder(graph, weight_types)
+    recorder = instance._recorder = _Recorder(graph, weight_types, instance, notes)
     try:
         instance.build()
     except GraphBuildError:

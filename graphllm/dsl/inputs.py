@@ -28,7 +28,8 @@ def rotary_pairs(config: dict[str, Any]) -> int:
     """Number of rotated pairs per head (fastllm's rotaryDim): half the rotary dimension."""
     if config.get("rotary_dim"):
         return int(config["rotary_dim"]) // 2
-    return int(head_dim(config) * float(config.get("partial_rotary_factor", 1.0))) // 2
+    factor = config.get("partial_rotary_factor", (config.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0))
+    return int(head_dim(config) * float(factor)) // 2
 
 
 def input_types(config: dict[str, Any]) -> dict[str, TensorType]:

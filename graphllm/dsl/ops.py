@@ -208,14 +208,17 @@ def _rmsnorm_infer(t, a):
 def _rmsnorm_ref(x, a, ctx):
     v = x["input"]
     inv = 1.0 / np.sqrt(np.mean(v * v, axis=-1, keepdims=True) + np.float32(a["eps"]))
-    return (v * inv.astype(np.float32)) * x["weight"]
+    w = x["weight"] + np.float32(a["weightOffset"]) if a.get("weightOffset") else x["weight"]
+    return (v * inv.astype(np.float32)) * w
 
 
 register(OpSpec(
     "RMSNorm",
-    (Param("input", IN), Param("weight", WEIGHT), Param("eps", ATTR, type=float), Param("output", OUT)),
+    (Param("input", IN), Param("weight", WEIGHT), Param("eps", ATTR, type=float), Param("output", OUT),
+     Param("weightOffset", ATTR, optional=True, type=float)),
     _rmsnorm_infer, _rmsnorm_ref,
-    "output = input / sqrt(mean(input^2, last axis) + eps) * weight."))
+    "output = input / sqrt(mean(input^2, last axis) + eps) * (weight + weightOffset); Gemma's norms "
+    "scale by (1 + weight): weightOffset=1."))
 
 
 def _layernorm_infer(t, a):
@@ -330,11 +333,19 @@ def _attention_infer(t, a):
     _require(k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0,
              f"query heads {q.shape[1]} are not a multiple of key/value heads {k.shape[1]}")
     _require(t["seqLens"].dtype.startswith("int"), "seqLens must be int")
+    _require(a.get("window", 0) >= 0, f"window {a.get('window')} must be >= 0 (0: no sliding window)")
+    _require(a.get("softcap", 0) >= 0, f"softcap {a.get('softcap')} must be >= 0 (0: no soft-capping)")
     return q.with_shape((q.shape[0], q.shape[1] * q.shape[2]))
 
 
+def soft_cap(x: np.ndarray, cap: float) -> np.ndarray:
+    """cap * tanh(x / cap): squashes x smoothly into (-cap, cap) (Gemma 2's logit soft-capping)."""
+    c = np.float32(cap)
+    return np.tanh(x / c) * c
+
+
 def _attention_ref(x, a, ctx):
-    """Write this step's K/V into the layer's cache, then causal attention over the cache."""
+    """Write this step's K/V into the layer's cache, then causal (optionally windowed) attention."""
     q, k, v = x["q"], x["curk"], x["curv"]
     kc, vc = ctx.caches[a["layer"]]
     seq_lens = x["seqLens"]
@@ -352,7 +363,12 @@ def _attention_ref(x, a, ctx):
         keys = np.repeat(kc[slot, :n], group, axis=1)  # [n, hq, d]
         vals = np.repeat(vc[slot, :n], group, axis=1)
         s = np.einsum("thd,nhd->htn", q[rows], keys) * np.float32(a["scale"])
-        s = np.where(np.arange(n)[None, None, :] <= p[None, :, None], s, -np.inf)
+        if a.get("softcap"):
+            s = soft_cap(s, a["softcap"])
+        keep = np.arange(n)[None, None, :] <= p[None, :, None]
+        if a.get("window"):
+            keep &= np.arange(n)[None, None, :] > p[None, :, None] - a["window"]
+        s = np.where(keep, s, -np.inf)
         s = np.exp(s - s.max(axis=-1, keepdims=True))
         s /= s.sum(axis=-1, keepdims=True)
         out[rows] = np.einsum("htn,nhd->thd", s, vals).reshape(-1, hq * d)
@@ -364,10 +380,13 @@ register(OpSpec(
     (Param("q", IN), Param("k", CACHE), Param("v", CACHE), Param("curk", IN), Param("curv", IN),
      Param("original", IGNORED), Param("mask", IGNORED), Param("output", OUT), Param("seqLens", IN),
      Param("scale", ATTR, type=float), Param("maskType", ATTR, default=0, type=int),
-     Param("unitLen", ATTR, default=128, type=int)),
+     Param("unitLen", ATTR, default=128, type=int), Param("window", ATTR, optional=True, type=int),
+     Param("softcap", ATTR, optional=True, type=float)),
     _attention_infer, _attention_ref,
     "Appends curk/curv at each token's position to the KV cache of layer k (pastKey.<i>), then "
     "causal attention of q over that cache (GQA by head groups). Output [T, heads*headDim]. "
+    "Optional: window > 0: a token at position p sees keys p-window+1 .. p only (sliding window); softcap > 0: "
+    "scores become softcap * tanh(scores / softcap) after scaling (Gemma 2). "
     "As in fastllm, k/v only name the layer's cache and original/mask/unitLen carry nothing."))
 
 
@@ -396,6 +415,12 @@ register(OpSpec(
     (Param("input", IN), Param("output", OUT)),
     _unary, lambda x, a, ctx: _silu(x["input"]),
     "output = input * sigmoid(input)."))
+
+register(OpSpec(
+    "Tanh",
+    (Param("input", IN), Param("output", OUT)),
+    _unary, lambda x, a, ctx: np.tanh(x["input"]),
+    "output = tanh(input) (with Mul, the final logit soft-capping of Gemma 2)."))
 
 register(OpSpec(
     "Gelu",

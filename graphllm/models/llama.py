@@ -1,4 +1,4 @@
-"""Llama (and SmolLM2, Mistral without sliding window): the built-in description."""
+"""Llama (and SmolLM2): the built-in description; Mistral and Qwen2 reuse it."""
 
 import math
 
@@ -6,6 +6,10 @@ from graphllm.dsl.graph import ComputeGraph
 
 
 class LlamaModel(ComputeGraph):
+    def attention_window(self, layer):
+        """Sliding attention window of a layer (None: full causal attention); Mistral overrides it."""
+        return None
+
     def build(self):
         weight, data, config = self.weight, self.data, self.config
         config["max_positions"] = config["max_position_embeddings"]
@@ -26,7 +30,8 @@ class LlamaModel(ComputeGraph):
             self.LlamaRotatePosition2D(data["q"], data["positionIds"], data["sin"], data["cos"], head_dim // 2)
             self.LlamaRotatePosition2D(data["k"], data["positionIds"], data["sin"], data["cos"], head_dim // 2)
             self.FusedAttention(data["q"], pastKey, pastValue, data["k"], data["v"], data["attenInput"],
-                                data["attentionMask"], data["attenOutput"], data["seqLens"], 1.0 / math.sqrt(head_dim))
+                                data["attentionMask"], data["attenOutput"], data["seqLens"], 1.0 / math.sqrt(head_dim),
+                                window=self.attention_window(i))
             self.Linear(data["attenOutput"], layer[".self_attn.o_proj.weight"], layer[".self_attn.o_proj.bias"],
                         data["attenLastOutput"])
             self.AddTo(data["hiddenStates"], data["attenLastOutput"])

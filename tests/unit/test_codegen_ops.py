@@ -98,6 +98,11 @@ def cases() -> list[Case]:
         case("Cat", {"input0": "f32[2,8]", "input1": "f32[3,8]"}, axis=0),
         case("Split", {"input": "f32[T,2,24]"}, axis=-1, start=8, end=16),
         case("Repeat", {"input": "f32[T,2,8]"}, axis=1, repeatTimes=2),
+        case("Tanh", {"input": "f32[T,576]"}),
+        case("Tanh", {"input": "f32[T,36]"}),
+        case("RMSNorm", {"input": "f32[T,576]", "weight": "f32[576]"}, eps=1e-6, weightOffset=1.0),
+        case("RMSNorm", {"input": "f32[T,3,36]", "weight": "f32[36]"}, eps=1e-6, weightOffset=1.0),
+        case("RMSNorm", {"input": "f32[T,4,32]", "weight": "f32[32]"}, eps=1e-6),  # row == reduction lanes
     ]
     return table
 

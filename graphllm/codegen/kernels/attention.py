@@ -2,8 +2,9 @@
 
 Layouts (T tokens, S sequence slots and C context positions are symbolic int64 dims):
   q [T, Hq, D], k_cache / v_cache [S, C, Hk, D], pos int32 [T], slot int32 [T], out [T, Hq*D].
-Query row t attends to positions 0..pos[t] of cache slot slot[t]; query head h reads kv head
-h // (Hq / Hk). The softmax is computed online (flash style, running max subtracted) over blocks
+Query row t attends to positions 0..pos[t] of cache slot slot[t] (pos[t]-window+1..pos[t] with a
+sliding window); query head h reads kv head h // (Hq / Hk). With soft-capping, each scaled score s
+becomes cap * tanh(s / cap) before the softmax, as in the reference. The softmax is computed online (flash style, running max subtracted) over blocks
 of KEY_BLOCK keys, so any context length runs in fixed-size local buffers.
 
 The loop nests are written directly in TIR rather than scheduled from TE, because the key loop's
@@ -61,15 +62,29 @@ def fast_exp(x: Expr) -> Expr:
     return p * two_n
 
 
-def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float) -> PrimFunc:
-    """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, out) of the module doc."""
+def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float, window: int = 0,
+                   softcap: float = 0.0) -> PrimFunc:
+    """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, out) of the module doc.
+
+    window > 0 limits each query to its last `window` keys; softcap > 0 soft-caps the scores.
+    """
     from tvm import tirx
     from tvm.script import tirx as T
+
+    def key_start(n_keys: Expr) -> Expr:
+        """Return the first key a query with n_keys visible keys attends to."""
+        return T.max(n_keys - T.int64(window), T.int64(0)) if window else T.int64(0)
+
+    def capped(s: Expr) -> Expr:
+        """Return softcap * tanh(s / softcap), tanh as 1 - 2 / (1 + exp(2x))."""
+        e = fast_exp(s * T.float32(2.0 / softcap))
+        return T.float32(softcap) * (T.float32(1) - T.float32(2) / (T.float32(1) + e))
 
     hq, hk, d = num_q_heads, num_kv_heads, head_dim
     if hq % hk:
         raise ValueError(f"query heads {hq} must be a multiple of kv heads {hk}")
     group, lanes, kb, unroll, min_tasks = hq // hk, _lanes(d), KEY_BLOCK, KEY_UNROLL, MIN_TASKS
+    has_cap = bool(softcap)
     chunks = d // lanes
     scale = float(scale)
     t_len, s_len, c_len = (tirx.Var(name, "int64") for name in ("T", "S", "C"))
@@ -94,8 +109,9 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
             t = T.Select(u % 2 == 0, u // 2, t_len - 1 - u // 2)  # zigzag over tokens
             s = T.Cast("int64", slot[t])
             n_keys = T.Cast("int64", pos[t]) + 1
-            per_split = (n_keys + n_split * kb - 1) // (n_split * kb) * kb
-            k_begin = T.min(sp * per_split, n_keys)
+            lo = key_start(n_keys)
+            per_split = (n_keys - lo + n_split * kb - 1) // (n_split * kb) * kb
+            k_begin = T.min(lo + sp * per_split, n_keys)
             k_end = T.min(k_begin + per_split, n_keys)
             qs = T.alloc_local((hq * d,), "float32")
             acc = T.alloc_local((hq * d,), "float32")
@@ -142,6 +158,9 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                         score[jj] = T.float32(0)
                         for i in T.unroll(lanes):
                             score[jj] = score[jj] + part[i]
+                    if has_cap:  # a Python bool: the loop exists only with soft-capping
+                        for jj in range(nb):
+                            score[jj] = capped(score[jj])
                     # online softmax: new running max, rescale, probabilities, weighted V
                     tmp[0] = run_max[h]
                     for jj in range(nb):
@@ -224,10 +243,10 @@ def kv_write_func(num_kv_heads: int, head_dim: int) -> PrimFunc:
 
 @lowering("FusedAttention")
 def lower_attention(req: LowerRequest) -> Kernel:
-    """The KV-cache write of this step's k/v, then causal attention over the layer's cache."""
-    t = req.types
+    """The KV-cache write of this step's k/v, then causal (windowed, soft-capped) attention over the cache."""
+    t, attrs = req.types, req.attr
     _, hq, d = t["q"].shape
     hk = t["curk"].shape[1]
     write = Kernel(kv_write_func(hk, d), ("curk", "curv", "positions", "slots", "kcache", "vcache"))
-    return Kernel(attention_func(hq, hk, d, req.attr["scale"]),
+    return Kernel(attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0),
                   ("q", "kcache", "vcache", "positions", "slots", "out"), before=(write,))

@@ -1,4 +1,4 @@
-"""Elementwise kernels: AddTo, MulTo, Add, Mul, Silu, Gelu, Swiglu (float32, any row shape).
+"""Elementwise kernels: AddTo, MulTo, Add, Mul, Silu, Gelu, Swiglu, Tanh (float32, any row shape).
 
 Each op is a TE compute with the formula of its numpy reference in ops.py, scheduled by
 `sched.schedule_rows` (row loop parallel in the large-T variant, row vectorized by 8).
@@ -7,7 +7,8 @@ exp and erf: LLVM lowers `tirx.exp` and `tirx.erf` to one scalar libm call per v
 (expf / erff), which undoes the vectorization. exp uses `topi.fast_exp` (a Cephes-style polynomial,
 ~1e-7 relative error, clamped to +-88.4 so that x / (1 + exp(-x)) stays finite); erf uses the
 reference's own Abramowitz & Stegun 7.1.26 formula with that exp. The tanh GELU is computed as
-x * sigmoid(2u), which equals 0.5 * x * (1 + tanh(u)) and needs one exp.
+x * sigmoid(2u), which equals 0.5 * x * (1 + tanh(u)) and needs one exp; Tanh likewise is
+1 - 2 / (1 + exp(2x)) (the clamped exp saturates it to +-1 exactly).
 """
 
 from __future__ import annotations
@@ -105,6 +106,15 @@ def lower_swiglu(req: LowerRequest) -> Kernel:
         return _with_exp(shape, lambda *i: -v(*i), lambda e, *i: v(*i) / (f32(1.0) + e) * up(*i))
 
     return _elementwise(req, ("input",), body)
+
+
+@lowering("Tanh")
+def lower_tanh(req: LowerRequest) -> Kernel:
+    """tanh(input) = 1 - 2 / (1 + exp(2 * input))."""
+    return _elementwise(
+        req, ("input",),
+        lambda x: _with_exp(x.shape, lambda *i: f32(2.0) * x(*i), lambda e, *i: f32(1.0) - f32(2.0) / (f32(1.0) + e)),
+    )
 
 
 @lowering("Gelu")

@@ -1,4 +1,5 @@
-"""Row normalizations over the last axis: RMSNorm and LayerNorm (with or without bias), float32.
+"""Row normalizations over the last axis: RMSNorm (optionally scaled by weight + offset, Gemma's
+1 + weight) and LayerNorm (with or without bias), float32.
 
 One row per parallel task (large-T variant) or a serial row loop (small T). The row statistics
 are sums rfactor-ed into up to 32 vector partial sums (`sched.schedule_row_reductions`); LayerNorm
@@ -41,16 +42,21 @@ def _rsqrt_mean(total: Any, n: int, eps: float, name: str) -> Any:
 
 @lowering("RMSNorm")
 def lower_rmsnorm(req: LowerRequest) -> Kernel:
-    """(x * (1 / sqrt(mean(x^2) + eps))) * weight over the last axis."""
-    eps, n = float(attrs_of(req)["eps"]), int(req.output.shape[-1])
+    """(x * (1 / sqrt(mean(x^2) + eps))) * (weight + weightOffset) over the last axis."""
+    attrs = attrs_of(req)
+    eps, offset, n = float(attrs["eps"]), float(attrs.get("weightOffset") or 0.0), int(req.output.shape[-1])
 
     def body(x: Any, w: Any) -> Any:
         """The RMSNorm TE stages."""
         from tvm import te
 
+        def scale(c: Any) -> Any:
+            """The weight of column c, offset as in the reference."""
+            return w(c) + f32(offset) if offset else w(c)
+
         sq = _row_sum(x.shape, lambda *i: x(*i) * x(*i), "sumsq")
         inv = _rsqrt_mean(sq, n, eps, "inv_rms")
-        return te.compute(x.shape, lambda *i: x(*i) * inv(*i[:-1]) * w(i[-1]), name="out")
+        return te.compute(x.shape, lambda *i: x(*i) * inv(*i[:-1]) * scale(i[-1]), name="out")
 
     return _norm_kernel(req, ("input", "weight"), ("sumsq",), body)
 

@@ -174,7 +174,10 @@ def schedule_row_reductions(
     for name in reductions:
         block = sch.get_sblock(name)
         k = sch.get_loops(block)[-1]
-        width = lanes(int(sch.get(k).extent), widest=REDUCE_LANES)
+        extent = int(sch.get(k).extent)
+        width = lanes(extent, widest=REDUCE_LANES)
+        if width == extent:  # keep two or more outer steps: a unit k_outer loop cannot be reordered
+            width //= 2
         if width == 1:
             continue
         _, k_lane = sch.split(k, [None, width])

@@ -1,0 +1,63 @@
+"""Qwen3, Mistral, Phi-3 and Gemma 2 built-in descriptions vs transformers (tiny fixtures), both executors."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphllm.runtime.llm import LLM
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+FAMILIES = ["tiny_qwen3", "tiny_mistral", "tiny_phi3", "tiny_gemma2"]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request):
+    """The fixture folder and transformers' expected logits."""
+    folder = FIXTURES / request.param
+    return folder, np.load(folder / "expected.npz")
+
+
+@pytest.fixture(scope="module", params=["reference", "tvm"])
+def loaded(request, family):
+    """The family's model on one executor (the TVM build is compiled once per family, then cached)."""
+    folder, exp = family
+    return LLM.load(folder, executor=request.param, max_context=64, num_slots=2), exp
+
+
+def test_prefill_and_greedy_decode_match_transformers(loaded):
+    llm, exp = loaded
+    for p in range(3):
+        ids = exp[f"prompt{p}_ids"].tolist()
+        logits = llm.step(ids, range(len(ids)), [len(ids)], [0])[0]
+        position = len(ids)
+        for k, expected in enumerate(exp[f"prompt{p}_step_logits"]):
+            np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0, err_msg=f"prompt {p} step {k}")
+            logits = llm.decode(int(exp[f"prompt{p}_new_tokens"][k]), position, slot=0)
+            position += 1
+
+
+def test_packed_sequences_match_separate_prefills(loaded):
+    llm, exp = loaded
+    a, b = exp["prompt1_ids"].tolist(), exp["prompt2_ids"].tolist()
+    out = llm.step(a + b, list(range(len(a))) + list(range(len(b))), [len(a), len(b)], [0, 1])
+    np.testing.assert_allclose(out[0], exp["prompt1_prefill_logits"][-1], atol=TOL, rtol=0)
+    np.testing.assert_allclose(out[1], exp["prompt2_prefill_logits"][-1], atol=TOL, rtol=0)
+
+
+def test_each_family_gets_its_own_description(family):
+    folder, _ = family
+    graph = LLM.load(folder, executor="reference", max_context=16).graph
+    ops = {graph[n]["op"] for n in graph.order()}
+    attention = [graph[n]["attrs"] for n in graph.nodes_of("FusedAttention")]
+    if folder.name == "tiny_gemma2":  # layer 0 slides over 4 keys, layer 1 is global; both soft-cap
+        assert [a.get("window") for a in attention] == [4, None] and {a["softcap"] for a in attention} == {6.0}
+        assert "Tanh" in ops and all(graph[n]["attrs"]["weightOffset"] == 1.0 for n in graph.nodes_of("RMSNorm"))
+    elif folder.name == "tiny_mistral":
+        assert [a.get("window") for a in attention] == [4, 4]
+    elif folder.name == "tiny_phi3":
+        assert {"Split", "Swiglu"} <= ops
+        assert {graph[n]["attrs"]["rotaryDim"] for n in graph.nodes_of("LlamaRotatePosition2D")} == {4}
+    else:  # qwen3: q and k normalized per head (head_dim 32) before RoPE
+        assert sum(str(graph[n]["type"]).endswith(",32]") for n in graph.nodes_of("RMSNorm")) == 4
