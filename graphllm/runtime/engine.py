@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import GenerationError
-from .generate import Chunk, StopMatcher, check_prompt
-from .sampling import Sampler, SamplingParams
+from .generate import Chunk, TokenStream, check_prompt
+from .sampling import SamplingParams
 
 if TYPE_CHECKING:
     from .llm import LLM
@@ -26,32 +26,19 @@ if TYPE_CHECKING:
 _END = object()  # queue marker: the request is over (after its final chunk or error)
 
 
-class Request:
+class Request(TokenStream):
     """One generation: its sampling state, its slot in the KV cache, and the queue its chunks go to."""
 
     def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams,
                  loop: asyncio.AbstractEventLoop) -> None:
-        tok = engine.llm.tokenizer
+        super().__init__(engine.llm.tokenizer, prompt_ids, params, engine.llm.max_context)
         self.engine = engine
-        self.params = params
-        self.sampler = Sampler(params)
-        self.prompt_tokens = len(prompt_ids)
-        self.history = list(prompt_ids)  # prompt + generated ids
         self.cached = 0  # how many of history's positions the slot's KV cache holds
         self.slot = -1
-        self.eos = set() if params.ignore_eos else set(tok.eos_token_ids)
-        self.decoder = tok.stream_decoder(prompt_ids)
-        self.stops = StopMatcher(params.stop)
-        self.finish_reason: str | None = None
         self.cancelled = False
         self.loop = loop
         self.queue: asyncio.Queue = asyncio.Queue()
         self._held: object = None  # an item taken from the queue by ready() but not yet returned
-
-    @property
-    def completion_tokens(self) -> int:
-        """Generated tokens so far (an end-of-text token is not counted)."""
-        return len(self.history) - self.prompt_tokens
 
     def cancel(self) -> None:
         """Stop generating (a client went away); the slot is freed before the next step."""
@@ -87,29 +74,6 @@ class Request:
                 break
             chunks.append(item)
         return chunks
-
-    def accept(self, token: int) -> list[Chunk]:
-        """Take one sampled token: the chunks it yields (text, then a final chunk when this ends it)."""
-        if token in self.eos:
-            return [self._final("stop", flush=True)]
-        self.history.append(token)
-        text, stopped = self.stops.feed(self.decoder.feed(token))
-        chunks = [Chunk(token, text)]
-        if stopped:
-            chunks.append(self._final("stop", flush=False))
-        elif (self.completion_tokens >= self.params.max_tokens
-              or len(self.history) >= self.engine.llm.max_context):
-            chunks.append(self._final("length", flush=True))
-        return chunks
-
-    def _final(self, reason: str, flush: bool) -> Chunk:
-        """The last chunk: held-back text (unless a stop string ended it) and the finish reason."""
-        self.finish_reason = reason
-        tail = ""
-        if flush:
-            tail, stopped = self.stops.feed(self.decoder.flush())
-            tail += "" if stopped else self.stops.flush()
-        return Chunk(None, tail, reason)
 
 
 class Engine:
@@ -181,7 +145,7 @@ class Engine:
                     self._finish(request, [], out)
                 for request in self._admit():
                     if request.params.max_tokens == 0:
-                        self._finish(request, [request._final("length", flush=False)], out)
+                        self._finish(request, [request.final("length", flush=False)], out)
             self._step(out)
             self._deliver(out)
         with self._cond:
@@ -236,7 +200,7 @@ class Engine:
             request.cached += n
             if request.cancelled or request.cached < len(request.history):
                 continue
-            chunks = request.accept(request.sampler(row, request.history))
+            chunks = request.accept(request.sample(row))
             if request.finish_reason is None:
                 out.setdefault(request.loop, []).extend((request, c) for c in chunks)
             else:
