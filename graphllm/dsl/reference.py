@@ -6,7 +6,7 @@ It is the oracle for every kernel and every pass. It keeps a contiguous KV cache
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -39,8 +39,12 @@ class ReferenceExecutor:
                 self.last_use[src] = i
 
     def run(self, input_ids: Sequence[int] | np.ndarray, positions: Sequence[int] | np.ndarray,
-            seq_lens: Sequence[int] | np.ndarray, slots: Sequence[int] | np.ndarray) -> np.ndarray:
-        """One step over packed sequences: returns the logits of each sequence's last token [B, vocab]."""
+            seq_lens: Sequence[int] | np.ndarray, slots: Sequence[int] | np.ndarray,
+            observe: Callable[[str, np.ndarray], None] | None = None) -> np.ndarray:
+        """One step over packed sequences: returns the logits of each sequence's last token [B, vocab].
+
+        ``observe(node, value)`` (if given) sees every op's value as it is computed, in order.
+        """
         feeds = {
             "inputIds": np.asarray(input_ids, np.int32),
             "positionIds": np.asarray(positions, np.int32),
@@ -69,6 +73,8 @@ class ReferenceExecutor:
             result = spec.reference(args, d["attrs"], ctx)
             if result is not None:
                 values[n] = result
+                if observe is not None:
+                    observe(n, result)
             for src in ports.values():
                 if self.last_use.get(src) == i and src != out_node and self.graph[src]["op"] != WEIGHT_OP:
                     values.pop(src, None)
