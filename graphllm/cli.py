@@ -217,11 +217,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(ev)
     ev.set_defaults(func=cmd_eval)
 
+    from .check import add_check_parser
     from .dump import add_dump_parser
     from .server import add_serve_parser
 
     add_dump_parser(sub)
     add_serve_parser(sub)
+    add_check_parser(sub)
     return parser
 
 
