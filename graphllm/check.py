@@ -41,7 +41,7 @@ import numpy as np
 from .dsl import ops as O
 from .dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from .dsl.reference import ReferenceExecutor
-from .errors import GraphLLMError
+from .errors import GraphLLMError, ModelLoadError
 
 DEFAULT_PROMPT = "The capital of France is"
 EMBEDDINGS, HEAD = (0, 0), (2, 0)
@@ -376,7 +376,11 @@ def check_model(model_path: str | None, custom: str | Path, against: str = "buil
         hidden, logits = transformers_outputs(Path(model.path), ids)
         report = compare_transformers(graph, weights, ids, hidden, logits, tol)
     else:
-        report = compare_builtin(graph, build_graph(model.config, types, None, passes=[]), weights, ids, tol)
+        try:
+            builtin = build_graph(model.config, types, None, passes=[])
+        except ModelLoadError as e:
+            raise GraphLLMError(f"{e}; or compare with transformers: --against transformers") from None
+        report = compare_builtin(graph, builtin, weights, ids, tol)
     report.notes[:0] = notes
     return report
 

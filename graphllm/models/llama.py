@@ -6,10 +6,6 @@ from graphllm.dsl.graph import ComputeGraph
 
 
 class LlamaModel(ComputeGraph):
-    def attention_window(self, layer):
-        """Sliding attention window of a layer (None: full causal attention); Mistral overrides it."""
-        return None
-
     def build(self):
         weight, data, config = self.weight, self.data, self.config
         config["max_positions"] = config["max_position_embeddings"]
@@ -45,6 +41,10 @@ class LlamaModel(ComputeGraph):
         self.SplitLastTokenStates(data["hiddenStates"], data["seqLens"], data["lastTokensStates"])
         self.RMSNorm(data["lastTokensStates"], weight["model.norm.weight"], eps, data["lastTokensStates"])
         self.Linear(data["lastTokensStates"], weight["lm_head.weight"], weight["lm_head.bias"], data["logits"])
+
+    def attention_window(self, layer):
+        """Sliding attention window of a layer (None: full causal attention); Mistral overrides it."""
+        return None
 
 
 __model__ = LlamaModel
