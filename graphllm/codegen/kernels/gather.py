@@ -21,7 +21,10 @@ def _gather_rows(table: Any, index: Any) -> Any:
 
 @lowering("Embedding")
 def lower_embedding(req: LowerRequest) -> Kernel:
-    """out[t] = weight[input[t]] for a float32 weight [V, H] (ids are not range-checked)."""
+    """out[t] = weight[input[t]] for a float32 or block-quantized weight [V, H] (ids are not range-checked)."""
+    if req.types["weight"].quantized:  # rows decoded from the packed blocks (shared with a tied lm_head)
+        from graphllm.codegen.kernels.qlinear import lower_qembedding
+        return lower_qembedding(req)
     require_float32(req, "weight")
     args = [(p, req.types[p]) for p in ("input", "weight")]
     return row_kernel(req, args, lambda ids, w: _gather_rows(w, ids))

@@ -129,6 +129,9 @@ def _pack(w: np.ndarray) -> np.ndarray:
 def lower_linear(req: LowerRequest) -> Kernel:
     """Linear over a 2-D input: GEMV below GEMM_MIN_T tokens, register-tiled GEMM from there."""
     t = req.types
+    if t["weight"].quantized:  # block formats (dsl/qformats): kernels that decode inside the loop
+        from graphllm.codegen.kernels.qlinear import lower_qlinear
+        return lower_qlinear(req)
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
     n, k = t["weight"].shape
