@@ -17,6 +17,8 @@ def graph_to_json(graph: Graph, with_locs: bool = True) -> dict[str, Any]:
                 "type": str(d["type"]) if d["type"] is not None else None, "inputs": graph.inputs(n)}
         if with_locs and d["loc"] is not None:
             item["loc"] = [d["loc"].file, d["loc"].line]
+        if d.get("group") is not None:
+            item["group"] = d["group"]
         nodes.append(item)
     return {"config": graph.config, "outputs": graph.outputs, "nodes": nodes}
 
@@ -28,5 +30,7 @@ def graph_from_json(data: dict[str, Any]) -> Graph:
         loc = SourceLoc(*item["loc"]) if item.get("loc") else None
         t = TensorType.parse(item["type"]) if item["type"] else None
         g.add(item["id"], item["op"], item["attrs"], name=item["name"], loc=loc, type=t, inputs=item["inputs"])
+        if item.get("group") is not None:
+            g[item["id"]]["group"] = item["group"]
     g.outputs = dict(data["outputs"])
     return g
