@@ -26,7 +26,7 @@ import numpy as np
 from llama_cpp import Llama
 path, threads, n_prompt, n_gen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 llm = Llama(model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_prompt + n_gen + 8,
-            n_batch=n_prompt, verbose=False)
+            n_batch=n_prompt + n_gen + 8, verbose=False)
 prompt = np.random.default_rng(0).integers(3, 49000, n_prompt).tolist()
 llm.reset()
 t0 = time.perf_counter(); llm.eval(prompt); t_prefill = time.perf_counter() - t0
