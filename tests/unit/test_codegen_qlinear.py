@@ -9,7 +9,7 @@ import pytest
 
 from graphllm.codegen.build import aligned_empty, as_tensor, build_module
 from graphllm.codegen.kernels.qlinear import (
-    GEMV_MAX_T,
+    GEMM_MIN_T,
     lower_qembedding,
     lower_qlinear,
     pack_qweight,
@@ -139,7 +139,7 @@ def test_lowering_and_packers() -> None:
     """Linear and Embedding with a q weight lower to these kernels; packers are registered per format."""
     x, w = TensorType(("T", 576)), TensorType((1536, 576), "q4_1g64")
     kernel = lower_qlinear(LowerRequest("Linear", (), (("input", x), ("weight", w)), TensorType(("T", 1536))))
-    assert kernel.params == ("input", "weight", "out") and kernel.large_from == GEMV_MAX_T + 1
+    assert kernel.params == ("input", "weight", "out") and kernel.large_from == GEMM_MIN_T
     assert kernel.packs == {"weight": "qlinear_q4_1g64"}
     ids, table = TensorType(("T",), "int32"), TensorType((49152, 576), "q8_0")
     emb = lower_qembedding(LowerRequest("Embedding", (), (("input", ids), ("weight", table)), TensorType(("T", 576))))

@@ -1,22 +1,24 @@
 """Linear and Embedding over block-quantized weights (dsl/qformats), decoding the blocks inside the loop.
 
-Packed layout (`pack_qweight`, applied once at load): output rows in blocks of ROWS = 16; for each
-(row block, K block of G elements) one record of uint32:
-- W = G / P code words per row (P = 32 / bits codes per word), stored [W][ROWS]: slot j of word w
-  (bits [bits*j, bits*(j+1))) holds element j*W + w of the block as the unsigned code u = q - lo,
-  where q is the format's code (what it decodes to with a unit scale) and lo its smallest code;
-- the ROWS fp16 scales d, then (q4_1) the ROWS fp16 mins m, exactly as stored in the blocks.
-So a weight is w = d * (u + lo) (+ m), the format's own value, and the record has the raw bytes' size.
+Packed layout (`pack_qweight`, applied once at load; the record has exactly the raw blocks' bytes):
+output rows in blocks of ROWS = 16; for each (row block, K block of G elements) one uint32 record:
+- W = G / P code words per row (P = 32 / bits codes per word), stored [W][ROWS] (a word index
+  gives 16 rows = two AVX2 vectors): slot j of word w, bits [bits*j, bits*(j+1)), holds element
+  j*W + w of the block as the unsigned code u = q - lo (q: what the format decodes to with a unit
+  scale, lo: its smallest code, e.g. -8 for q4_0, -128 for q8_0);
+- then the ROWS fp16 scales d and (q4_1) the ROWS fp16 mins m, as stored in the blocks.
+A weight is d * (u + lo) (+ m): the format's own value, computed in float32.
 
-GEMV (few tokens; rows are the vector lanes, so nothing is reduced across lanes):
-slot j < P-1 is isolated with one AND (its value stays multiplied by 2^(bits*j)), the top slot with
-one logical shift; the integer converts exactly to float32 and meets x pre-scaled by 2^-(bits*j)
-(exact; done once per call, with the per-block sums of x). Per block and row:
-y += d * (sum u*x + lo*sum x) (+ m*sum x). One AND, one convert and one FMA per 8 weights.
-GEMM (many tokens): each thread decodes a row block's [K, 16] panel to float32 once, then runs the
-6 x 16 register tile of linear.py over every token.
-Both accumulate in float32 from float32 activations: the result is a float32 matmul against the
-exactly dequantized weights (no activation quantization).
+GEMV (T < GEMM_MIN_T; rows are the vector lanes, so nothing is reduced across lanes): one AND
+isolates a slot; a slot that lies in float32 mantissa bits 0..22 then *is* the denormal float
+u * 2^(p - 149) (p its bit position), and the slots above bit 22 come down with one shared shift.
+So there is no integer-to-float conversion: one AND and one FMA per 8 weights, against x pre-scaled
+by 2^(149 - PRODUCT_EXP - p) (exact powers of two, once per call, with the per-block sums of x).
+Per block and row y += d * (sum_k u*x + lo * sum x) (+ m * sum x), in 3 partial sums per token.
+GEMM (T >= GEMM_MIN_T): each thread decodes its row block's [K, 16] panel to float32 (the same
+AND, then one FMA by d and the block constant), then runs 6 x 16 register tiles over all tokens.
+Both accumulate float32 products of float32 activations: the result is a float32 matmul against
+the exactly dequantized weights (no activation quantization), scaled by exact powers of two.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
 
 ROWS = 16  # output rows per packed row block: two AVX2 float32 vectors
-GEMV_MAX_T = 5  # token counts up to this use the GEMV, from GEMV_MAX_T + 1 on the GEMM
+GEMV_TILE = 5  # tokens per GEMV pass over the weights (16 ymm registers: 5 tokens x (sums + partial sums))
+GEMM_MIN_T = 10  # token counts from this on use the GEMM: 2-thread crossover (T=9: GEMV 167 us, GEMM 201 us)
 GEMM_ROWS = 6  # token rows of the GEMM register tile (6 x 16 floats = 12 ymm accumulators)
 PRODUCT_EXP = 60  # the GEMV accumulates u * x * 2^-PRODUCT_EXP (see _denormal_slot), rescaled at the end
 PREFETCH_BYTES = 8192  # GEMV software prefetch distance in the weight stream (measured: 7.9 -> 10 GB/s on 1 thread)
@@ -167,6 +170,13 @@ def _code(word: Any, bits: int, j: int) -> Any:
     shifted = word >> _c(bits * j, "uint32") if j else word
     code = shifted if bits * (j + 1) == 32 else shifted & _c((1 << bits) - 1, "uint32")
     return tirx.Cast("float32", tirx.Cast("int32", code))
+
+
+def _pow2(exponent: Any) -> Any:
+    """float32 2^exponent for an int expression (an unrolled loop var folds to a constant): the exponent bits."""
+    from tvm import tirx
+
+    return tirx.reinterpret("float32", ((exponent + 127) * (1 << 23)).astype("int32"))
 
 
 def _high_shift(bits: int) -> int:
@@ -364,15 +374,15 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any) -> None:
 
 
 def qlinear_gemv(dtype: str, k: int, n: int, bias: bool = False) -> PrimFunc:
-    """The GEMV PrimFunc (x, w_packed, [b,] y): tokens in tiles of up to GEMV_MAX_T, each tile one pass over W."""
+    """The GEMV PrimFunc (x, w_packed, [b,] y): tokens in tiles of up to GEMV_TILE, each tile one pass over W."""
     from tvm.script.ir_builder import tirx as T
 
     def make() -> None:
         bufs = _Buffers(qlayout(dtype), k, n, bias)
-        with T.serial(0, bufs.t // GEMV_MAX_T) as tile:
-            _gemv_tile(bufs, GEMV_MAX_T, tile * GEMV_MAX_T)
-        rest = bufs.t % GEMV_MAX_T
-        for tt in range(1, GEMV_MAX_T):
+        with T.serial(0, bufs.t // GEMV_TILE) as tile:
+            _gemv_tile(bufs, GEMV_TILE, tile * GEMV_TILE)
+        rest = bufs.t % GEMV_TILE
+        for tt in range(1, GEMV_TILE):
             with T.If(rest == tt):
                 with T.Then():
                     _gemv_tile(bufs, tt, bufs.t - tt)
@@ -393,19 +403,26 @@ def qlinear_gemm(dtype: str, k: int, n: int, bias: bool = False) -> PrimFunc:
         lay = bufs.lay
         G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
         t_len = bufs.t
-        with T.parallel(0, bufs.nb) as rb:
-            panel = T.alloc_buffer((k, ROWS), "float32")
+        with T.parallel(0, bufs.nb) as rb, _denormal_inputs():
+            panel = T.alloc_buffer((k, ROWS), "float32")  # the row block's weights * 2^-PRODUCT_EXP
             with T.serial(0, bufs.kb) as kb:
-                scale = T.alloc_buffer((lay.halves, ROWS), "float32")
-                for f in range(lay.halves):
-                    with T.vectorized(0, ROWS) as r:
-                        T.buffer_store(scale, bufs.half(rb, kb, f, r), [f, r])
-                with T.serial(0, W) as w:
-                    for j in range(P):
-                        with T.vectorized(0, ROWS) as r:
-                            q = _code(bufs.word(rb, kb, w, r), bits, j) + _c(float(lay.lo), "float32")
-                            v = q * scale[0, r] + scale[1, r] if lay.halves == 2 else q * scale[0, r]
-                            T.buffer_store(panel, v, [kb * G + j * W + w, r])
+                head = T.alloc_buffer((2, ROWS), "float32")  # d and the per-block constant lo*d (+ m)
+                with T.vectorized(0, ROWS) as r:
+                    d = bufs.half(rb, kb, 0, r)
+                    const = d * _c(float(lay.lo), "float32")
+                    if lay.halves == 2:
+                        const = const + bufs.half(rb, kb, 1, r)
+                    T.buffer_store(head, d, [0, r])
+                    T.buffer_store(head, const * _c(2.0 ** -PRODUCT_EXP, "float32"), [1, r])
+                low = 23 // bits
+                for j_begin, j_end in ((0, low), (low, P)):
+                    with T.unroll(j_begin, j_end) as j:
+                        pos = j * bits - (_high_shift(bits) if j_begin else 0)
+                        with T.serial(0, W) as w:
+                            with T.vectorized(0, ROWS) as r:
+                                v = _denormal_slot(bufs.word(rb, kb, w, r), bits, j, j_begin > 0)
+                                scaled_d = head[0, r] * _pow2(149 - PRODUCT_EXP - pos)
+                                T.buffer_store(panel, v * scaled_d + head[1, r], [kb * G + j * W + w, r])
             with T.serial(0, (t_len + GEMM_ROWS - 1) // GEMM_ROWS) as to:
                 acc = T.alloc_buffer((GEMM_ROWS, ROWS), "float32")
                 for i in range(GEMM_ROWS):
@@ -419,7 +436,8 @@ def qlinear_gemm(dtype: str, k: int, n: int, bias: bool = False) -> PrimFunc:
                 for i in range(GEMM_ROWS):
                     with T.If(to * GEMM_ROWS + i < t_len):
                         with T.Then():
-                            bufs.store(to * GEMM_ROWS + i, rb * ROWS, ROWS, lambda r, i=i: acc[i, r])
+                            bufs.store(to * GEMM_ROWS + i, rb * ROWS, ROWS,
+                                       lambda r, i=i: acc[i, r] * _c(2.0 ** PRODUCT_EXP, "float32"))
 
     return _build("qlinear_gemm", make)
 
@@ -459,7 +477,7 @@ def qembedding(dtype: str, vocab: int, k: int) -> PrimFunc:
 
 
 def lower_qlinear(req: LowerRequest) -> Kernel:
-    """Linear with a block-quantized weight: GEMV up to GEMV_MAX_T tokens, decoded-panel GEMM from there."""
+    """Linear with a block-quantized weight: GEMV below GEMM_MIN_T tokens, decoded-panel GEMM from there."""
     t = req.types
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
@@ -469,7 +487,7 @@ def lower_qlinear(req: LowerRequest) -> Kernel:
     bias = "bias" in t
     params = ("input", "weight", "bias", "out") if bias else ("input", "weight", "out")
     return Kernel(qlinear_gemv(wt.dtype, k, n, bias), params, large=qlinear_gemm(wt.dtype, k, n, bias),
-                  large_from=GEMV_MAX_T + 1, packs={"weight": lay.pack_name()})
+                  large_from=GEMM_MIN_T, packs={"weight": lay.pack_name()})
 
 
 def lower_qembedding(req: LowerRequest) -> Kernel:
