@@ -12,8 +12,9 @@ from graphllm.runtime.sampling import SamplingParams
 GOLDEN = json.loads((Path(__file__).parents[1] / "fixtures" / "smollm2_golden.json").read_text())
 
 
-@pytest.fixture(scope="module", params=[("tvm", "float32"), pytest.param(("reference", None), marks=pytest.mark.slow)],
-                ids=["tvm-float32", "reference-q4_1"])
+@pytest.fixture(scope="module", params=[("tvm", None), ("tvm", "float32"),
+                                        pytest.param(("reference", None), marks=pytest.mark.slow)],
+                ids=["tvm-q4_1-blocks", "tvm-float32", "reference-q4_1"])
 def llm(request, smollm2_gguf):
     executor, dtype = request.param
     return LLM.load(smollm2_gguf, executor=executor, dtype=dtype, max_context=256)
