@@ -40,12 +40,23 @@ def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
     return graphllm_home() / "builds" / cache_key(graph, target or host_target())
 
 
+def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
+    """Where a build keeps the packed weights of one model file (by path, size and mtime)."""
+    model = getattr(weights, "model", None)
+    if model is None or not Path(model.path).exists():
+        return None
+    paths = [Path(model.path)] if Path(model.path).is_file() else sorted(Path(model.path).glob("*.safetensors"))
+    ident = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
+    return build / "packed" / hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
                max_context: int, num_slots: int, threads: int | None, notes: list[str],
                show_progress: bool = False, max_seqs: int | None = None) -> CompiledExecutor:
     """A CompiledExecutor from an explicit artifact, else from the cache; a bad cache entry is rebuilt."""
     kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
     if artifact is not None:
+        kwargs["pack_cache"] = packed_dir(Path(artifact), weights)
         plan = read_plan(artifact)
         if plan.get("graph_key") != graph_key(graph):
             raise ModelLoadError(f"the build in {artifact} was compiled for another model or model file; "
@@ -53,6 +64,7 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
         return CompiledExecutor(artifact, weights, **kwargs)
     target = host_target()
     folder = build_dir(graph, target)
+    kwargs["pack_cache"] = packed_dir(folder, weights)
     if (folder / PLAN_FILE).is_file() and (folder / LIB_FILE).is_file():
         try:
             executor = CompiledExecutor(folder, weights, **kwargs)

@@ -9,7 +9,9 @@ a decode step is a loop of pre-bound calls with no allocation.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -51,7 +53,7 @@ class CompiledExecutor:
 
     def __init__(self, artifact: str | Path, weights: Mapping[str, np.ndarray], *, max_context: int,
                  num_slots: int = 1, chunk: int = 128, threads: int | None = None,
-                 max_seqs: int | None = None) -> None:
+                 max_seqs: int | None = None, pack_cache: Path | None = None) -> None:
         self.plan = plan = read_plan(artifact)
         self.threads = configure_threads(threads)
         self.lib = load_module(Path(artifact) / LIB_FILE)
@@ -61,7 +63,7 @@ class CompiledExecutor:
         self.steps = plan["steps"]
         self.output = plan["output"]
         self._check_weights(weights)
-        self.weights = self._load_weights(weights)
+        self.weights = self._load_weights(weights, pack_cache)
         sin, cos = rope_tables(plan["config"])
         self.inputs = {
             "inputIds": aligned_empty(chunk, "int32"), "positionIds": aligned_empty(chunk, "int32"),
@@ -95,13 +97,23 @@ class CompiledExecutor:
                 raise ModelLoadError(f"weight {name!r} is {have} but the build was compiled for {self.types[v]}: "
                                      f"this build is for another model or --dtype")
 
-    def _load_weights(self, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each used weight read once from the model, re-laid out if a kernel asks, 64-byte aligned."""
+    def _load_weights(self, weights: Mapping[str, np.ndarray], pack_cache: Path | None) -> dict[str, np.ndarray]:
+        """Each used weight read once from the model, re-laid out if a kernel asks, 64-byte aligned.
+
+        Re-laid-out weights are kept in ``pack_cache`` (when given) and memory-mapped on later loads,
+        so a cached start skips decoding and packing.
+        """
         load_kernel_modules()
         out: dict[str, np.ndarray] = {}
         for v, info in self._used_weights().items():
+            cached = pack_cache / f"{hashlib.sha1(v.encode()).hexdigest()[:20]}.npy" if pack_cache and info.get("pack") else None
+            if cached is not None and (arr := _load_packed(cached)) is not None:
+                out[v] = arr
+                continue
             arr = np.asarray(weights[info["name"]], dtype=np.uint8 if self.types[v].quantized else np.float32)
             out[v] = PACKERS[info["pack"]](arr) if info.get("pack") else _aligned(arr)
+            if cached is not None:
+                _save_packed(cached, out[v])
         return out
 
     def _allocate_caches(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -284,6 +296,26 @@ class CompiledExecutor:
         total = time.perf_counter() - t0
         return {"step_s": total / repeat, "kernels_s": max(kernel, 0.0) / repeat, "launches": len(calls),
                 "ffi_call_s": ffi}
+
+
+def _load_packed(path: Path) -> np.ndarray | None:
+    """A packed weight saved earlier, memory-mapped copy-on-write (None if absent, corrupt or unaligned)."""
+    try:
+        arr = np.load(path, mmap_mode="c")
+    except (OSError, ValueError):
+        return None
+    return arr if arr.ctypes.data % 64 == 0 and arr.flags.c_contiguous else _aligned(arr)
+
+
+def _save_packed(path: Path, arr: np.ndarray) -> None:
+    """Keep a packed weight for the next start (atomically; a read-only cache only costs speed)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+        np.save(tmp, arr)
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 def _aligned(arr: np.ndarray) -> np.ndarray:
