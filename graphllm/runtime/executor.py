@@ -100,8 +100,8 @@ class CompiledExecutor:
     def _load_weights(self, weights: Mapping[str, np.ndarray], pack_cache: Path | None) -> dict[str, np.ndarray]:
         """Each used weight read once from the model, re-laid out if a kernel asks, 64-byte aligned.
 
-        Re-laid-out weights are kept in ``pack_cache`` (when given) and memory-mapped on later loads,
-        so a cached start skips decoding and packing.
+        Re-laid-out weights are kept in ``pack_cache`` (when given) and read back on later loads, so a
+        cached start skips decoding and packing.
         """
         load_kernel_modules()
         out: dict[str, np.ndarray] = {}
@@ -299,12 +299,12 @@ class CompiledExecutor:
 
 
 def _load_packed(path: Path) -> np.ndarray | None:
-    """A packed weight saved earlier, memory-mapped copy-on-write (None if absent, corrupt or unaligned)."""
+    """A packed weight saved earlier (None if absent or corrupt), copied from the page cache into
+    aligned anonymous memory, where the kernels read it as they read freshly packed weights."""
     try:
-        arr = np.load(path, mmap_mode="c")
+        return _aligned(np.load(path, mmap_mode="r"))
     except (OSError, ValueError):
         return None
-    return arr if arr.ctypes.data % 64 == 0 and arr.flags.c_contiguous else _aligned(arr)
 
 
 def _save_packed(path: Path, arr: np.ndarray) -> None:
