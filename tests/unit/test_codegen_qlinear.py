@@ -118,16 +118,17 @@ def test_qembedding_matches_numpy(module, fmt: str) -> None:
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 MXCSR")
-def test_gemv_correct_with_denormals_are_zero(module) -> None:
-    """The GEMV reads weights as denormal floats; it clears MXCSR.DAZ if a library has set it."""
+@pytest.mark.parametrize("kind", ["gemv", "gemm"])
+def test_correct_with_denormals_are_zero(module, kind: str) -> None:
+    """Both kernels read weights as denormal floats; they clear MXCSR.DAZ if a library has set it."""
     fmt, k, n, bias = "q4_1", 576, 576, True
     raw, wd = _weights(fmt, n, k, seed=1)
     b = _aligned(np.ones(n, np.float32))
-    x = np.random.default_rng(2).standard_normal((1, k), dtype=np.float32)
+    x = np.random.default_rng(2).standard_normal((16, k), dtype=np.float32)
     csr = _aligned(np.array([0x1F80 | 0x40 | 0x8000, 0], np.uint32))  # default | DAZ | FTZ
     module["mxcsr"](as_tensor(csr))
     try:
-        y = _run(module, f"{_name(fmt, k, n, bias)}_gemv", x, pack_qweight(raw, fmt), b, n)
+        y = _run(module, f"{_name(fmt, k, n, bias)}_{kind}", x, pack_qweight(raw, fmt), b, n)
     finally:
         csr[0] = csr[1]
         module["mxcsr"](as_tensor(csr))
