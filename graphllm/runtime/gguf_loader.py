@@ -13,7 +13,7 @@ import os
 import pickle
 import re
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from gguf.gguf_reader import ReaderField
 from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
 from graphllm.runtime.download import graphllm_home
+from graphllm.runtime.weights import TensorWeights
 
 QT = GGMLQuantizationType
 
@@ -148,6 +149,10 @@ class GGUFTensor:
             return self.data
         return self.data[unpermute_rows(self.data.shape[0], self.n_head)]
 
+    def load(self) -> np.ndarray:
+        """The tensor as float32 (what the weights mapping returns)."""
+        return self.dequantize()
+
     def dequantize(self) -> np.ndarray:
         """The tensor as float32 in HF layout (read-only when it is an F32 view of the file)."""
         try:
@@ -156,25 +161,6 @@ class GGUFTensor:
             raise ModelLoadError(
                 f"tensor {self.gguf_name!r} has GGML type {self.ggml_type.name}, which cannot be dequantized"
             ) from exc
-
-
-class GGUFWeights(Mapping[str, np.ndarray]):
-    """HF-named float32 weights, dequantized on each access (executors read each once; no second copy kept)."""
-
-    def __init__(self, tensors: Mapping[str, GGUFTensor]) -> None:
-        self.tensors = tensors
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.tensors[name].dequantize()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tensors)
-
-    def __len__(self) -> int:
-        return len(self.tensors)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.tensors
 
 
 # ---------------------------------------------------------------- metadata
@@ -270,7 +256,7 @@ class GGUFModel:
     fields: Mapping[str, ReaderField]
     config: dict[str, Any]
     tensors: dict[str, GGUFTensor]
-    weights: GGUFWeights
+    weights: TensorWeights
     file_type: str
 
 
@@ -385,4 +371,4 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
         name = hf_tensor_name(t.name)
         tensors[name] = GGUFTensor(name, t.name, t.tensor_type, shape, data, n_head)
     _check_complete(tensors, config, path)
-    return GGUFModel(path, fields, config, tensors, GGUFWeights(tensors), _file_type(fields, tensors))
+    return GGUFModel(path, fields, config, tensors, TensorWeights(tensors), _file_type(fields, tensors))

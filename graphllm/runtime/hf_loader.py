@@ -10,7 +10,6 @@ import json
 import os
 import struct
 from collections import Counter
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import numpy as np
 
 from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
+from graphllm.runtime.weights import TensorWeights
 
 # safetensors dtype -> (numpy dtype of the stored bytes, name used in file_type)
 _DTYPES: dict[str, tuple[np.dtype, str]] = {
@@ -144,28 +144,6 @@ def read_safetensors(path: Path) -> dict[str, SafeTensor]:
     return tensors
 
 
-class SafetensorsWeights(Mapping[str, np.ndarray]):
-    """Float32 weights read from safetensors on first access and cached afterwards."""
-
-    def __init__(self, tensors: Mapping[str, SafeTensor]) -> None:
-        self.tensors = tensors
-        self._cache: dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._cache:
-            self._cache[name] = self.tensors[name].load()
-        return self._cache[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.tensors)
-
-    def __len__(self) -> int:
-        return len(self.tensors)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.tensors
-
-
 def _weight_files(folder: Path) -> list[Path]:
     """The safetensors files of a folder: model.safetensors, or the shards named by its index."""
     single = folder / "model.safetensors"
@@ -194,7 +172,7 @@ class HFModel:
 
     path: Path
     config: dict[str, Any]
-    weights: SafetensorsWeights
+    weights: TensorWeights
     generation_config: dict[str, Any]
     file_type: str
 
@@ -210,4 +188,4 @@ def open_hf_folder(folder: str | os.PathLike[str]) -> HFModel:
     generation_config = read_json(folder / "generation_config.json", required=False) or {}
     counts = Counter(t.qformat or _DTYPES[t.dtype][1] for t in tensors.values())
     file_type = f"safetensors:{counts.most_common(1)[0][0] if counts else 'empty'}"
-    return HFModel(folder, config, SafetensorsWeights(tensors), generation_config, file_type)
+    return HFModel(folder, config, TensorWeights(tensors), generation_config, file_type)
