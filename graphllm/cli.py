@@ -57,13 +57,13 @@ def pipeline_from_args(a: argparse.Namespace) -> list[str] | None:
     return [p for p in (a.passes or DEFAULT_PIPELINE) if not p.startswith("fuse_")]
 
 
-def load_llm(a: argparse.Namespace):
-    """Load the model the flags name, printing the loader's notes to stderr."""
+def load_llm(a: argparse.Namespace, num_slots: int = 1):
+    """Load the model the flags name (with num_slots KV-cache slots), printing the loader's notes."""
     from .runtime.llm import LLM
 
     llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context,
                    artifact=a.artifact, threads=a.threads, dtype=a.dtype, passes=pipeline_from_args(a),
-                   show_progress=sys.stderr.isatty())
+                   num_slots=num_slots, show_progress=sys.stderr.isatty())
     for note in llm.notes:
         print(f"note: {note}", file=sys.stderr)
     return llm

@@ -346,16 +346,11 @@ def serve(a: argparse.Namespace) -> int:
     """Load the model, start the engine and serve until interrupted."""
     import uvicorn
 
-    from .cli import pipeline_from_args
+    from .cli import load_llm
     from .runtime.engine import Engine
-    from .runtime.llm import LLM
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
-    llm = LLM.load(a.model, custom=a.custom, executor=a.executor, max_context=a.max_context,
-                   num_slots=a.max_batch, artifact=a.artifact, threads=a.threads, dtype=a.dtype,
-                   passes=pipeline_from_args(a), show_progress=sys.stderr.isatty())
-    for note in llm.notes:
-        print(f"note: {note}", file=sys.stderr)
+    llm = load_llm(a, num_slots=a.max_batch)
     name = a.model_name or Path(llm.model.path).name.removesuffix(".gguf")
     sock = _listen(a.host, a.port)
     host, port = sock.getsockname()[:2]

@@ -19,7 +19,7 @@ import networkx as nx
 
 from ..errors import GraphBuildError
 from . import ops as O
-from .inputs import CACHE_PREFIXES, OUTPUT, input_types
+from .inputs import CACHE_PREFIXES, OUTPUT, RESERVED_INPUTS
 from .types import TensorType
 
 INPUT_OP = "Input"
@@ -190,7 +190,7 @@ class _Recorder:
         if name.startswith(CACHE_PREFIXES):
             raise GraphBuildError(f"{loc}: {op}: data[{name!r}] is a KV cache handle; only "
                                   f"FusedAttention's k/v ports take it")
-        if name in input_types({"max_positions": 1, "head_dim": 2}):
+        if name in RESERVED_INPUTS:
             node = self.graph.add(f"${name}", INPUT_OP, {"name": name}, name=name)
             self.current[name] = node
             return node

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 from .types import SEQS, TOKENS, TensorType
 
 OUTPUT = "logits"
+RESERVED_INPUTS = ("inputIds", "positionIds", "seqLens", "attentionMask", "sin", "cos", "atype")
 CACHE_PREFIXES = ("pastKey.", "pastValue.")
 
 
@@ -33,7 +34,7 @@ def rotary_pairs(config: dict[str, Any]) -> int:
 
 
 def input_types(config: dict[str, Any]) -> dict[str, TensorType]:
-    """Types of the reserved inputs a step provides, for a model config with max_positions set."""
+    """Types of the reserved inputs (RESERVED_INPUTS) a step provides, for a config with max_positions set."""
     return {
         "inputIds": TensorType((TOKENS,), "int32"),
         "positionIds": TensorType((TOKENS,), "int32"),
