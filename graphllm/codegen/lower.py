@@ -76,12 +76,22 @@ LOWERINGS: dict[str, Lowering] = {}
 PACKERS: dict[str, Callable[[Any], Any]] = {}
 
 
-def packer(name: str) -> Callable[[Callable[[Any], Any]], Callable[[Any], Any]]:
-    """Register a weight re-layout applied once at load (named in Kernel.packs, saved in the plan)."""
-    def deco(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def packer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a weight re-layout applied once at load (named in Kernel.packs, saved in the plan).
+
+    A plan may name ``name:ARG`` (e.g. ``qlinear:q4_1``): the packer is then called as fn(w, ARG).
+    """
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         PACKERS[name] = fn
         return fn
     return deco
+
+
+def get_packer(name: str) -> Callable[[Any], Any]:
+    """The re-layout a plan names, its argument (after ':') bound."""
+    base, _, arg = name.partition(":")
+    fn = PACKERS[base]
+    return (lambda w: fn(w, arg)) if arg else fn
 
 
 def lowering(op: str) -> Callable[[Lowering], Lowering]:

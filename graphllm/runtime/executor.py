@@ -21,7 +21,7 @@ import numpy as np
 
 from ..codegen.build import aligned_empty, as_tensor, load_module
 from ..codegen.compile import LIB_FILE, PLAN_FILE
-from ..codegen.lower import PACKERS, load_kernel_modules
+from ..codegen.lower import get_packer, load_kernel_modules
 from ..codegen.target import configure_threads
 from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
@@ -111,7 +111,7 @@ class CompiledExecutor:
                 out[v] = arr
                 continue
             arr = np.asarray(weights[info["name"]], dtype=np.uint8 if self.types[v].quantized else np.float32)
-            out[v] = PACKERS[info["pack"]](arr) if info.get("pack") else _aligned(arr)
+            out[v] = get_packer(info["pack"])(arr) if info.get("pack") else _aligned(arr)
             if cached is not None:
                 _save_packed(cached, out[v])
         return out

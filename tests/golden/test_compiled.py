@@ -102,6 +102,5 @@ def test_packed_weights_are_reused_on_the_next_start(tmp_path, monkeypatch):
     expected = first.step(ids, range(3), [3], [0])
     assert list((tmp_path / "builds").glob("*/packed/*/*.npy"))
     monkeypatch.setattr(lower, "PACKERS", {})  # a second start must not pack again
-    monkeypatch.setattr("graphllm.runtime.executor.PACKERS", {})
     again = LLM.load(FIXTURES / "tiny_llama", max_context=32)
     np.testing.assert_array_equal(again.step(ids, range(3), [3], [0]), expected)

@@ -18,7 +18,7 @@ from graphllm.codegen.kernels.qlinear import (
     qlinear_gemm,
     qlinear_gemv,
 )
-from graphllm.codegen.lower import PACKERS, LowerRequest
+from graphllm.codegen.lower import LowerRequest, get_packer
 from graphllm.dsl.qformats import dequantize, quantize
 from graphllm.dsl.types import TensorType
 
@@ -141,13 +141,13 @@ def test_lowering_and_packers() -> None:
     x, w = TensorType(("T", 576)), TensorType((1536, 576), "q4_1g64")
     kernel = lower_qlinear(LowerRequest("Linear", (), (("input", x), ("weight", w)), TensorType(("T", 1536))))
     assert kernel.params == ("input", "weight", "out") and kernel.large_from == GEMM_MIN_T
-    assert kernel.packs == {"weight": "qlinear_q4_1g64"}
+    assert kernel.packs == {"weight": "qlinear:q4_1g64"}
     ids, table = TensorType(("T",), "int32"), TensorType((49152, 576), "q8_0")
     emb = lower_qembedding(LowerRequest("Embedding", (), (("input", ids), ("weight", table)), TensorType(("T", 576))))
     head = lower_qlinear(LowerRequest("Linear", (), (("input", x), ("weight", table)), TensorType(("T", 49152))))
-    assert emb.packs == head.packs == {"weight": "qlinear_q8_0"}  # a tied lm_head shares the packed copy
+    assert emb.packs == head.packs == {"weight": "qlinear:q8_0"}  # a tied lm_head shares the packed copy
     raw = quantize(np.random.default_rng(0).standard_normal((20, 64), dtype=np.float32), "q8_0")
-    packed = PACKERS["qlinear_q8_0"](raw)
+    packed = get_packer("qlinear:q8_0")(raw)
     assert packed.shape == (2, 2, qlayout("q8_0").record) and packed.ctypes.data % 64 == 0
     np.testing.assert_array_equal(packed, pack_qweight(raw, "q8_0"))
     with pytest.raises(ValueError):

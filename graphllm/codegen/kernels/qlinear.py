@@ -85,7 +85,7 @@ class QLayout:
 
     def pack_name(self) -> str:
         """The registered packer of this format."""
-        return f"qlinear_{self.fmt.name}"
+        return f"qlinear:{self.fmt.name}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -114,6 +114,7 @@ def _codes(fmt: QFormat, blocks: np.ndarray) -> np.ndarray:
     return fmt.decode(probe)
 
 
+@packer("qlinear")
 def pack_qweight(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Raw blocks uint8 [N, K/G * block_bytes] -> the kernels' 64-byte-aligned uint32 [ceil(N/16), K/G, record]."""
     lay = qlayout(dtype)
@@ -141,16 +142,6 @@ def pack_qweight(raw: np.ndarray, dtype: str) -> np.ndarray:
     return out
 
 
-def _register_packers() -> None:
-    """Register one packer per supported format (plans name them; the packer sees only the raw array)."""
-    for kind in ("q8_0", "q4_0", "q4_1"):
-        step = 32 // qformat(kind).bits
-        for group in range(step, MAX_GROUP + 1, step):
-            name = kind if group == 32 else f"{kind}g{group}"
-            packer(f"qlinear_{name}")(functools.partial(pack_qweight, dtype=name))
-
-
-_register_packers()
 
 
 # ------------------------------------------------------------------ TIR building blocks
