@@ -1,7 +1,10 @@
 """float32 Linear y[T, N] = x[T, K] @ W[N, K]^T (+ b[N]) with symbolic T, as TVM PrimFuncs.
 
 Weight layout: W is packed once at load (`pack_weight`) from HF [N, K] into [N/nb, K, nb]
-(nb = 16 when N allows: two AVX2 vectors). One packed copy serves both kernels:
+(nb = 16 when N allows: two AVX2 vectors), stored as float32, float16 or bfloat16 (weight-only:
+16-bit weights are widened to float32 in the inner loop, `vcvtph2ps` for float16, a 16-bit shift
+for bfloat16, which is held as its uint16 bits because numpy and DLPack have no bfloat16 array).
+One packed copy serves both kernels:
 - GEMV (`*_gemv`, T < GEMM_MIN_T): per nb-column block, stream its K x nb panel contiguously
   and accumulate nb outputs in vector registers (no horizontal sums); parallel over blocks.
 - GEMM (`*_gemm`, T >= GEMM_MIN_T): a 6 x 16 register tile (12 ymm accumulators) per
@@ -13,7 +16,7 @@ so its inner loop has no predicate; only the epilogue store is guarded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 GEMM_ROWS = 6  # rows of the GEMM register tile (6 x 16 floats = 12 ymm accumulators)
 GEMM_MIN_T = 3  # token counts below this use the GEMV kernel (measured crossover, cold W)
 _BLOCKS = (16, 8, 4, 2, 1)
+STORAGE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}  # weight dtype -> stored array dtype
 
 
 def pack_block(n: int) -> int:
@@ -33,25 +37,43 @@ def pack_block(n: int) -> int:
     return next(b for b in _BLOCKS if n % b == 0)
 
 
-def pack_weight(w: np.ndarray) -> np.ndarray:
-    """Repack an HF Linear weight [N, K] into the kernels' 64-byte-aligned [N/nb, K, nb] float32."""
+def stored_values(w: np.ndarray, dtype: str) -> np.ndarray:
+    """Return w as the kernels store `dtype` (float16 rounds to nearest even; bfloat16 as its uint16 bits)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.asarray(w, dtype=ml_dtypes.bfloat16).view(np.uint16)
+    return np.asarray(w, dtype=STORAGE[dtype])
+
+
+def pack_weight(w: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """Repack an HF Linear weight [N, K] into the kernels' 64-byte-aligned [N/nb, K, nb] of `dtype`."""
     if w.ndim != 2:
         raise ValueError(f"Linear weight must be [N, K], got shape {w.shape}")
     n, k = w.shape
     nb = pack_block(n)
-    out = aligned_empty((n // nb, k, nb), "float32")
-    out[...] = np.asarray(w, dtype=np.float32).reshape(n // nb, nb, k).transpose(0, 2, 1)
+    out = aligned_empty((n // nb, k, nb), STORAGE[dtype])
+    out[...] = stored_values(w, dtype).reshape(n // nb, nb, k).transpose(0, 2, 1)
     return out
 
 
-def _linear_prim_func(k: int, n: int, bias: bool, rows: int) -> PrimFunc:
+def widen(value: Any, dtype: str) -> Any:
+    """Return a stored weight element of `dtype` as float32 (bfloat16: its bits shifted into a float32's top half)."""
+    from tvm import tirx
+
+    if dtype == "bfloat16":
+        return tirx.reinterpret("float32", value.astype("uint32") << tirx.const(16, "uint32"))
+    return value.astype("float32")
+
+
+def _linear_prim_func(k: int, n: int, bias: bool, rows: int, dtype: str) -> PrimFunc:
     """Return the unscheduled PrimFunc: accumulator over T padded to `rows`, then the epilogue."""
     from tvm import te
 
     nb = pack_block(n)
     t_len = te.var("T", "int64")
     x = te.placeholder((t_len, k), "float32", name="x")
-    w = te.placeholder((n // nb, k, nb), "float32", name="w")
+    w = te.placeholder((n // nb, k, nb), STORAGE[dtype], name="w")
     r = te.reduce_axis((0, k), name="k")
     t_pad = (t_len + rows - 1) // rows * rows
 
@@ -61,7 +83,7 @@ def _linear_prim_func(k: int, n: int, bias: bool, rows: int) -> PrimFunc:
 
     acc = te.compute(
         (t_pad, n),
-        lambda t, j: te.sum(x[x_row(t), r] * w[j // nb, r, j % nb], axis=r),
+        lambda t, j: te.sum(x[x_row(t), r] * widen(w[j // nb, r, j % nb], dtype), axis=r),
         name="acc",
     )
     if bias:
@@ -96,21 +118,22 @@ def _schedule(func: PrimFunc, n: int, rows: int) -> PrimFunc:
     return sch.mod["main"]
 
 
-def linear_gemv(k: int, n: int, bias: bool = False) -> PrimFunc:
+def linear_gemv(k: int, n: int, bias: bool = False, dtype: str = "float32") -> PrimFunc:
     """Return the scheduled GEMV PrimFunc (x, w_packed, [b,] y) for small T, memory-bound."""
-    return _schedule(_linear_prim_func(k, n, bias, 1), n, 1)
+    return _schedule(_linear_prim_func(k, n, bias, 1, dtype), n, 1)
 
 
-def linear_gemm(k: int, n: int, bias: bool = False) -> PrimFunc:
+def linear_gemm(k: int, n: int, bias: bool = False, dtype: str = "float32") -> PrimFunc:
     """Return the scheduled GEMM PrimFunc (x, w_packed, [b,] y) for large T, compute-bound."""
-    return _schedule(_linear_prim_func(k, n, bias, GEMM_ROWS), n, GEMM_ROWS)
+    return _schedule(_linear_prim_func(k, n, bias, GEMM_ROWS, dtype), n, GEMM_ROWS)
 
 
-def linear_kernels(k: int, n: int, bias: bool = False, name: str = "linear") -> dict[str, PrimFunc]:
-    """Return {name_gemv, name_gemm} PrimFuncs for one Linear shape, to build into one module."""
+def linear_kernels(k: int, n: int, bias: bool = False, name: str = "linear",
+                   dtype: str = "float32") -> dict[str, PrimFunc]:
+    """Return {name_gemv, name_gemm} PrimFuncs for one Linear shape and weight dtype, to build into one module."""
     return {
-        f"{name}_gemv": linear_gemv(k, n, bias).with_attr("global_symbol", f"{name}_gemv"),
-        f"{name}_gemm": linear_gemm(k, n, bias).with_attr("global_symbol", f"{name}_gemm"),
+        f"{name}_gemv": linear_gemv(k, n, bias, dtype).with_attr("global_symbol", f"{name}_gemv"),
+        f"{name}_gemm": linear_gemm(k, n, bias, dtype).with_attr("global_symbol", f"{name}_gemm"),
     }
 
 
@@ -119,10 +142,15 @@ def linear_entry(name: str, t: int) -> str:
     return f"{name}_gemv" if t < GEMM_MIN_T else f"{name}_gemm"
 
 
+def packer_name(dtype: str) -> str:
+    """Return the plan's name of the packing a `dtype` Linear weight needs (linear_blocks[:dtype])."""
+    return "linear_blocks" if dtype == "float32" else f"linear_blocks:{dtype}"
+
+
 @packer("linear_blocks")
-def _pack(w: np.ndarray) -> np.ndarray:
+def _pack(w: np.ndarray, dtype: str = "float32") -> np.ndarray:
     """The registered name of pack_weight, so plans can say which re-layout a weight needs."""
-    return pack_weight(w)
+    return pack_weight(w, dtype)
 
 
 @lowering("Linear")
@@ -134,8 +162,11 @@ def lower_linear(req: LowerRequest) -> Kernel:
         return lower_qlinear(req)
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
+    dtype = t["weight"].dtype
+    if dtype not in STORAGE:
+        raise NotImplementedError(f"Linear weights of dtype {dtype} are not lowered (float32, float16, bfloat16 are)")
     n, k = t["weight"].shape
     bias = "bias" in t
     params = ("input", "weight", "bias", "out") if bias else ("input", "weight", "out")
-    return Kernel(linear_gemv(k, n, bias), params, large=linear_gemm(k, n, bias), large_from=GEMM_MIN_T,
-                  packs={"weight": "linear_blocks"})
+    return Kernel(linear_gemv(k, n, bias, dtype), params, large=linear_gemm(k, n, bias, dtype),
+                  large_from=GEMM_MIN_T, packs={"weight": packer_name(dtype)})
