@@ -1,9 +1,9 @@
-"""Write F32, F16 and Q8_0 copies of a GGUF (same metadata, tensors re-encoded) for comparisons.
+"""Write F32, F16, BF16 and Q8_0 copies of a GGUF (same metadata, tensors re-encoded) for comparisons.
 
 The default model ships only as Q4_1; peers.md compares llama.cpp on F32/F16/Q8_0 files derived
 from it, and this makes the same files with the `gguf` package (tensor rows stay in the file's
 order, so llama.cpp's Q/K permutation is kept). Usage:
-    python benchmarks/make_gguf_variants.py SRC.gguf OUT_DIR [--types F32 F16 Q8_0]
+    python benchmarks/make_gguf_variants.py SRC.gguf OUT_DIR [--types F32 F16 BF16 Q8_0]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from gguf import quants
 from graphllm.runtime.gguf_loader import dequantize_raw
 
 SKIP = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.file_type"}
-FILE_TYPES = {"F32": 0, "F16": 1, "Q8_0": 7}
+FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}
 
 
 def write_variant(src: Path, out: Path, kind: str) -> Path:
@@ -42,6 +42,8 @@ def write_variant(src: Path, out: Path, kind: str) -> Path:
             writer.add_tensor(t.name, values)
         elif kind == "F16":
             writer.add_tensor(t.name, values.astype(np.float16))
+        elif kind == "BF16":  # rounded to nearest even
+            writer.add_tensor(t.name, quants.quantize(values, QT.BF16), raw_dtype=QT.BF16)
         else:
             writer.add_tensor(t.name, quants.quantize(values, QT.Q8_0), raw_dtype=QT.Q8_0)
     writer.write_header_to_file()

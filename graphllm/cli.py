@@ -25,8 +25,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="comma-separated pass pipeline (default: verify,dce,cse,fuse_swiglu)")
     p.add_argument("--no-fuse", action="store_true", help="leave out the fusion passes (debugging)")
     p.add_argument("--dtype", default=None,
-                   help="weights: float32, int8, int8g<G>, int4, int4g<G> (weight-only; default: as stored, "
-                        "a GGUF keeps its Q8_0/Q4_0/Q4_1 blocks)")
+                   help="weights: float32, float16, bfloat16, int8, int8g<G>, int4, int4g<G> (weight-only; "
+                        "default: as stored, Q8_0/Q4_0/Q4_1 blocks and F16/BF16 matrices are kept)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int = 128) -> None:

@@ -1,7 +1,10 @@
-"""quantize: give Linear weights a block format (`--dtype int8` / `int4g[GROUP]`), weight-only.
+"""quantize: give Linear weights a block format (`--dtype int8` / `int4g[GROUP]`) or a 16-bit float
+type (`--dtype float16` / `bfloat16`), weight-only: kernels widen or decode the weights, activations
+stay float32.
 
-A weight changes type only when every reader is a Linear's weight port (or an Embedding, when
-embeddings are included) and its rows split into whole groups; the numbers follow at load.
+A float32 weight changes type only when every reader is a (Fused)Linear's weight port (or an Embedding, when
+embeddings are included: always for the 16-bit types, so a tied lm_head is 16-bit too) and, for a
+block format, its rows split into whole groups; the numbers follow at load.
 """
 
 from __future__ import annotations
@@ -13,17 +16,19 @@ from ..dsl.qformats import qformat
 from ..dsl.types import TensorType
 from ..errors import GraphLLMError
 
-FLOAT_DTYPES = ("float32",)
+FLOAT_DTYPES = ("float32", "float16", "bfloat16")
+LINEAR_OPS = ("Linear", "FusedLinear")  # ops whose weight port takes any of these types (fusion passes run first)
 _DTYPE = re.compile(r"^(int8|int4)(?:g(\d+))?$")
 
 
 def block_format(dtype: str) -> str | None:
-    """The block format for a --dtype value (int8 -> q8_0, int4g128 -> q4_1g128); None for float32."""
+    """The block format for a --dtype value (int8 -> q8_0, int4g128 -> q4_1g128); None for the float types."""
     if dtype in FLOAT_DTYPES:
         return None
     m = _DTYPE.match(dtype)
     if not m:
-        raise GraphLLMError(f"unknown --dtype {dtype!r} (use float32, int8, int8g<GROUP>, int4 or int4g<GROUP>)")
+        raise GraphLLMError(f"unknown --dtype {dtype!r} (use float32, float16, bfloat16, int8, int8g<GROUP>, int4 "
+                            f"or int4g<GROUP>)")
     base = "q8_0" if m.group(1) == "int8" else "q4_1"
     group = int(m.group(2) or 32)
     if group < 2 or group % 2:
@@ -33,23 +38,24 @@ def block_format(dtype: str) -> str | None:
 
 def quantize_weights(graph: Graph, dtype: str, include_embeddings: bool = False,
                      notes: list[str] | None = None) -> Graph:
-    """A copy of the graph whose eligible float weights have the block format of ``dtype``."""
+    """A copy of the graph whose eligible float32 weights have ``dtype``'s block format or 16-bit float type."""
     fmt_name = block_format(dtype)
-    if fmt_name is None:
+    if dtype == "float32":
         return graph
-    fmt = qformat(fmt_name)
+    fmt = qformat(fmt_name) if fmt_name else None
     g = graph.copy()
-    ports = {("Linear", "weight")} | ({("Embedding", "weight")} if include_embeddings else set())
+    embeddings = include_embeddings or fmt is None
+    ports = {(op, "weight") for op in LINEAR_OPS} | ({("Embedding", "weight")} if embeddings else set())
     skipped = []
     for node in list(g.nodes_of(WEIGHT_OP)):
         t = g[node]["type"]
         users = g.users(node)
-        if t.quantized or t.rank != 2 or not users or any((g[d]["op"], p) not in ports for d, p in users):
+        if t.dtype != "float32" or t.rank != 2 or not users or any((g[d]["op"], p) not in ports for d, p in users):
             continue
-        if t.shape[1] % fmt.group:
+        if fmt is not None and t.shape[1] % fmt.group:
             skipped.append(g[node]["name"])
             continue
-        g[node]["type"] = TensorType(t.shape, fmt_name)
+        g[node]["type"] = TensorType(t.shape, fmt_name or dtype)
     if skipped and notes is not None:
         notes.append(f"--dtype {dtype}: kept {len(skipped)} weight(s) in float32, their rows are not a whole "
                      f"number of {fmt.group}-element groups: {', '.join(skipped[:3])}{' ...' if len(skipped) > 3 else ''}")

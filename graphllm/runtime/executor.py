@@ -27,6 +27,7 @@ from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
+from .weights import NUMPY_FLOATS
 
 _NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 MAX_BINDINGS = 8
@@ -110,7 +111,9 @@ class CompiledExecutor:
             if cached is not None and (arr := _load_packed(cached)) is not None:
                 out[v] = arr
                 continue
-            arr = np.asarray(weights[info["name"]], dtype=np.uint8 if self.types[v].quantized else np.float32)
+            t = self.types[v]
+            stored = np.uint8 if t.quantized else NUMPY_FLOATS.get(t.dtype, np.float32)  # 16-bit weights stay 16-bit
+            arr = np.asarray(weights[info["name"]], dtype=stored)
             out[v] = get_packer(info["pack"])(arr) if info.get("pack") else _aligned(arr)
             if cached is not None:
                 _save_packed(cached, out[v])

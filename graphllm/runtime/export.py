@@ -3,6 +3,7 @@
 Quantized weights are stored as their raw blocks (uint8 [N, K/G*block_bytes]) under their own
 names; config.json's ``graphllm_quantization`` says which tensors are blocks, of what format and
 logical shape, so a later load skips quantization and computes on the blocks directly.
+float16 / bfloat16 weights are stored as F16 / BF16 tensors, which a later load keeps 16-bit.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..dsl.graph import WEIGHT_OP
 from ..dsl.types import TensorType
 from .llm import LLM
 from .loader import WeightSource
+from .weights import HALF_DTYPES
 
 
 def checkpoint_types(llm: LLM) -> dict[str, TensorType]:
@@ -37,7 +39,7 @@ QUANT_KEY = "graphllm_quantization"
 
 
 def export_model(llm: LLM, out_dir: str | os.PathLike, force: bool = False) -> Path:
-    """Write llm's weights as its graph types want them (blocks or float32) + config + tokenizer."""
+    """Write llm's weights as its graph types want them (blocks, 16-bit or float32) + config + tokenizer."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not force:
         raise GraphLLMError(f"{out} exists and is not empty; pass --force to replace it")
@@ -50,6 +52,8 @@ def export_model(llm: LLM, out_dir: str | os.PathLike, force: bool = False) -> P
         if t is not None and t.quantized:
             dtypes[name], shapes[name] = t.dtype, list(t.shape)
             tensors[name] = np.ascontiguousarray(source[name], dtype=np.uint8)
+        elif t is not None and t.dtype in HALF_DTYPES:
+            tensors[name] = np.ascontiguousarray(source[name])
         else:
             tensors[name] = np.ascontiguousarray(llm.model.weights[name], dtype=np.float32)
     config = {k: v for k, v in llm.model.config.items() if k != QUANT_KEY}

@@ -2,7 +2,8 @@
 
 Tensors stay memory-mapped as raw GGML blocks (`GGUFTensor.raw()`) and are dequantized to float32
 only when asked. Q8_0, Q4_0, Q4_1, F16, BF16 and F32 are decoded here (the codegen mirrors these
-block layouts); other GGML types fall back to `gguf.quants.dequantize`.
+block layouts, and F16/BF16 matrices can be handed over as they are: `GGUFTensor.stored()`); other
+GGML types (K-quants, ...) fall back to `gguf.quants.dequantize` at load, with a warning.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, LlamaFileType
 from gguf import quants as gguf_quants
@@ -76,6 +79,7 @@ class _FastReader(GGUFReader):
 
 # ---------------------------------------------------------------- block decoders
 _QFORMATS = {QT.Q8_0: "q8_0", QT.Q4_0: "q4_0", QT.Q4_1: "q4_1"}
+_FLOATS = {QT.F32: np.dtype(np.float32), QT.F16: np.dtype(np.float16), QT.BF16: np.dtype(ml_dtypes.bfloat16)}
 
 
 def qformat_of(ggml_type: GGMLQuantizationType) -> str | None:
@@ -101,7 +105,7 @@ def dequantize_raw(raw: np.ndarray, ggml_type: GGMLQuantizationType) -> np.ndarr
 @functools.cache
 def _can_dequantize(ggml_type: GGMLQuantizationType) -> bool:
     """Whether this module or gguf's fallback can decode `ggml_type` (probes one zero block)."""
-    if ggml_type in (QT.F32, QT.F16, QT.BF16) or ggml_type in _QFORMATS:
+    if ggml_type in _FLOATS or ggml_type in _QFORMATS:
         return True
     try:
         gguf_quants.dequantize(np.zeros((1, GGML_QUANT_SIZES[ggml_type][1]), np.uint8), ggml_type)
@@ -134,6 +138,11 @@ class GGUFTensor:
         return qformat_of(self.ggml_type) if len(self.shape) == 2 else None
 
     @property
+    def float_dtype(self) -> str | None:
+        """float32, float16 or bfloat16 when the file holds plain numbers of that type, else None."""
+        return _FLOATS[self.ggml_type].name if self.ggml_type in _FLOATS else None
+
+    @property
     def block_size(self) -> int:
         """Elements per GGML block (1 for F32/F16/BF16)."""
         return GGML_QUANT_SIZES[self.ggml_type][0]
@@ -152,6 +161,10 @@ class GGUFTensor:
     def load(self) -> np.ndarray:
         """The tensor as float32 (what the weights mapping returns)."""
         return self.dequantize()
+
+    def stored(self) -> np.ndarray:
+        """An F32/F16/BF16 tensor's numbers as stored (float32, float16, ml_dtypes.bfloat16), not widened."""
+        return self.raw().view(_FLOATS[self.ggml_type]).reshape(self.shape)
 
     def dequantize(self) -> np.ndarray:
         """The tensor as float32 in HF layout (read-only when it is an F32 view of the file)."""
@@ -283,6 +296,15 @@ def _check_complete(tensors: Mapping[str, GGUFTensor], config: Mapping[str, Any]
             raise ModelLoadError(f"{path}: the GGUF file lacks the tensor {name!r} ({hf_tensor_name(name)})")
 
 
+def _warn_dequantized(tensors: Mapping[str, GGUFTensor], path: Path) -> None:
+    """One warning naming the GGML types no kernel computes on: they load as float32 (several times their bytes)."""
+    counts = Counter(t.ggml_type.name for t in tensors.values() if t.ggml_type not in _FLOATS and t.qformat is None)
+    if counts:
+        kinds = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+        warnings.warn(f"{path.name}: dequantizing {kinds} tensor(s) to float32 at load (graphllm's kernels compute on "
+                      f"F32, F16, BF16, Q8_0, Q4_0 and Q4_1)", stacklevel=3)
+
+
 class _StoredField:
     """A metadata value read back from the index cache; answers `contents()` like a ReaderField."""
 
@@ -356,7 +378,8 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     for t in entries:
         if not _can_dequantize(t.tensor_type):
             raise ModelLoadError(
-                f"{path}: tensor {t.name!r} has GGML type {t.tensor_type.name}, which graphllm cannot decode"
+                f"{path}: tensor {t.name!r} has GGML type {t.tensor_type.name}, which graphllm cannot decode "
+                f"(supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1, and what gguf.quants.dequantize decodes)"
             )
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         # one data row per HF row; a 1-D tensor of per-element type gets a row per element
@@ -371,4 +394,5 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
         name = hf_tensor_name(t.name)
         tensors[name] = GGUFTensor(name, t.name, t.tensor_type, shape, data, n_head)
     _check_complete(tensors, config, path)
+    _warn_dequantized(tensors, path)
     return GGUFModel(path, fields, config, tensors, TensorWeights(tensors), _file_type(fields, tensors))

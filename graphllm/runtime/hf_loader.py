@@ -14,17 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.runtime.weights import TensorWeights
+from graphllm.runtime.weights import NUMPY_FLOATS, TensorWeights
 
-# safetensors dtype -> (numpy dtype of the stored bytes, name used in file_type)
+# safetensors dtype -> (numpy dtype of the stored bytes, name used in file_type and graph types)
 _DTYPES: dict[str, tuple[np.dtype, str]] = {
     "F32": (np.dtype("<f4"), "float32"),
     "F16": (np.dtype("<f2"), "float16"),
-    "BF16": (np.dtype("<u2"), "bfloat16"),
+    "BF16": (np.dtype(ml_dtypes.bfloat16), "bfloat16"),
     "F64": (np.dtype("<f8"), "float64"),
     "U8": (np.dtype("u1"), "uint8"),  # raw quantized blocks (graphllm export)
 }
@@ -60,12 +61,17 @@ class SafeTensor:
 
     def load(self) -> np.ndarray:
         """The tensor as float32 (a read-only view of the file for F32, a widened copy otherwise)."""
-        raw = self.data.view(_DTYPES[self.dtype][0])
-        if self.dtype == "BF16":
-            out = (raw.astype(np.uint32) << 16).view(np.float32)
-        else:
-            out = raw.astype(np.float32, copy=False)
-        return out.reshape(self.shape)
+        return self.stored().astype(np.float32, copy=False)
+
+    def stored(self) -> np.ndarray:
+        """The numbers as stored (float32, float16, ml_dtypes.bfloat16, ...): a read-only view of the file."""
+        return self.data.view(_DTYPES[self.dtype][0]).reshape(self.shape)
+
+    @property
+    def float_dtype(self) -> str | None:
+        """float32, float16 or bfloat16 for tensors stored as that type, else None."""
+        name = _DTYPES[self.dtype][1]
+        return name if name in NUMPY_FLOATS else None
 
     @property
     def qformat(self) -> None:
@@ -89,6 +95,11 @@ class BlockTensor:
     def load(self) -> np.ndarray:
         """The tensor decoded to float32."""
         return qformats.dequantize(self.raw(), self.qformat, self.shape)
+
+    @property
+    def float_dtype(self) -> None:
+        """Blocks are not plain numbers."""
+        return None
 
 
 def _block_tensors(config: dict[str, Any], tensors: dict[str, SafeTensor], folder: Path) -> None:

@@ -17,6 +17,7 @@ from graphllm.runtime.hf_loader import open_hf_folder
 from graphllm.dsl import qformats
 from graphllm.dsl.types import TensorType
 from graphllm.runtime.tokenizer import Tokenizer
+from graphllm.runtime.weights import HALF_DTYPES, to_float_dtype
 
 _EXPECTED = "expected a .gguf file or a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)"
 
@@ -34,19 +35,23 @@ class LoadedModel:
 
 
 def weight_types(model: LoadedModel, native: bool = True) -> dict[str, TensorType]:
-    """Every weight's graph type, without reading any: GGUF Q8_0/Q4_0/Q4_1 matrices keep their block
-    format when ``native`` (kernels dequantize inside the loop); everything else is float32."""
+    """Every weight's graph type, without reading any: when ``native``, GGUF Q8_0/Q4_0/Q4_1 matrices keep
+    their block format and float16/bfloat16 matrices (GGUF or safetensors) their 16-bit type (kernels
+    decode or widen inside the loop); everything else is float32."""
     out = {}
     for name, t in model.weights.tensors.items():
-        out[name] = TensorType(tuple(t.shape), (t.qformat if native else None) or "float32")
+        stored = t.qformat or (t.float_dtype if t.float_dtype in HALF_DTYPES and len(t.shape) == 2 else None)
+        out[name] = TensorType(tuple(t.shape), (stored if native else None) or "float32")
     return out
 
 
 class WeightSource(Mapping[str, np.ndarray]):
-    """Weights as a graph's types want them: raw blocks for block-quantized types, else float32.
+    """Weights as a graph's types want them: raw blocks for block-quantized types, float16 or
+    ml_dtypes.bfloat16 arrays for the 16-bit types, else float32.
 
-    GGUF blocks of the wanted format are passed through untouched; float weights are quantized here
-    when the graph asks for a block format (``--dtype int8`` / ``int4g``).
+    Stored blocks of the wanted format and stored 16-bit numbers of the wanted type are passed through
+    untouched; other weights are quantized or rounded (to nearest even) here when the graph asks for a
+    block format (``--dtype int8`` / ``int4g``) or a 16-bit type (``--dtype float16`` / ``bfloat16``).
     """
 
     def __init__(self, model: LoadedModel, types: Mapping[str, TensorType],
@@ -63,12 +68,16 @@ class WeightSource(Mapping[str, np.ndarray]):
         return tuple(self.model.weights.tensors[name].shape)
 
     def _value(self, name: str, t: TensorType | None) -> np.ndarray:
-        if t is None or not t.quantized:
+        if t is None or not (t.quantized or t.dtype in HALF_DTYPES):
             return self.model.weights[name]
         tensor = self.model.weights.tensors.get(name)
-        if tensor is not None and tensor.qformat == t.dtype:
-            return tensor.raw()
-        return qformats.quantize(self.model.weights[name], t.dtype)
+        if t.quantized:
+            if tensor is not None and tensor.qformat == t.dtype:
+                return tensor.raw()
+            return qformats.quantize(self.model.weights[name], t.dtype)
+        if tensor is not None and tensor.float_dtype == t.dtype:
+            return tensor.stored()
+        return to_float_dtype(self.model.weights[name], t.dtype)
 
     def __iter__(self) -> Iterator[str]:
         yield from self.model.weights

@@ -2,6 +2,7 @@
 
 Executors read each weight once (and keep their own packed copy), so nothing is cached here:
 a second float32 copy of every tensor would only double the memory.
+16-bit float weights are numpy float16 or ml_dtypes.bfloat16 arrays (numpy has no bfloat16).
 """
 
 from __future__ import annotations
@@ -9,7 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import ml_dtypes
 import numpy as np
+
+HALF_DTYPES = ("float16", "bfloat16")
+NUMPY_FLOATS = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
+                "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+def to_float_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
+    """values as the graph dtype float32, float16 or bfloat16 (rounded to nearest even; no copy if already so)."""
+    return np.asarray(values, dtype=NUMPY_FLOATS[dtype])
 
 
 class TensorWeights(Mapping[str, np.ndarray]):

@@ -1,14 +1,18 @@
 """Row gathers: Embedding (token ids -> weight rows) and SplitLastTokenStates (last row of each sequence).
 
 Both copy whole static-length rows picked by an int32 index, with the row copy vectorized.
+A float16/bfloat16 Embedding table is read from the Linear kernels' packed copy ([V/nb, H, nb],
+the one a tied lm_head reads too), each element widened as the Linear kernels widen it.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from graphllm.codegen.kernels.sched import require_float32, row_kernel
-from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.codegen.kernels.linear import STORAGE, pack_block, packer_name, widen
+from graphllm.codegen.kernels.sched import PARALLEL_MIN_ELEMS, require_float32, row_kernel, schedule_rows
+from graphllm.codegen.lower import Kernel, LowerRequest, Symbols, lowering
 
 
 def _gather_rows(table: Any, index: Any) -> Any:
@@ -19,12 +23,37 @@ def _gather_rows(table: Any, index: Any) -> Any:
     return te.compute(shape, lambda b, *rest: table[(index[b], *rest)], name="out")
 
 
+def _packed_embedding(req: LowerRequest, parallel: bool) -> Any:
+    """Return the PrimFunc (ids, w_packed, out): out[t, h] = widen(w[ids[t] // nb, h, ids[t] % nb])."""
+    import tvm
+    from tvm import te
+
+    wt = req.types["weight"]
+    vocab, hidden = wt.shape
+    nb = pack_block(vocab)
+    ids = Symbols().placeholder(req.types["input"], "ids")
+    w = te.placeholder((vocab // nb, hidden, nb), STORAGE[wt.dtype], name="w")
+    out = te.compute((ids.shape[0], hidden),
+                     lambda t, h: widen(w[ids[t] // nb, h, ids[t] % nb], wt.dtype).astype(req.output.dtype),
+                     name="out")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([ids, w, out]))
+    schedule_rows(sch, sch.get_sblock("out"), 1, parallel=parallel)
+    return sch.mod["main"]
+
+
 @lowering("Embedding")
 def lower_embedding(req: LowerRequest) -> Kernel:
-    """out[t] = weight[input[t]] for a float32 or block-quantized weight [V, H] (ids are not range-checked)."""
-    if req.types["weight"].quantized:  # rows decoded from the packed blocks (shared with a tied lm_head)
+    """out[t] = weight[input[t]] for a float32, float16, bfloat16 or block-quantized weight [V, H] (ids unchecked)."""
+    wt = req.types["weight"]
+    if wt.quantized:  # rows decoded from the packed blocks (shared with a tied lm_head)
         from graphllm.codegen.kernels.qlinear import lower_qembedding
         return lower_qembedding(req)
+    if wt.dtype in STORAGE and wt.dtype != "float32":
+        if req.types["input"].rank != 1:
+            raise NotImplementedError(f"a 16-bit Embedding needs ids [T], got {req.types['input']}")
+        large_from = max(2, math.ceil(PARALLEL_MIN_ELEMS / wt.shape[1]))
+        return Kernel(_packed_embedding(req, False), ("input", "weight", "out"), large=_packed_embedding(req, True),
+                      large_from=large_from, packs={"weight": packer_name(wt.dtype)})
     require_float32(req, "weight")
     args = [(p, req.types[p]) for p in ("input", "weight")]
     return row_kernel(req, args, lambda ids, w: _gather_rows(w, ids))
