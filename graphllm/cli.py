@@ -22,7 +22,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
     p.add_argument("--passes", default=None, type=lambda v: [x for x in v.split(",") if x],
-                   help="comma-separated pass pipeline (default: verify,dce,cse,fuse_swiglu)")
+                   help="comma-separated pass pipeline (default: verify, dce, cse, then the fuse_* passes)")
     p.add_argument("--no-fuse", action="store_true", help="leave out the fusion passes (debugging)")
     p.add_argument("--dtype", default=None,
                    help="weights: float32, float16, bfloat16, int8, int8g<G>, int4, int4g<G> (weight-only; "

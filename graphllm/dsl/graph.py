@@ -234,6 +234,8 @@ class _Recorder:
         for p in spec.params:
             value = bound.get(p.name)
             if p.kind in (O.IN, O.INOUT):
+                if value is None and p.optional:
+                    continue
                 inputs[p.name] = self.read_data(value, spec.name, p.name, loc)
                 if p.kind == O.INOUT:
                     out_name = value.pre

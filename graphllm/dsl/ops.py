@@ -336,7 +336,21 @@ def _attention_infer(t, a):
     _require(t["seqLens"].dtype.startswith("int"), "seqLens must be int")
     _require(a.get("window", 0) >= 0, f"window {a.get('window')} must be >= 0 (0: no sliding window)")
     _require(a.get("softcap", 0) >= 0, f"softcap {a.get('softcap')} must be >= 0 (0: no soft-capping)")
+    if a.get("rotaryDim"):
+        _require(all(p in t for p in ROPE_PORTS), f"rotaryDim needs the {', '.join(ROPE_PORTS)} inputs")
+        for port in ("q", "curk"):
+            _rope_infer({"input": t[port], **{p: t[p] for p in ROPE_PORTS}}, a)
     return q.with_shape((q.shape[0], q.shape[1] * q.shape[2]))
+
+
+ROPE_PORTS = ("positionIds", "sin", "cos")
+
+
+def _rotated(x, port, a):
+    """x[port] with RoPE applied when the attention has it fused in (rotaryDim), else as given."""
+    if not a.get("rotaryDim"):
+        return x[port]
+    return _rope_ref({"input": x[port], **{p: x[p] for p in ROPE_PORTS}}, a, None)
 
 
 def soft_cap(x: np.ndarray, cap: float) -> np.ndarray:
@@ -347,7 +361,7 @@ def soft_cap(x: np.ndarray, cap: float) -> np.ndarray:
 
 def _attention_ref(x, a, ctx):
     """Write this step's K/V into the layer's cache, then causal (optionally windowed) attention."""
-    q, k, v = x["q"], x["curk"], x["curv"]
+    q, k, v = _rotated(x, "q", a), _rotated(x, "curk", a), x["curv"]
     kc, vc = ctx.caches[a["layer"]]
     seq_lens = x["seqLens"]
     starts = np.concatenate([[0], np.cumsum(seq_lens)])
@@ -382,12 +396,14 @@ register(OpSpec(
      Param("original", IGNORED), Param("mask", IGNORED), Param("output", OUT), Param("seqLens", IN),
      Param("scale", ATTR, type=float), Param("maskType", ATTR, default=0, type=int),
      Param("unitLen", ATTR, default=128, type=int), Param("window", ATTR, optional=True, type=int),
-     Param("softcap", ATTR, optional=True, type=float)),
+     Param("softcap", ATTR, optional=True, type=float), Param("positionIds", IN, optional=True),
+     Param("sin", IN, optional=True), Param("cos", IN, optional=True), Param("rotaryDim", ATTR, optional=True, type=int)),
     _attention_infer, _attention_ref,
     "Appends curk/curv at each token's position to the KV cache of layer k (pastKey.<i>), then "
     "causal attention of q over that cache (GQA by head groups). Output [T, heads*headDim]. "
     "Optional: window > 0: a token at position p sees keys p-window+1 .. p only (sliding window); softcap > 0: "
-    "scores become softcap * tanh(scores / softcap) after scaling (Gemma 2). "
+    "scores become softcap * tanh(scores / softcap) after scaling (Gemma 2); rotaryDim > 0 (with "
+    "positionIds, sin, cos): q and curk are rotated first, as LlamaRotatePosition2D would (the fuse_rope pass). "
     "As in fastllm, k/v only name the layer's cache and original/mask/unitLen carry nothing."))
 
 
@@ -448,6 +464,45 @@ register(OpSpec(
     (Param("input", IN), Param("output", OUT)),
     _swiglu_infer, _swiglu_ref,
     "output = silu(input[..., :n]) * input[..., n:], n = half the last dim."))
+
+
+PROLOGUES = ("none", "rmsnorm", "swiglu")
+
+
+def _fused_linear_infer(t, a):
+    x, prologue = t["input"], a.get("prologue", "none")
+    _require(prologue in PROLOGUES, f"prologue {prologue!r} must be one of {', '.join(PROLOGUES)}")
+    if prologue == "rmsnorm":
+        _require("norm" in t and "eps" in a, "the rmsnorm prologue needs the norm weight and eps")
+        x = _rmsnorm_infer({"input": x, "weight": t["norm"]}, a)
+    elif prologue == "swiglu":
+        x = _swiglu_infer({"input": x}, a)
+    out = _linear_infer({**t, "input": x}, a)
+    if "residual" in t:
+        _same(t["residual"], out, "residual and output")
+    return out
+
+
+def _fused_linear_ref(x, a, ctx):
+    v, prologue = x["input"], a.get("prologue", "none")
+    if prologue == "rmsnorm":
+        v = _rmsnorm_ref({"input": v, "weight": x["norm"]}, a, ctx)
+    elif prologue == "swiglu":
+        v = _swiglu_ref({"input": v}, a, ctx)
+    y = _linear_ref({**x, "input": v}, a, ctx)
+    return x["residual"] + y if "residual" in x else y
+
+
+register(OpSpec(
+    "FusedLinear",
+    (Param("input", IN), Param("weight", WEIGHT), Param("bias", WEIGHT, optional=True), Param("output", OUT),
+     Param("norm", WEIGHT, optional=True), Param("residual", IN, optional=True),
+     Param("prologue", ATTR, default="none", type=str), Param("eps", ATTR, optional=True, type=float),
+     Param("weightOffset", ATTR, optional=True, type=float)),
+    _fused_linear_infer, _fused_linear_ref,
+    "output = residual + Linear(prologue(input)): prologue 'rmsnorm' is RMSNorm(input, norm, eps, "
+    "weightOffset), 'swiglu' is Swiglu(input), 'none' passes input; residual is optional. What the "
+    "fuse_norm / fuse_act / fuse_residual passes make of RMSNorm, Swiglu and AddTo around a Linear."))
 
 
 def _split_last_infer(t, a):

@@ -15,6 +15,8 @@ from ..dsl.textir import print_graph
 from ..errors import GraphLLMError
 from .cse import cse
 from .dce import dce
+from .fuse_linear import fuse_act, fuse_norm, fuse_residual
+from .fuse_rope import fuse_rope
 from .fuse_swiglu import fuse_swiglu
 from .verify import verify
 
@@ -37,8 +39,13 @@ register_pass("verify")(verify)
 register_pass("dce")(dce)
 register_pass("cse")(cse)
 register_pass("fuse_swiglu")(fuse_swiglu)
+register_pass("fuse_norm")(fuse_norm)
+register_pass("fuse_act")(fuse_act)
+register_pass("fuse_residual")(fuse_residual)
+register_pass("fuse_rope")(fuse_rope)
 
-DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse", "fuse_swiglu"]
+DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse", "fuse_swiglu", "fuse_norm", "fuse_act", "fuse_residual",
+                               "fuse_rope", "verify"]
 
 
 def _check_known(name: str) -> None:

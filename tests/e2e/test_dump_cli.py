@@ -104,11 +104,11 @@ def test_load_ir_reads_a_dump_and_checks_its_types(tmp_path, capsys, graph):
     assert graph_difference(load_ir(untyped), graph) is None
     broken = tmp_path / "broken.ir"
     broken.write_text(text.replace("%q : f32[T,64]", "%q : f32[T,32]", 1))
-    with pytest.raises(GraphBuildError, match=r"broken.ir: .*llama.py:20: Linear -> 'q' \(%q\): the IR says "
+    with pytest.raises(GraphBuildError, match=r"broken.ir: .*llama.py:20: FusedLinear -> 'q' \(%q\): the IR says "
                                               r"f32\[T,32\] but its inputs give f32\[T,64\]"):
         load_ir(broken)
     with pytest.raises(GraphBuildError, match=r"broken2.ir:\d+:\d+: "):
-        (tmp_path / "broken2.ir").write_text(text.replace("= Linear(", "= Linear((", 1))
+        (tmp_path / "broken2.ir").write_text(text.replace("= FusedLinear(", "= FusedLinear((", 1))
         load_ir(tmp_path / "broken2.ir")
     with pytest.raises(GraphLLMError, match="cannot read the IR file"):
         load_ir(tmp_path / "missing.ir")

@@ -198,3 +198,53 @@ def test_every_registered_op_is_tested_here():
     source = "".join(p.read_text() for p in Path(__file__).parent.glob("test_ops*.py"))
     for name in O.REGISTRY:
         assert f'"{name}"' in source, f"op {name} has no reference test"
+
+
+def test_fused_linear_prologues_and_residual():
+    x, w, b, g, res = randn(3, 8), randn(5, 8), randn(5), randn(8), randn(3, 5)
+    normed = x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + 1e-6) * (g + 1.0)
+    out = ref("FusedLinear", {"prologue": "rmsnorm", "eps": 1e-6, "weightOffset": 1.0},
+              input=x, weight=w, bias=b, norm=g, residual=res)
+    np.testing.assert_allclose(out, res + normed @ w.T + b, rtol=1e-5, atol=1e-5)
+    xx = randn(3, 16)
+    act = xx[:, :8] / (1 + np.exp(-xx[:, :8])) * xx[:, 8:]
+    np.testing.assert_allclose(ref("FusedLinear", {"prologue": "swiglu"}, input=xx, weight=w), act @ w.T,
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ref("FusedLinear", input=x, weight=w), x @ w.T, rtol=1e-6)
+    assert str(infer("FusedLinear", {"prologue": "swiglu"}, input="f32[T,16]", weight="f32[5,8]")) == "f32[T,5]"
+    assert str(infer("FusedLinear", {"prologue": "rmsnorm", "eps": 1e-5}, input="f32[T,8]", weight="f32[5,8]",
+                     norm="f32[8]", residual="f32[T,5]")) == "f32[T,5]"
+    with pytest.raises(O.ShapeError, match="residual"):
+        infer("FusedLinear", input="f32[T,8]", weight="f32[5,8]", residual="f32[T,4]")
+    with pytest.raises(O.ShapeError, match="prologue"):
+        infer("FusedLinear", {"prologue": "gelu"}, input="f32[T,8]", weight="f32[5,8]")
+
+
+def test_fused_attention_with_rope_rotates_q_and_k_first():
+    hq, hk, d, r = 2, 1, 6, 2  # rotaryDim counts pairs: (0, 2), (1, 3) rotate, 4..5 pass through
+    pos = np.array([0, 1, 2], np.int32)
+    ang = np.arange(8)[:, None] * np.array([0.5, 0.25])[None, :]
+    sin, cos = np.sin(ang).astype(np.float32), np.cos(ang).astype(np.float32)
+    q, k, v = randn(3, hq, d), randn(3, hk, d), randn(3, hk, d)
+
+    def rot(x):
+        out = x.copy()
+        c, s = cos[pos][:, None, :], sin[pos][:, None, :]
+        out[..., 0:2] = x[..., 0:2] * c - x[..., 2:4] * s
+        out[..., 2:4] = x[..., 2:4] * c + x[..., 0:2] * s
+        return out
+
+    def run(rope, qq, kk):
+        caches = {0: (np.zeros((1, 4, hk, d), np.float32), np.zeros((1, 4, hk, d), np.float32))}
+        ctx = O.RefContext(caches=caches, slots=np.array([0]), positions=pos)
+        extra = {"positionIds": pos, "sin": sin, "cos": cos} if rope else {}
+        attrs = {"scale": 0.5, "layer": 0, **({"rotaryDim": r} if rope else {})}
+        return ref("FusedAttention", attrs, ctx, q=qq, curk=kk, curv=v, seqLens=np.array([3], np.int32), **extra), caches
+
+    fused, caches = run(True, q, k)
+    plain, _ = run(False, rot(q), rot(k))
+    np.testing.assert_allclose(fused, plain, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(caches[0][0][0, :3], rot(k), rtol=1e-6)  # the cache holds rotated keys
+    with pytest.raises(O.ShapeError, match="rotaryDim needs"):
+        infer("FusedAttention", {"scale": 1.0, "rotaryDim": 2}, q="f32[T,2,6]", curk="f32[T,1,6]",
+              curv="f32[T,1,6]", seqLens="i32[B]")

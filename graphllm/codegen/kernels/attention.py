@@ -63,10 +63,11 @@ def fast_exp(x: Expr) -> Expr:
 
 
 def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float, window: int = 0,
-                   softcap: float = 0.0) -> PrimFunc:
-    """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, out) of the module doc.
+                   softcap: float = 0.0, rope: tuple[int, int, int] | None = None) -> PrimFunc:
+    """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, [rope_pos, sin, cos,] out) of the module doc.
 
-    window > 0 limits each query to its last `window` keys; softcap > 0 soft-caps the scores.
+    window > 0 limits each query to its last `window` keys; softcap > 0 soft-caps the scores;
+    rope = (rotaryDim, table rows, table cols) rotates each query row as it is loaded (fuse_rope).
     """
     from tvm import tirx
     from tvm.script import tirx as T
@@ -88,17 +89,11 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
     chunks = d // lanes
     scale = float(scale)
     t_len, s_len, c_len = (tirx.Var(name, "int64") for name in ("T", "S", "C"))
+    rot, rows, cols = rope or (0, 1, 1)
+    has_rope = bool(rot)
 
-    @T.prim_func
-    def attention(
-        q: T.Buffer((t_len, hq, d), "float32"),
-        k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-        v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-        pos: T.Buffer((t_len,), "int32"),
-        slot: T.Buffer((t_len,), "int32"),
-        out: T.Buffer((t_len, hq * d), "float32"),
-    ):
-        T.func_attr({"tirx.noalias": True})
+    @T.macro
+    def attend(q, k_cache, v_cache, pos, slot, rope_pos, sin, cos, out):
         n_split = T.max(T.int64(1), T.int64(min_tasks) // t_len)
         # Partial results of each (token, head, split): acc[d], running max, running sum. Splits
         # exist only while t_len * n_split <= min_tasks, hence the fixed size.
@@ -123,8 +118,19 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
             for jj in T.vectorized(kb):
                 score[jj] = T.float32(0)
             for h in range(hq):
+                if has_rope:  # a Python bool: RoPE (pairs i, i + rot) is emitted only when fused in
+                    for i in T.vectorized(rot):
+                        qs[h * d + i] = (q[t, h, i] * cos[rope_pos[t], i]
+                                         - q[t, h, i + rot] * sin[rope_pos[t], i]) * T.float32(scale)
+                    for i in T.vectorized(rot):
+                        qs[h * d + rot + i] = (q[t, h, i + rot] * cos[rope_pos[t], i]
+                                               + q[t, h, i] * sin[rope_pos[t], i]) * T.float32(scale)
+                    for i in range(d - 2 * rot):
+                        qs[h * d + 2 * rot + i] = q[t, h, 2 * rot + i] * T.float32(scale)
+                else:
+                    for i in T.vectorized(d):
+                        qs[h * d + i] = q[t, h, i] * T.float32(scale)
                 for i in T.vectorized(d):
-                    qs[h * d + i] = q[t, h, i] * T.float32(scale)
                     acc[h * d + i] = T.float32(0)
                 run_max[h] = T.float32(_NEG)
                 run_sum[h] = T.float32(0)
@@ -208,20 +214,78 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                 for i in T.vectorized(d):
                     out[th // hq, th % hq * d + i] = comb[i] * stats[2]
 
+    if rope:
+        @T.prim_func
+        def attention_rope(
+            q: T.Buffer((t_len, hq, d), "float32"),
+            k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+            v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+            pos: T.Buffer((t_len,), "int32"),
+            slot: T.Buffer((t_len,), "int32"),
+            rope_pos: T.Buffer((t_len,), "int32"),
+            sin: T.Buffer((rows, cols), "float32"),
+            cos: T.Buffer((rows, cols), "float32"),
+            out: T.Buffer((t_len, hq * d), "float32"),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            attend(q, k_cache, v_cache, pos, slot, rope_pos, sin, cos, out)
+
+        return attention_rope
+
+    @T.prim_func
+    def attention(
+        q: T.Buffer((t_len, hq, d), "float32"),
+        k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        pos: T.Buffer((t_len,), "int32"),
+        slot: T.Buffer((t_len,), "int32"),
+        out: T.Buffer((t_len, hq * d), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        attend(q, k_cache, v_cache, pos, slot, pos, q, q, out)  # no RoPE: the table arguments are never read
+
     return attention
 
 
-def kv_write_func(num_kv_heads: int, head_dim: int) -> PrimFunc:
-    """Return the PrimFunc kv_write(k_cur, v_cur, pos, slot, k_cache, v_cache), writing the caches in place.
+def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] | None = None) -> PrimFunc:
+    """Return the PrimFunc kv_write(k_cur, v_cur, pos, slot, [rope_pos, sin, cos,] k_cache, v_cache), in place.
 
-    k_cur, v_cur [T, Hk, D] go to k_cache / v_cache [slot[t], pos[t]]. Serial: a few KB per token
-    cost less than a thread-pool launch.
+    k_cur, v_cur [T, Hk, D] go to k_cache / v_cache [slot[t], pos[t]] (k rotated first when RoPE
+    is fused in). Serial: a few KB per token cost less than a thread-pool launch.
     """
     from tvm import tirx
     from tvm.script import tirx as T
 
     hk, d = num_kv_heads, head_dim
     t_len, s_len, c_len = (tirx.Var(name, "int64") for name in ("T", "S", "C"))
+    rot, rows, cols = rope or (0, 1, 1)
+
+    if rope:
+        @T.prim_func
+        def kv_write_rope(
+            k_cur: T.Buffer((t_len, hk, d), "float32"),
+            v_cur: T.Buffer((t_len, hk, d), "float32"),
+            pos: T.Buffer((t_len,), "int32"),
+            slot: T.Buffer((t_len,), "int32"),
+            rope_pos: T.Buffer((t_len,), "int32"),
+            sin: T.Buffer((rows, cols), "float32"),
+            cos: T.Buffer((rows, cols), "float32"),
+            k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+            v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        ):
+            T.func_attr({"tirx.noalias": True})
+            for t, h in T.grid(t_len, hk):
+                p = rope_pos[t]
+                for i in T.vectorized(rot):
+                    k_cache[slot[t], pos[t], h, i] = k_cur[t, h, i] * cos[p, i] - k_cur[t, h, i + rot] * sin[p, i]
+                for i in T.vectorized(rot):
+                    k_cache[slot[t], pos[t], h, i + rot] = k_cur[t, h, i + rot] * cos[p, i] + k_cur[t, h, i] * sin[p, i]
+                for i in range(d - 2 * rot):
+                    k_cache[slot[t], pos[t], h, i + 2 * rot] = k_cur[t, h, i + 2 * rot]
+                for i in T.vectorized(d):
+                    v_cache[slot[t], pos[t], h, i] = v_cur[t, h, i]
+
+        return kv_write_rope
 
     @T.prim_func
     def kv_write(
@@ -247,6 +311,9 @@ def lower_attention(req: LowerRequest) -> Kernel:
     t, attrs = req.types, req.attr
     _, hq, d = t["q"].shape
     hk = t["curk"].shape[1]
-    write = Kernel(kv_write_func(hk, d), ("curk", "curv", "positions", "slots", "kcache", "vcache"))
-    return Kernel(attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0),
-                  ("q", "kcache", "vcache", "positions", "slots", "out"), before=(write,))
+    rot = attrs.get("rotaryDim") or 0
+    rope = (rot, *t["sin"].shape) if rot else None
+    tables = ("positionIds", "sin", "cos") if rot else ()
+    write = Kernel(kv_write_func(hk, d, rope), ("curk", "curv", "positions", "slots", *tables, "kcache", "vcache"))
+    return Kernel(attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope),
+                  ("q", "kcache", "vcache", "positions", "slots", *tables, "out"), before=(write,))

@@ -9,7 +9,9 @@ One packed copy serves both kernels:
   and accumulate nb outputs in vector registers (no horizontal sums); parallel over blocks.
 - GEMM (`*_gemm`, T >= GEMM_MIN_T): a 6 x 16 register tile (12 ymm accumulators) per
   (row tile, column block), broadcast x[t, k] times the panel row; parallel over blocks.
-Both kernels compute into a local accumulator and then write y = acc (+ b) in an epilogue.
+Both kernels compute into a local accumulator and then write y = acc (+ b) (+ residual) in an
+epilogue; a FusedLinear's RMSNorm or Swiglu prologue is a stage "xn" over all tokens that the
+accumulator reads instead of x.
 The GEMM pads T up to a multiple of its row tile by re-reading the last row (clamped index),
 so its inner loop has no predicate; only the epilogue store is guarded.
 """
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graphllm.codegen.build import aligned_empty
+from graphllm.codegen.kernels.qlinear import PLAIN, Fusion, lower_qlinear
+from graphllm.codegen.kernels.sched import f32
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering, packer
 
 if TYPE_CHECKING:
@@ -66,16 +70,40 @@ def widen(value: Any, dtype: str) -> Any:
     return value.astype("float32")
 
 
-def _linear_prim_func(k: int, n: int, bias: bool, rows: int, dtype: str) -> PrimFunc:
-    """Return the unscheduled PrimFunc: accumulator over T padded to `rows`, then the epilogue."""
+def _prologue(x: Any, k: int, fusion: Fusion) -> tuple[Any, list[Any]]:
+    """Return (the matmul's input stage, its extra placeholders): x itself, or RMSNorm / Swiglu of x as stage "xn"."""
+    from tvm import te
+
+    from graphllm.codegen.kernels.attention import fast_exp
+
+    t_len = x.shape[0]
+    if fusion.prologue == "rmsnorm":
+        g = te.placeholder((k,), "float32", name="g")
+        c = te.reduce_axis((0, k), name="c")
+        sumsq = te.compute((t_len,), lambda t: te.sum(x[t, c] * x[t, c], axis=c), name="sumsq")
+        scale = (lambda j: g[j] + f32(fusion.offset)) if fusion.offset else (lambda j: g[j])
+        inv = lambda t: f32(1.0) / te.sqrt(sumsq[t] / f32(float(k)) + f32(fusion.eps))  # noqa: E731
+        return te.compute((t_len, k), lambda t, j: x[t, j] * inv(t) * scale(j), name="xn"), [g]
+    if fusion.prologue == "swiglu":
+        def silu_mul(t: Any, j: Any) -> Any:
+            """silu(x[t, j]) * x[t, k + j]."""
+            return x[t, j] / (f32(1.0) + fast_exp(-x[t, j])) * x[t, k + j]
+
+        return te.compute((t_len, k), silu_mul, name="xn"), []
+    return x, []
+
+
+def _linear_prim_func(k: int, n: int, bias: bool, rows: int, dtype: str, fusion: Fusion = PLAIN) -> PrimFunc:
+    """Return the unscheduled PrimFunc: [prologue,] accumulator over T padded to `rows`, then the epilogue."""
     from tvm import te
 
     nb = pack_block(n)
     t_len = te.var("T", "int64")
-    x = te.placeholder((t_len, k), "float32", name="x")
+    x = te.placeholder((t_len, 2 * k if fusion.prologue == "swiglu" else k), "float32", name="x")
     w = te.placeholder((n // nb, k, nb), STORAGE[dtype], name="w")
     r = te.reduce_axis((0, k), name="k")
     t_pad = (t_len + rows - 1) // rows * rows
+    xin, extra = _prologue(x, k, fusion)
 
     def x_row(t):
         """Row of x feeding accumulator row t: padded rows re-read the last real row."""
@@ -83,23 +111,39 @@ def _linear_prim_func(k: int, n: int, bias: bool, rows: int, dtype: str) -> Prim
 
     acc = te.compute(
         (t_pad, n),
-        lambda t, j: te.sum(x[x_row(t), r] * widen(w[j // nb, r, j % nb], dtype), axis=r),
+        lambda t, j: te.sum(xin[x_row(t), r] * widen(w[j // nb, r, j % nb], dtype), axis=r),
         name="acc",
     )
-    if bias:
-        b = te.placeholder((n,), "float32", name="b")
-        y = te.compute((t_len, n), lambda t, j: acc[t, j] + b[j], name="y")
-        return te.create_prim_func([x, w, b, y])
-    y = te.compute((t_len, n), lambda t, j: acc[t, j], name="y")
-    return te.create_prim_func([x, w, y])
+    b = [te.placeholder((n,), "float32", name="b")] if bias else []
+    res = [te.placeholder((t_len, n), "float32", name="res")] if fusion.residual else []
+
+    def out(t: Any, j: Any) -> Any:
+        """acc (+ b), added to the residual row if fused."""
+        v = acc[t, j] + b[0][j] if b else acc[t, j]
+        return res[0][t, j] + v if res else v
+
+    y = te.compute((t_len, n), out, name="y")
+    return te.create_prim_func([x, w, *b, *extra, *res, y])
 
 
-def _schedule(func: PrimFunc, n: int, rows: int) -> PrimFunc:
-    """Apply the register-tile schedule (rows x nb accumulators, parallel over column blocks)."""
+def _schedule(func: PrimFunc, n: int, rows: int, fusion: Fusion = PLAIN) -> PrimFunc:
+    """Apply the register-tile schedule (rows x nb accumulators, parallel over column blocks).
+
+    A prologue stage runs first over all tokens (row-parallel in the GEMM), vectorized along K.
+    """
     import tvm
 
     nb = pack_block(n)
     sch = tvm.s_tir.Schedule(func)
+    if fusion.prologue != "none":
+        xn = sch.get_sblock("xn")
+        xt, xj = sch.get_loops(xn)
+        if fusion.prologue == "rmsnorm":
+            sch.compute_at(sch.get_sblock("sumsq"), xt)
+        _, xv = sch.split(xj, [None, _lanes_of(int(sch.get(xj).extent))])
+        sch.vectorize(xv)
+        if rows > 1:
+            sch.parallel(xt)
     acc, y = sch.get_sblock("acc"), sch.get_sblock("y")
     t, j = sch.get_loops(y)
     t_outer, t_inner = sch.split(t, [None, rows])
@@ -118,14 +162,19 @@ def _schedule(func: PrimFunc, n: int, rows: int) -> PrimFunc:
     return sch.mod["main"]
 
 
-def linear_gemv(k: int, n: int, bias: bool = False, dtype: str = "float32") -> PrimFunc:
-    """Return the scheduled GEMV PrimFunc (x, w_packed, [b,] y) for small T, memory-bound."""
-    return _schedule(_linear_prim_func(k, n, bias, 1, dtype), n, 1)
+def _lanes_of(k: int) -> int:
+    """Vector width of the prologue's row loop: 8, or the largest power of two dividing k."""
+    return next(v for v in (8, 4, 2, 1) if k % v == 0)
 
 
-def linear_gemm(k: int, n: int, bias: bool = False, dtype: str = "float32") -> PrimFunc:
-    """Return the scheduled GEMM PrimFunc (x, w_packed, [b,] y) for large T, compute-bound."""
-    return _schedule(_linear_prim_func(k, n, bias, GEMM_ROWS, dtype), n, GEMM_ROWS)
+def linear_gemv(k: int, n: int, bias: bool = False, dtype: str = "float32", fusion: Fusion = PLAIN) -> PrimFunc:
+    """Return the scheduled GEMV PrimFunc (x, w_packed, [b,] [g,] [res,] y) for small T, memory-bound."""
+    return _schedule(_linear_prim_func(k, n, bias, 1, dtype, fusion), n, 1, fusion)
+
+
+def linear_gemm(k: int, n: int, bias: bool = False, dtype: str = "float32", fusion: Fusion = PLAIN) -> PrimFunc:
+    """Return the scheduled GEMM PrimFunc (x, w_packed, [b,] [g,] [res,] y) for large T, compute-bound."""
+    return _schedule(_linear_prim_func(k, n, bias, GEMM_ROWS, dtype, fusion), n, GEMM_ROWS, fusion)
 
 
 def linear_kernels(k: int, n: int, bias: bool = False, name: str = "linear",
@@ -154,12 +203,11 @@ def _pack(w: np.ndarray, dtype: str = "float32") -> np.ndarray:
 
 
 @lowering("Linear")
-def lower_linear(req: LowerRequest) -> Kernel:
-    """Linear over a 2-D input: GEMV below GEMM_MIN_T tokens, register-tiled GEMM from there."""
+def lower_linear(req: LowerRequest, fusion: Fusion = PLAIN) -> Kernel:
+    """(Fused)Linear over a 2-D input: GEMV below GEMM_MIN_T tokens, register-tiled GEMM from there."""
     t = req.types
     if t["weight"].quantized:  # block formats (dsl/qformats): kernels that decode inside the loop
-        from graphllm.codegen.kernels.qlinear import lower_qlinear
-        return lower_qlinear(req)
+        return lower_qlinear(req, fusion)
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
     dtype = t["weight"].dtype
@@ -167,6 +215,6 @@ def lower_linear(req: LowerRequest) -> Kernel:
         raise NotImplementedError(f"Linear weights of dtype {dtype} are not lowered (float32, float16, bfloat16 are)")
     n, k = t["weight"].shape
     bias = "bias" in t
-    params = ("input", "weight", "bias", "out") if bias else ("input", "weight", "out")
-    return Kernel(linear_gemv(k, n, bias, dtype), params, large=linear_gemm(k, n, bias, dtype),
-                  large_from=GEMM_MIN_T, packs={"weight": packer_name(dtype)})
+    return Kernel(linear_gemv(k, n, bias, dtype, fusion), fusion.params(bias),
+                  large=linear_gemm(k, n, bias, dtype, fusion), large_from=GEMM_MIN_T,
+                  packs={"weight": packer_name(dtype)})

@@ -222,22 +222,79 @@ def _denormal_inputs() -> Iterator[None]:
             T.evaluate(tirx.call_llvm_intrin("void", "llvm.x86.sse.ldmxcsr", tirx.address_of(csr[0])))
 
 
-class _Buffers:
-    """The PrimFunc parameters of a quantized Linear: x [T, K], packed w (+ fp16 view), [b], y [T, N]."""
+@dataclass(frozen=True)
+class Fusion:
+    """What a FusedLinear adds around the matmul: an input prologue and a residual epilogue.
 
-    def __init__(self, lay: QLayout, k: int, n: int, bias: bool) -> None:
+    prologue 'rmsnorm': x becomes RMSNorm(x, norm, eps, offset); 'swiglu': x [T, 2K] becomes
+    silu(x[:, :K]) * x[:, K:]; residual: y = residual + W x (+ b).
+    """
+
+    prologue: str = "none"
+    eps: float = 0.0
+    offset: float = 0.0
+    residual: bool = False
+
+    def params(self, bias: bool) -> tuple[str, ...]:
+        """The kernel parameters (op ports) in PrimFunc order."""
+        return ("input", "weight", *(("bias",) if bias else ()), *(("norm",) if self.prologue == "rmsnorm" else ()),
+                *(("residual",) if self.residual else ()), "out")
+
+
+PLAIN = Fusion()
+
+
+class _Buffers:
+    """The PrimFunc parameters of a quantized Linear: x [T, K], packed w (+ fp16 view), [b], [norm], [res], y [T, N]."""
+
+    def __init__(self, lay: QLayout, k: int, n: int, bias: bool, fusion: Fusion = PLAIN) -> None:
         from tvm import tirx
         from tvm.script.ir_builder import tirx as T
 
-        self.lay, self.k, self.n = lay, k, n
+        self.lay, self.k, self.n, self.fusion = lay, k, n, fusion
         self.kb = k // lay.fmt.group
         self.nb = -(-n // ROWS)
         self.t = tirx.Var("T", "int64")
-        self.x = T.match_buffer(T.arg("x", T.handle()), (self.t, k), "float32")
+        x_cols = 2 * k if fusion.prologue == "swiglu" else k
+        self.x = T.match_buffer(T.arg("x", T.handle()), (self.t, x_cols), "float32")
         self.w = T.match_buffer(T.arg("w", T.handle()), (self.nb, self.kb, lay.record), "uint32")
         self.b = T.match_buffer(T.arg("b", T.handle()), (n,), "float32") if bias else None
+        self.g = T.match_buffer(T.arg("g", T.handle()), (k,), "float32") if fusion.prologue == "rmsnorm" else None
+        self.res = T.match_buffer(T.arg("res", T.handle()), (self.t, n), "float32") if fusion.residual else None
         self.y = T.match_buffer(T.arg("y", T.handle()), (self.t, n), "float32")
         self.wh = T.decl_buffer((self.nb, self.kb, 2 * lay.record), "float16", data=self.w.data)
+
+    def row_stat(self, t: Any, inv: Any, slot: Any) -> None:
+        """Emit what the prologue needs of row t before its values: inv[slot] = 1 / rms(x[t]) for rmsnorm."""
+        from tvm import tirx
+        from tvm.script.ir_builder import tirx as T
+
+        if self.fusion.prologue != "rmsnorm":
+            return
+        k, lanes = self.k, _row_lanes(self.k)
+        part = T.alloc_buffer((lanes,), "float32")
+        with T.vectorized(0, lanes) as r:
+            T.buffer_store(part, _c(0.0, "float32"), [r])
+        with T.serial(0, k // lanes) as c:
+            with T.vectorized(0, lanes) as r:
+                xv = self.x[t, c * lanes + r]
+                T.buffer_store(part, part[r] + xv * xv, [r])
+        total = functools.reduce(lambda a, b: a + b, [part[r] for r in range(lanes)])
+        T.buffer_store(inv, _c(1.0, "float32") / tirx.sqrt(total / _c(float(k), "float32")
+                                                            + _c(self.fusion.eps, "float32")), [slot])
+
+    def xval(self, t: Any, c: Any, inv: Any, slot: Any) -> Any:
+        """The matmul's input at row t, column c: x after the prologue (float32, as the reference computes it)."""
+        from graphllm.codegen.kernels.attention import fast_exp
+
+        p = self.fusion.prologue
+        if p == "rmsnorm":
+            g = self.g[c] + _c(self.fusion.offset, "float32") if self.fusion.offset else self.g[c]
+            return self.x[t, c] * inv[slot] * g
+        if p == "swiglu":
+            a = self.x[t, c]
+            return a / (_c(1.0, "float32") + fast_exp(-a)) * self.x[t, self.k + c]
+        return self.x[t, c]
 
     def word(self, rb: Any, kb: Any, w: Any, row: Any) -> Any:
         """Code word w of row `row` (0..15) of a record."""
@@ -255,7 +312,11 @@ class _Buffers:
 
         def body(r: Any) -> None:
             v = value(r)
-            T.buffer_store(self.y, v + self.b[row0 + r] if self.b is not None else v, [t, row0 + r])
+            if self.b is not None:
+                v = v + self.b[row0 + r]
+            if self.res is not None:
+                v = self.res[t, row0 + r] + v
+            T.buffer_store(self.y, v, [t, row0 + r])
 
         if self.n % ROWS == 0:
             with T.vectorized(0, lanes) as r:
@@ -270,6 +331,11 @@ class _Buffers:
                     with T.If(row0 + r < self.n):
                         with T.Then():
                             body(r)
+
+
+def _row_lanes(k: int) -> int:
+    """Vector width of a row loop over k columns: 8 lanes, or the largest power of two dividing k."""
+    return next(v for v in (8, 4, 2, 1) if k % v == 0)
 
 
 def _build(name: str, make: Any) -> PrimFunc:
@@ -307,13 +373,15 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any) -> None:
     G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
     xs = T.alloc_buffer((tt, k), "float32")
     sx = T.alloc_buffer((tt, kb_n), "float32")
+    inv = T.alloc_buffer((tt,), "float32")
     with T.serial(0, tt) as t:
+        bufs.row_stat(t0 + t, inv, t)
         with T.serial(0, kb_n) as kb:
             part = T.alloc_buffer((W,), "float32")
             for j in range(P):
                 scale = 2.0 ** (149 - PRODUCT_EXP - _slot_pos(bits, j))
                 with T.vectorized(0, W) as w:
-                    xv = bufs.x[t0 + t, kb * G + j * W + w]
+                    xv = bufs.xval(t0 + t, kb * G + j * W + w, inv, t)
                     T.buffer_store(xs, xv * _c(scale, "float32"), [t, kb * G + j * W + w])
                     T.buffer_store(part, xv if j == 0 else part[w] + xv, [w])
             total = functools.reduce(lambda a, b: a + b, [part[w] for w in range(W)])
@@ -364,12 +432,12 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any) -> None:
                            lambda r, t=t: acc[t, r] * _c(2.0 ** PRODUCT_EXP, "float32"))
 
 
-def qlinear_gemv(dtype: str, k: int, n: int, bias: bool = False) -> PrimFunc:
-    """The GEMV PrimFunc (x, w_packed, [b,] y): tokens in tiles of up to GEMV_TILE, each tile one pass over W."""
+def qlinear_gemv(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion = PLAIN) -> PrimFunc:
+    """The GEMV PrimFunc (x, w_packed, [b,] [g,] [res,] y): tokens in tiles of up to GEMV_TILE, each one pass over W."""
     from tvm.script.ir_builder import tirx as T
 
     def make() -> None:
-        bufs = _Buffers(qlayout(dtype), k, n, bias)
+        bufs = _Buffers(qlayout(dtype), k, n, bias, fusion)
         with T.serial(0, bufs.t // GEMV_TILE) as tile:
             _gemv_tile(bufs, GEMV_TILE, tile * GEMV_TILE)
         rest = bufs.t % GEMV_TILE
@@ -384,16 +452,35 @@ def qlinear_gemv(dtype: str, k: int, n: int, bias: bool = False) -> PrimFunc:
 # ------------------------------------------------------------------ GEMM
 
 
-def qlinear_gemm(dtype: str, k: int, n: int, bias: bool = False) -> PrimFunc:
-    """The GEMM PrimFunc (x, w_packed, [b,] y): per row block, decode a [K, 16] panel, then 6 x 16 tiles over T."""
+def _prologue_rows(bufs: _Buffers) -> Any:
+    """Emit x after the prologue for every token into a [T, K] buffer (parallel over tokens); return it."""
+    from tvm.script.ir_builder import tirx as T
+
+    k, lanes = bufs.k, _row_lanes(bufs.k)
+    xn = T.alloc_buffer((bufs.t, k), "float32")
+    with T.parallel(0, bufs.t) as t:
+        inv = T.alloc_buffer((1,), "float32")
+        bufs.row_stat(t, inv, 0)
+        with T.serial(0, k // lanes) as c:
+            with T.vectorized(0, lanes) as r:
+                T.buffer_store(xn, bufs.xval(t, c * lanes + r, inv, 0), [t, c * lanes + r])
+    return xn
+
+
+def qlinear_gemm(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion = PLAIN) -> PrimFunc:
+    """The GEMM PrimFunc (x, w_packed, [b,] [g,] [res,] y): per row block, decode a [K, 16] panel, then 6 x 16 tiles over T.
+
+    With a prologue, x is first transformed into a [T, K] workspace (one parallel pass over the tokens).
+    """
     from tvm import tirx
     from tvm.script.ir_builder import tirx as T
 
     def make() -> None:
-        bufs = _Buffers(qlayout(dtype), k, n, bias)
+        bufs = _Buffers(qlayout(dtype), k, n, bias, fusion)
         lay = bufs.lay
         G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
         t_len = bufs.t
+        x = bufs.x if fusion.prologue == "none" else _prologue_rows(bufs)
         with T.parallel(0, bufs.nb) as rb, _denormal_inputs():
             panel = T.alloc_buffer((k, ROWS), "float32")  # the row block's weights * 2^-PRODUCT_EXP
             with T.serial(0, bufs.kb) as kb:
@@ -421,7 +508,7 @@ def qlinear_gemm(dtype: str, k: int, n: int, bias: bool = False) -> PrimFunc:
                         T.buffer_store(acc, _c(0.0, "float32"), [i, r])
                 with T.serial(0, k) as kk:
                     for i in range(GEMM_ROWS):
-                        xv = bufs.x[tirx.min(to * GEMM_ROWS + i, t_len - 1), kk]
+                        xv = x[tirx.min(to * GEMM_ROWS + i, t_len - 1), kk]
                         with T.vectorized(0, ROWS) as r:
                             T.buffer_store(acc, acc[i, r] + xv * panel[kk, r], [i, r])
                 for i in range(GEMM_ROWS):
@@ -467,8 +554,8 @@ def qembedding(dtype: str, vocab: int, k: int) -> PrimFunc:
 # ------------------------------------------------------------------ lowerings
 
 
-def lower_qlinear(req: LowerRequest) -> Kernel:
-    """Linear with a block-quantized weight: GEMV below GEMM_MIN_T tokens, decoded-panel GEMM from there."""
+def lower_qlinear(req: LowerRequest, fusion: Fusion = PLAIN) -> Kernel:
+    """(Fused)Linear with a block-quantized weight: GEMV below GEMM_MIN_T tokens, decoded-panel GEMM from there."""
     t = req.types
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
@@ -476,9 +563,9 @@ def lower_qlinear(req: LowerRequest) -> Kernel:
     lay = qlayout(wt.dtype)
     n, k = wt.shape
     bias = "bias" in t
-    params = ("input", "weight", "bias", "out") if bias else ("input", "weight", "out")
-    return Kernel(qlinear_gemv(wt.dtype, k, n, bias), params, large=qlinear_gemm(wt.dtype, k, n, bias),
-                  large_from=GEMM_MIN_T, packs={"weight": lay.pack_name()})
+    return Kernel(qlinear_gemv(wt.dtype, k, n, bias, fusion), fusion.params(bias),
+                  large=qlinear_gemm(wt.dtype, k, n, bias, fusion), large_from=GEMM_MIN_T,
+                  packs={"weight": lay.pack_name()})
 
 
 def lower_qembedding(req: LowerRequest) -> Kernel:

@@ -1,0 +1,26 @@
+"""FusedLinear: a Linear with an input prologue (RMSNorm or Swiglu) and a residual-add epilogue, one kernel.
+
+The prologue is applied where the kernel already reads x (the GEMV's pre-scaled copy of its token
+tile; the GEMM transforms x once into a [T, K] workspace first); the epilogue adds the residual
+row as the result is stored. Block-quantized weights use qlinear's kernels, float ones linear's.
+"""
+
+from __future__ import annotations
+
+from graphllm.codegen.kernels.linear import lower_linear
+from graphllm.codegen.kernels.qlinear import Fusion
+from graphllm.codegen.kernels.sched import attrs_of
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+
+
+def fusion_of(req: LowerRequest) -> Fusion:
+    """The prologue/epilogue a FusedLinear node asks for."""
+    a = attrs_of(req)
+    return Fusion(a.get("prologue") or "none", float(a.get("eps") or 0.0), float(a.get("weightOffset") or 0.0),
+                  "residual" in req.types)
+
+
+@lowering("FusedLinear")
+def lower_fused_linear(req: LowerRequest) -> Kernel:
+    """Linear(prologue(input)) (+ residual) with the weight's kernel family (float or block-quantized)."""
+    return lower_linear(req, fusion_of(req))

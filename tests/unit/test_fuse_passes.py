@@ -1,0 +1,87 @@
+"""fuse_norm, fuse_act, fuse_residual, fuse_rope: what each rewrites, and the reference results unchanged."""
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graphllm.dsl.reference import ReferenceExecutor
+from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
+from graphllm.passes.fuse_linear import fuse_act, fuse_norm, fuse_residual
+from graphllm.passes.fuse_rope import fuse_rope
+from graphllm.passes.manager import DEFAULT_PIPELINE, run_passes
+from graphllm.runtime.llm import build_graph, weight_source
+from graphllm.runtime.loader import load_model, weight_types
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral", "tiny_phi3", "tiny_gemma2"]
+UNFUSED = ["verify", "dce", "cse"]
+
+
+def ops(g):
+    return Counter(g[n]["op"] for n in g.order())
+
+
+def logits(model, g):
+    ids = [7, 100, 31, 2, 250, 9]
+    return ReferenceExecutor(g, weight_source(model, g), max_context=16).run(ids, range(6), [6], [0])
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def case(request):
+    model = load_model(FIXTURES / request.param)
+    return request.param, model, build_graph(model.config, weight_types(model), passes=UNFUSED)
+
+
+def test_each_pass_alone_keeps_the_reference_logits(case):
+    _, model, plain = case
+    expected = logits(model, plain)
+    for fuse in (fuse_norm, fuse_act, fuse_residual, fuse_rope):
+        fused = fuse(plain)
+        np.testing.assert_allclose(logits(model, fused), expected, atol=2e-5, rtol=0, err_msg=fuse.__name__)
+        assert graphs_equal(parse_graph(print_graph(fused)), fused)
+
+
+def test_default_pipeline_fuses_every_llama_layer_to_six_projections_and_one_attention(case):
+    name, model, plain = case
+    fused = run_passes(plain, DEFAULT_PIPELINE)
+    np.testing.assert_allclose(logits(model, fused), logits(model, plain), atol=2e-5, rtol=0)
+    assert graphs_equal(parse_graph(print_graph(fused)), fused)
+    if name in ("tiny_llama", "tiny_qwen2", "tiny_mistral"):
+        layers = model.config["num_hidden_layers"]
+        assert ops(fused)["FusedLinear"] == 6 * layers + 1 and ops(fused)["FusedAttention"] == layers
+        for gone in ("RMSNorm", "AddTo", "Swiglu", "Silu", "MulTo", "Linear", "LlamaRotatePosition2D"):
+            assert gone not in ops(fused), gone
+        attn = [fused[n]["attrs"] for n in fused.nodes_of("FusedAttention")]
+        assert all(a["rotaryDim"] for a in attn)
+        prologues = Counter(fused[n]["attrs"]["prologue"] for n in fused.nodes_of("FusedLinear"))
+        assert prologues == {"rmsnorm": 4 * layers + 1, "swiglu": layers, "none": layers}
+
+
+IR = """\
+graph g {
+  input $hiddenStates : f32[T,8]
+  weight @norm.weight : f32[8]
+  weight @w.weight : f32[4,8]
+  weight @u.weight : f32[4,8]
+  %n : f32[T,8] = RMSNorm(input=$hiddenStates, weight=@norm.weight) {eps=1e-06}
+  %a : f32[T,4] = Linear(input=%n, weight=@w.weight)
+  %b : f32[T,4] = Linear(input=%n, weight=@u.weight)
+  %s : f32[T,4] = Add(input0=%a, input1=%b)
+  %n2 : f32[T,8] = RMSNorm(input=$hiddenStates, weight=@norm.weight) {eps=1e-06}
+  %c : f32[T,4] = Linear(input=%n2, weight=@w.weight)
+  output logits = %s
+  output normed = %n2
+}
+"""
+
+
+def test_fuse_norm_folds_a_norm_into_all_its_linears_and_keeps_one_that_is_an_output():
+    g = parse_graph(IR)
+    fused = fuse_norm(g)
+    assert ops(fused) == {"Input": 1, "Weight": 3, "FusedLinear": 2, "Add": 1, "RMSNorm": 1, "Linear": 1}
+    for node, w in (("%a", "@w.weight"), ("%b", "@u.weight")):
+        assert fused.inputs(node) == {"input": "$hiddenStates", "weight": w, "norm": "@norm.weight"}
+        assert fused[node]["attrs"] == {"prologue": "rmsnorm", "eps": 1e-06}
+    assert fused.inputs("%c")["input"] == "%n2"  # %n2 is an output: computed once, kept
