@@ -6,7 +6,7 @@ is one op of one file:line.
 
 Matching the values of two graphs (against the built-in description):
 - Stages: every op belongs to "embeddings" (before the first layer), "layer i" (it reads a weight
-  whose name holds the number i, e.g. model.layers.3.mlp.up_proj.weight, or it is FusedAttention of
+  whose name holds the number i, e.g. model.layers.3.mlp.up_proj.weight, or it is the attention of
   cache i; other ops inherit the latest stage of their inputs) or "head" (it reads a weight that is
   not per layer, after the layers). Stages are found the same way in both graphs.
 - Names: a value is keyed by (stage, data name, how many times that name was written before in that
@@ -65,7 +65,7 @@ def stages(graph: Graph) -> dict[str, Stage]:
         srcs = list(graph.inputs(n).values())
         weights = [graph[s]["name"] for s in srcs if graph[s]["op"] == WEIGHT_OP]
         own = [int(m.group(1)) for m in map(_LAYER_NUMBER.search, weights) if m]
-        if d["op"] == "FusedAttention":
+        if "layer" in d["attrs"]:  # an attention op: its KV cache is the layer's
             own.append(int(d["attrs"]["layer"]))
         upstream = max((out[s] for s in srcs if s in out), default=EMBEDDINGS)
         if own:

@@ -22,8 +22,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
     p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
     p.add_argument("--passes", default=None, type=lambda v: [x for x in v.split(",") if x],
-                   help="comma-separated pass pipeline (default: verify, dce, cse, then the fuse_* passes)")
-    p.add_argument("--no-fuse", action="store_true", help="leave out the fusion passes (debugging)")
+                   help="comma-separated pass pipeline (default: verify, dce, cse, then the merge/fuse passes)")
+    p.add_argument("--no-fuse", action="store_true", help="leave out the merge_linears and fuse_* passes (debugging)")
     p.add_argument("--dtype", default=None,
                    help="weights: float32, float16, bfloat16, int8, int8g<G>, int4, int4g<G> (weight-only; "
                         "default: as stored, Q8_0/Q4_0/Q4_1 blocks and F16/BF16 matrices are kept)")
@@ -50,11 +50,11 @@ def sampling_from_args(a: argparse.Namespace) -> SamplingParams:
 
 def pipeline_from_args(a: argparse.Namespace) -> list[str] | None:
     """The pass pipeline the flags ask for (None = the default one)."""
-    from .passes.manager import DEFAULT_PIPELINE
+    from .passes.manager import DEFAULT_PIPELINE, FUSION_PASSES
 
     if not a.no_fuse:
         return a.passes
-    return [p for p in (a.passes or DEFAULT_PIPELINE) if not p.startswith("fuse_")]
+    return [p for p in (a.passes or DEFAULT_PIPELINE) if p not in FUSION_PASSES]
 
 
 def load_llm(a: argparse.Namespace, num_slots: int = 1):

@@ -7,6 +7,7 @@ runtime replays it (graphllm/runtime/executor.py); it never needs the TVM compil
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -20,13 +21,14 @@ from typing import Any, Callable
 from .. import __version__
 from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from ..dsl.inputs import OUTPUT
+from ..dsl.ops import get_spec
 from ..dsl.serialize import graph_to_json
 from ..errors import GraphLLMError
 from .lower import EXTRAS, HOST_OPS, RUNTIME_ATTRS, Kernel, LowerRequest, is_view, lower
 
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: attention steps carry kv_shape
 
 
 def tvm_version() -> str:
@@ -45,9 +47,18 @@ def graph_key(graph: Graph) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+@functools.lru_cache(maxsize=1)
+def codegen_hash() -> str:
+    """Hash of the code generator's own sources, so that a changed kernel never reuses an old build."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32") -> str:
-    """What a build depends on: graph text, target, dtype, graphllm and TVM versions."""
-    text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION],
+    """What a build depends on: graph text, target, dtype, graphllm, TVM and code generator versions."""
+    text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION, codegen_hash()],
                       sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -95,11 +106,13 @@ def make_plan(graph: Graph, progress: Callable[[str], None] | None = None) -> tu
             for i, kernel in enumerate(_stages(kernels[key])):
                 for suffix, func in kernel.variants().items():
                     funcs[f"{key}_{i}{suffix}"] = func
+        spec = get_spec(d["op"])
+        kv_shape = spec.kv_shape(dict(req.inputs), d["attrs"]) if spec.kv_shape else None
         for i, kernel in enumerate(_stages(kernels[key])):
             steps.append({"node": node, "kernel": f"{key}_{i}",
                           "large": f"{key}_{i}_large" if kernel.large is not None else None,
                           "large_from": kernel.large_from, "args": _bind_args(kernel, node, ports, values),
-                          "layer": d["attrs"].get("layer") if d["op"] == "FusedAttention" else None})
+                          "layer": d["attrs"]["layer"] if kv_shape else None, "kv_shape": kv_shape})
     plan = {"version": PLAN_VERSION, "graphllm": __version__, "tvm": tvm_version(), "dtype": "float32",
             "graph_key": graph_key(graph), "config": graph.config, "values": values, "steps": steps, "output": graph.outputs[OUTPUT],
             "graph": graph_to_json(graph)}

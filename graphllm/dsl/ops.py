@@ -71,6 +71,8 @@ class OpSpec:
     doc: str
     aliases: tuple[str, ...] = ()
     side_effect: bool = False
+    kv_shape: Callable[[dict[str, TensorType], dict[str, Any]], tuple[int, int]] | None = None
+    """For ops that own a layer's KV cache: (kv_heads, head_dim) of its rows, from input types and attrs."""
 
     @property
     def input_ports(self) -> tuple[Param, ...]:
@@ -404,7 +406,41 @@ register(OpSpec(
     "Optional: window > 0: a token at position p sees keys p-window+1 .. p only (sliding window); softcap > 0: "
     "scores become softcap * tanh(scores / softcap) after scaling (Gemma 2); rotaryDim > 0 (with "
     "positionIds, sin, cos): q and curk are rotated first, as LlamaRotatePosition2D would (the fuse_rope pass). "
-    "As in fastllm, k/v only name the layer's cache and original/mask/unitLen carry nothing."))
+    "As in fastllm, k/v only name the layer's cache and original/mask/unitLen carry nothing.",
+    kv_shape=lambda t, a: (int(t["curk"].shape[1]), int(t["curk"].shape[2]))))
+
+
+def _qkv_split_types(t, a):
+    """The q, curk, curv types a packed qkv [T, (heads + 2 kvHeads) * headDim] holds."""
+    x, hq, hk = t["qkv"], a["numHeads"], a["numKVHeads"]
+    _require(x.rank == 2 and hq > 0 and hk > 0, f"qkv must be [T, (heads + 2 kvHeads) * headDim], got {x}")
+    d = _div(x.shape[1], hq + 2 * hk, f"qkv width by heads + 2 kvHeads = {hq + 2 * hk}")
+    return {"q": x.with_shape((x.shape[0], hq, d)), "curk": x.with_shape((x.shape[0], hk, d)),
+            "curv": x.with_shape((x.shape[0], hk, d))}
+
+
+def _qkv_attention_infer(t, a):
+    return _attention_infer({**t, **_qkv_split_types(t, a)}, a)
+
+
+def _qkv_attention_ref(x, a, ctx):
+    v, hq, hk = x["qkv"], a["numHeads"], a["numKVHeads"]
+    heads = v.reshape(v.shape[0], hq + 2 * hk, -1)
+    parts = {"q": heads[:, :hq], "curk": heads[:, hq:hq + hk], "curv": heads[:, hq + hk:]}
+    return _attention_ref({**x, **{k: np.ascontiguousarray(p) for k, p in parts.items()}}, a, ctx)
+
+
+register(OpSpec(
+    "QKVAttention",
+    (Param("qkv", IN), Param("k", CACHE), Param("v", CACHE), Param("output", OUT), Param("seqLens", IN),
+     Param("numHeads", ATTR, type=int), Param("numKVHeads", ATTR, type=int), Param("scale", ATTR, type=float),
+     Param("window", ATTR, optional=True, type=int), Param("softcap", ATTR, optional=True, type=float),
+     Param("positionIds", IN, optional=True), Param("sin", IN, optional=True), Param("cos", IN, optional=True),
+     Param("rotaryDim", ATTR, optional=True, type=int)),
+    _qkv_attention_infer, _qkv_attention_ref,
+    "FusedAttention over one packed projection: qkv [T, (numHeads + 2 numKVHeads) * headDim] holds q, then "
+    "k, then v (what merge_linears + fuse_qkv make of three projections, split and expanded into heads).",
+    kv_shape=lambda t, a: (a["numKVHeads"], int(t["qkv"].shape[1]) // (a["numHeads"] + 2 * a["numKVHeads"]))))
 
 
 def _addto_infer(t, a):

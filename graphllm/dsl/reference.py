@@ -29,10 +29,12 @@ class ReferenceExecutor:
                         for n in graph.nodes_of(WEIGHT_OP)}
         self.sin, self.cos = rope_tables(graph.config)
         self.caches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for n in graph.nodes_of("FusedAttention"):
-            t = graph[graph.inputs(n)["curk"]]["type"]
-            shape = (num_slots, max_context) + tuple(t.shape[1:])
-            self.caches[graph[n]["attrs"]["layer"]] = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        for n in graph.order():
+            spec = O.get_spec(graph[n]["op"])
+            if spec is not None and spec.kv_shape is not None:
+                types = {port: graph[src]["type"] for port, src in graph.inputs(n).items()}
+                shape = (num_slots, max_context) + spec.kv_shape(types, graph[n]["attrs"])
+                self.caches[graph[n]["attrs"]["layer"]] = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
         self.last_use = {}
         for i, n in enumerate(self.order):
             for src in graph.inputs(n).values():

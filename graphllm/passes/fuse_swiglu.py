@@ -7,8 +7,8 @@ four kernel launches per MLP become two, and the two GEMVs become one larger one
 
 from __future__ import annotations
 
-from ..dsl.graph import WEIGHT_OP, Graph
-from ..dsl.types import TensorType
+from ..dsl.graph import Graph
+from .merge_linears import concat_weight
 
 
 def _only_user(g: Graph, node: str) -> tuple[str, str] | None:
@@ -47,12 +47,7 @@ def fuse_swiglu(graph: Graph) -> Graph:
         silu, gate, up = m
         x = g.inputs(gate)["input"]
         wg, wu = g.inputs(gate)["weight"], g.inputs(up)["weight"]
-        names = [g[wg]["name"], g[wu]["name"]]
-        t = g[wg]["type"]
-        weight = f"@{'+'.join(names)}"
-        if weight not in g:
-            g.add(weight, WEIGHT_OP, {"name": "+".join(names), "concat": names}, name="+".join(names),
-                  type=TensorType((2 * t.shape[0], t.shape[1]), t.dtype))
+        weight = concat_weight(g, [wg, wu])
         merged = f"{gate}+up"
         out_t = g[gate]["type"]
         g.add(merged, "Linear", {}, name=g[gate]["name"], loc=g[gate]["loc"],

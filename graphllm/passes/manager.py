@@ -16,8 +16,10 @@ from ..errors import GraphLLMError
 from .cse import cse
 from .dce import dce
 from .fuse_linear import fuse_act, fuse_norm, fuse_residual
+from .fuse_qkv import fuse_qkv
 from .fuse_rope import fuse_rope
 from .fuse_swiglu import fuse_swiglu
+from .merge_linears import merge_linears
 from .verify import verify
 
 Pass = Callable[[Graph], Graph]
@@ -43,9 +45,13 @@ register_pass("fuse_norm")(fuse_norm)
 register_pass("fuse_act")(fuse_act)
 register_pass("fuse_residual")(fuse_residual)
 register_pass("fuse_rope")(fuse_rope)
+register_pass("merge_linears")(merge_linears)
+register_pass("fuse_qkv")(fuse_qkv)
 
-DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse", "fuse_swiglu", "fuse_norm", "fuse_act", "fuse_residual",
-                               "fuse_rope", "verify"]
+FUSION_PASSES = frozenset({"fuse_swiglu", "merge_linears", "fuse_norm", "fuse_act", "fuse_residual", "fuse_rope",
+                           "fuse_qkv"})  # what --no-fuse leaves out
+DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse", "fuse_swiglu", "merge_linears", "fuse_norm", "fuse_act",
+                               "fuse_residual", "fuse_rope", "fuse_qkv", "verify"]
 
 
 def _check_known(name: str) -> None:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..codegen.compile import LIB_FILE, PLAN_FILE, cache_key, compile_graph, graph_key, tvm_version
+from ..codegen.compile import LIB_FILE, PLAN_FILE, PLAN_VERSION, cache_key, compile_graph, graph_key, tvm_version
 from ..dsl.graph import Graph
 from ..errors import ModelLoadError
 from .download import graphllm_home
@@ -58,6 +58,9 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
     if artifact is not None:
         kwargs["pack_cache"] = packed_dir(Path(artifact), weights)
         plan = read_plan(artifact)
+        if plan.get("version") != PLAN_VERSION:
+            raise ModelLoadError(f"the build in {artifact} was written by another graphllm version (plan format "
+                                 f"{plan.get('version')}, this one reads {PLAN_VERSION}); recompile it with `graphllm compile`")
         if plan.get("graph_key") != graph_key(graph):
             raise ModelLoadError(f"the build in {artifact} was compiled for another model or model file; "
                                  f"recompile it with `graphllm compile` for this one")

@@ -123,16 +123,9 @@ class CompiledExecutor:
         caches = {}
         for step in self.steps:
             if step.get("layer") is not None:
-                shape = (self.num_slots, self.max_context, *self._kv_shape(step))
+                shape = (self.num_slots, self.max_context, *step["kv_shape"])
                 caches[step["layer"]] = (aligned_empty(shape, "float32"), aligned_empty(shape, "float32"))
         return caches
-
-    def _kv_shape(self, step: dict[str, Any]) -> tuple[int, int]:
-        """(kv_heads, head_dim) of a FusedAttention step, from its curk argument's type."""
-        nodes = self.plan["graph"]["nodes"]
-        curk = next(n for n in nodes if n["id"] == step["node"])["inputs"]["curk"]
-        t = self.types[curk]
-        return int(t.shape[1]), int(t.shape[2])
 
     def _plan_storage(self) -> dict[str, np.ndarray]:
         """Flat storage per buffer value, shared by values whose lifetimes do not overlap."""

@@ -37,7 +37,7 @@ def graph():
 def test_text_to_stdout_is_the_verified_graph(capsys, graph):
     assert dump() == 0
     out = capsys.readouterr().out
-    assert out.startswith("graph llama {\n") and "= FusedAttention(" in out
+    assert out.startswith("graph llama {\n") and "= QKVAttention(" in out
     assert graph_difference(parse_graph(out), graph) is None
 
 
@@ -53,7 +53,7 @@ def test_json_and_dot(capsys, graph):
 def test_svg_to_a_file(tmp_path, capsys):
     assert dump("--format", "svg", "-o", str(tmp_path / "g.svg")) == 0
     svg = (tmp_path / "g.svg").read_bytes()
-    assert b"<svg" in svg and b"FusedAttention" in svg and b"f32[T,64]" in svg
+    assert b"<svg" in svg and b"QKVAttention" in svg and b"f32[T,64]" in svg
 
 
 def test_svg_needs_an_output_file(capsys):
@@ -103,9 +103,9 @@ def test_load_ir_reads_a_dump_and_checks_its_types(tmp_path, capsys, graph):
     untyped.write_text(text.replace(" : f32[T,64] = ", " = "))
     assert graph_difference(load_ir(untyped), graph) is None
     broken = tmp_path / "broken.ir"
-    broken.write_text(text.replace("%q : f32[T,64]", "%q : f32[T,32]", 1))
-    with pytest.raises(GraphBuildError, match=r"broken.ir: .*llama.py:20: FusedLinear -> 'q' \(%q\): the IR says "
-                                              r"f32\[T,32\] but its inputs give f32\[T,64\]"):
+    broken.write_text(text.replace("%attenOutput : f32[T,64]", "%attenOutput : f32[T,32]", 1))
+    with pytest.raises(GraphBuildError, match=r"broken.ir: .*llama.py:28: QKVAttention -> 'attenOutput' \(%attenOutput\): "
+                                              r"the IR says f32\[T,32\] but its inputs give f32\[T,64\]"):
         load_ir(broken)
     with pytest.raises(GraphBuildError, match=r"broken2.ir:\d+:\d+: "):
         (tmp_path / "broken2.ir").write_text(text.replace("= FusedLinear(", "= FusedLinear((", 1))

@@ -9,7 +9,9 @@ import pytest
 from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
 from graphllm.passes.fuse_linear import fuse_act, fuse_norm, fuse_residual
+from graphllm.passes.fuse_qkv import fuse_qkv
 from graphllm.passes.fuse_rope import fuse_rope
+from graphllm.passes.merge_linears import merge_linears
 from graphllm.passes.manager import DEFAULT_PIPELINE, run_passes
 from graphllm.runtime.llm import build_graph, weight_source
 from graphllm.runtime.loader import load_model, weight_types
@@ -37,26 +39,44 @@ def case(request):
 def test_each_pass_alone_keeps_the_reference_logits(case):
     _, model, plain = case
     expected = logits(model, plain)
-    for fuse in (fuse_norm, fuse_act, fuse_residual, fuse_rope):
+    for fuse in (fuse_norm, fuse_act, fuse_residual, fuse_rope, merge_linears, fuse_qkv):
         fused = fuse(plain)
         np.testing.assert_allclose(logits(model, fused), expected, atol=2e-5, rtol=0, err_msg=fuse.__name__)
         assert graphs_equal(parse_graph(print_graph(fused)), fused)
 
 
-def test_default_pipeline_fuses_every_llama_layer_to_six_projections_and_one_attention(case):
+def test_default_pipeline_fuses_every_llama_layer_to_four_projections_and_one_attention(case):
     name, model, plain = case
     fused = run_passes(plain, DEFAULT_PIPELINE)
     np.testing.assert_allclose(logits(model, fused), logits(model, plain), atol=2e-5, rtol=0)
     assert graphs_equal(parse_graph(print_graph(fused)), fused)
     if name in ("tiny_llama", "tiny_qwen2", "tiny_mistral"):
         layers = model.config["num_hidden_layers"]
-        assert ops(fused)["FusedLinear"] == 6 * layers + 1 and ops(fused)["FusedAttention"] == layers
-        for gone in ("RMSNorm", "AddTo", "Swiglu", "Silu", "MulTo", "Linear", "LlamaRotatePosition2D"):
+        assert ops(fused)["FusedLinear"] == 4 * layers + 1 and ops(fused)["QKVAttention"] == layers
+        for gone in ("RMSNorm", "AddTo", "Swiglu", "Silu", "MulTo", "Linear", "LlamaRotatePosition2D", "Split",
+                     "ExpandHead", "FusedAttention"):
             assert gone not in ops(fused), gone
-        attn = [fused[n]["attrs"] for n in fused.nodes_of("FusedAttention")]
-        assert all(a["rotaryDim"] for a in attn)
+        attn = [fused[n]["attrs"] for n in fused.nodes_of("QKVAttention")]
+        heads = (model.config["num_attention_heads"], model.config["num_key_value_heads"])
+        assert all(a["rotaryDim"] and (a["numHeads"], a["numKVHeads"]) == heads for a in attn)
         prologues = Counter(fused[n]["attrs"]["prologue"] for n in fused.nodes_of("FusedLinear"))
-        assert prologues == {"rmsnorm": 4 * layers + 1, "swiglu": layers, "none": layers}
+        assert prologues == {"rmsnorm": 2 * layers + 1, "swiglu": layers, "none": layers}
+    if name == "tiny_phi3":  # its checkpoint packs qkv_proj: fuse_rope + fuse_qkv remove the three Split copies
+        assert "Split" not in ops(fuse_qkv(fuse_rope(plain))) and ops(fused)["QKVAttention"] == model.config["num_hidden_layers"]
+
+
+def test_merge_linears_stacks_the_readers_of_one_value_and_splits_the_result():
+    model = load_model(FIXTURES / "tiny_qwen2")  # q/k/v have biases: they are stacked too
+    plain = build_graph(model.config, weight_types(model), passes=UNFUSED)
+    merged = merge_linears(plain)
+    layers = model.config["num_hidden_layers"]
+    assert ops(plain)["Linear"] - ops(merged)["Linear"] == 3 * layers  # q, k, v and gate, up: 5 -> 2 per layer
+    assert ops(merged)["Split"] == 5 * layers
+    stacked = [merged[n] for n in merged.nodes_of("Weight") if merged[n]["attrs"].get("concat")]
+    qkv = next(d for d in stacked if d["name"].endswith("v_proj.weight"))
+    assert qkv["attrs"]["concat"] == [qkv["name"].split("+")[i] for i in range(3)] and qkv["type"].shape == (128, 64)
+    assert any(d["name"].endswith("v_proj.bias") and d["type"].shape == (128,) for d in stacked)
+    np.testing.assert_allclose(logits(model, merged), logits(model, plain), atol=2e-5, rtol=0)
 
 
 IR = """\

@@ -248,3 +248,26 @@ def test_fused_attention_with_rope_rotates_q_and_k_first():
     with pytest.raises(O.ShapeError, match="rotaryDim needs"):
         infer("FusedAttention", {"scale": 1.0, "rotaryDim": 2}, q="f32[T,2,6]", curk="f32[T,1,6]",
               curv="f32[T,1,6]", seqLens="i32[B]")
+
+
+def test_qkv_attention_equals_fused_attention_on_the_split_heads():
+    hq, hk, d = 4, 2, 3
+    qkv = randn(5, (hq + 2 * hk) * d)
+    heads = qkv.reshape(5, hq + 2 * hk, d)
+    seq, pos = np.array([5], np.int32), np.arange(5, dtype=np.int32)
+
+    def ctx():
+        caches = {0: (np.zeros((1, 8, hk, d), np.float32), np.zeros((1, 8, hk, d), np.float32))}
+        return O.RefContext(caches=caches, slots=np.array([0]), positions=pos)
+
+    packed = ref("QKVAttention", {"scale": 0.5, "layer": 0, "numHeads": hq, "numKVHeads": hk}, ctx(), qkv=qkv,
+                 seqLens=seq)
+    split = ref("FusedAttention", {"scale": 0.5, "layer": 0}, ctx(), q=heads[:, :hq].copy(),
+                curk=heads[:, hq:hq + hk].copy(), curv=heads[:, hq + hk:].copy(), seqLens=seq)
+    np.testing.assert_array_equal(packed, split)
+    assert str(infer("QKVAttention", {"scale": 1.0, "numHeads": hq, "numKVHeads": hk}, qkv="f32[T,24]",
+                     seqLens="i32[B]")) == "f32[T,12]"
+    assert O.get_spec("QKVAttention").kv_shape({"qkv": TensorType.parse("f32[T,24]")},
+                                               {"numHeads": hq, "numKVHeads": hk}) == (2, 3)
+    with pytest.raises(O.ShapeError, match="qkv width"):
+        infer("QKVAttention", {"scale": 1.0, "numHeads": hq, "numKVHeads": hk}, qkv="f32[T,25]", seqLens="i32[B]")

@@ -63,11 +63,12 @@ def fast_exp(x: Expr) -> Expr:
 
 
 def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float, window: int = 0,
-                   softcap: float = 0.0, rope: tuple[int, int, int] | None = None) -> PrimFunc:
+                   softcap: float = 0.0, rope: tuple[int, int, int] | None = None, packed: bool = False) -> PrimFunc:
     """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, [rope_pos, sin, cos,] out) of the module doc.
 
     window > 0 limits each query to its last `window` keys; softcap > 0 soft-caps the scores;
-    rope = (rotaryDim, table rows, table cols) rotates each query row as it is loaded (fuse_rope).
+    rope = (rotaryDim, table rows, table cols) rotates each query row as it is loaded (fuse_rope);
+    packed: q is the packed qkv [T, Hq + 2 Hk, D] (QKVAttention), whose first Hq heads are the queries.
     """
     from tvm import tirx
     from tvm.script import tirx as T
@@ -91,6 +92,8 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
     t_len, s_len, c_len = (tirx.Var(name, "int64") for name in ("T", "S", "C"))
     rot, rows, cols = rope or (0, 1, 1)
     has_rope = bool(rot)
+    q_rows = hq + 2 * hk if packed else hq
+    q_shape = (t_len, q_rows * d) if packed else (t_len, hq, d)  # the packed qkv value is 2-D
 
     @T.macro
     def attend(q, k_cache, v_cache, pos, slot, rope_pos, sin, cos, out):
@@ -217,7 +220,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
     if rope:
         @T.prim_func
         def attention_rope(
-            q: T.Buffer((t_len, hq, d), "float32"),
+            q_arg: T.handle,
             k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
             v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
             pos: T.Buffer((t_len,), "int32"),
@@ -228,13 +231,15 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
             out: T.Buffer((t_len, hq * d), "float32"),
         ):
             T.func_attr({"tirx.noalias": True})
-            attend(q, k_cache, v_cache, pos, slot, rope_pos, sin, cos, out)
+            q = T.match_buffer(q_arg, q_shape, "float32")
+            attend(T.decl_buffer((t_len, q_rows, d), "float32", data=q.data), k_cache, v_cache, pos, slot, rope_pos,
+                   sin, cos, out)
 
         return attention_rope
 
     @T.prim_func
     def attention(
-        q: T.Buffer((t_len, hq, d), "float32"),
+        q_arg: T.handle,
         k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
         v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
         pos: T.Buffer((t_len,), "int32"),
@@ -242,16 +247,20 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
         out: T.Buffer((t_len, hq * d), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
-        attend(q, k_cache, v_cache, pos, slot, pos, q, q, out)  # no RoPE: the table arguments are never read
+        q = T.match_buffer(q_arg, q_shape, "float32")
+        qh = T.decl_buffer((t_len, q_rows, d), "float32", data=q.data)
+        attend(qh, k_cache, v_cache, pos, slot, pos, qh, qh, out)  # no RoPE: the table arguments are never read
 
     return attention
 
 
-def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] | None = None) -> PrimFunc:
+def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] | None = None,
+                  packed_q_heads: int = 0) -> PrimFunc:
     """Return the PrimFunc kv_write(k_cur, v_cur, pos, slot, [rope_pos, sin, cos,] k_cache, v_cache), in place.
 
     k_cur, v_cur [T, Hk, D] go to k_cache / v_cache [slot[t], pos[t]] (k rotated first when RoPE
-    is fused in). Serial: a few KB per token cost less than a thread-pool launch.
+    is fused in). Serial: a few KB per token cost less than a thread-pool launch. With
+    packed_q_heads = Hq, k_cur and v_cur are both the packed qkv [T, Hq + 2 Hk, D] (heads Hq.. and Hq+Hk..).
     """
     from tvm import tirx
     from tvm.script import tirx as T
@@ -259,12 +268,15 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
     hk, d = num_kv_heads, head_dim
     t_len, s_len, c_len = (tirx.Var(name, "int64") for name in ("T", "S", "C"))
     rot, rows, cols = rope or (0, 1, 1)
+    kv_rows = packed_q_heads + 2 * hk if packed_q_heads else hk
+    k0, v0 = (packed_q_heads, packed_q_heads + hk) if packed_q_heads else (0, 0)
+    kv_shape = (t_len, kv_rows * d) if packed_q_heads else (t_len, hk, d)  # the packed qkv value is 2-D
 
     if rope:
         @T.prim_func
         def kv_write_rope(
-            k_cur: T.Buffer((t_len, hk, d), "float32"),
-            v_cur: T.Buffer((t_len, hk, d), "float32"),
+            k_arg: T.handle,
+            v_arg: T.handle,
             pos: T.Buffer((t_len,), "int32"),
             slot: T.Buffer((t_len,), "int32"),
             rope_pos: T.Buffer((t_len,), "int32"),
@@ -274,46 +286,70 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
             v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
         ):
             T.func_attr({"tirx.noalias": True})
+            k_in = T.match_buffer(k_arg, kv_shape, "float32")
+            v_in = T.match_buffer(v_arg, kv_shape, "float32")
+            k_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=k_in.data)
+            v_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=v_in.data)
             for t, h in T.grid(t_len, hk):
                 p = rope_pos[t]
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i] = k_cur[t, h, i] * cos[p, i] - k_cur[t, h, i + rot] * sin[p, i]
+                    k_cache[slot[t], pos[t], h, i] = (k_cur[t, k0 + h, i] * cos[p, i]
+                                                      - k_cur[t, k0 + h, i + rot] * sin[p, i])
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i + rot] = k_cur[t, h, i + rot] * cos[p, i] + k_cur[t, h, i] * sin[p, i]
+                    k_cache[slot[t], pos[t], h, i + rot] = (k_cur[t, k0 + h, i + rot] * cos[p, i]
+                                                            + k_cur[t, k0 + h, i] * sin[p, i])
                 for i in range(d - 2 * rot):
-                    k_cache[slot[t], pos[t], h, i + 2 * rot] = k_cur[t, h, i + 2 * rot]
+                    k_cache[slot[t], pos[t], h, i + 2 * rot] = k_cur[t, k0 + h, i + 2 * rot]
                 for i in T.vectorized(d):
-                    v_cache[slot[t], pos[t], h, i] = v_cur[t, h, i]
+                    v_cache[slot[t], pos[t], h, i] = v_cur[t, v0 + h, i]
 
         return kv_write_rope
 
     @T.prim_func
     def kv_write(
-        k_cur: T.Buffer((t_len, hk, d), "float32"),
-        v_cur: T.Buffer((t_len, hk, d), "float32"),
+        k_arg: T.handle,
+        v_arg: T.handle,
         pos: T.Buffer((t_len,), "int32"),
         slot: T.Buffer((t_len,), "int32"),
         k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
         v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
+        k_in = T.match_buffer(k_arg, kv_shape, "float32")
+        v_in = T.match_buffer(v_arg, kv_shape, "float32")
+        k_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=k_in.data)
+        v_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=v_in.data)
         for t, h in T.grid(t_len, hk):
             for i in T.vectorized(d):
-                k_cache[slot[t], pos[t], h, i] = k_cur[t, h, i]
-                v_cache[slot[t], pos[t], h, i] = v_cur[t, h, i]
+                k_cache[slot[t], pos[t], h, i] = k_cur[t, k0 + h, i]
+                v_cache[slot[t], pos[t], h, i] = v_cur[t, v0 + h, i]
 
     return kv_write
+
+
+def _attention_kernel(req: LowerRequest, hq: int, hk: int, d: int, ports: tuple[str, str, str]) -> Kernel:
+    """The KV-cache write, then the attention; ports name q, curk, curv (all 'qkv' when packed)."""
+    attrs = req.attr
+    rot = attrs.get("rotaryDim") or 0
+    rope = (rot, *req.types["sin"].shape) if rot else None
+    tables = ("positionIds", "sin", "cos") if rot else ()
+    packed = ports[0] == ports[1]
+    write = Kernel(kv_write_func(hk, d, rope, hq if packed else 0),
+                   (ports[1], ports[2], "positions", "slots", *tables, "kcache", "vcache"))
+    func = attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope, packed)
+    return Kernel(func, (ports[0], "kcache", "vcache", "positions", "slots", *tables, "out"), before=(write,))
 
 
 @lowering("FusedAttention")
 def lower_attention(req: LowerRequest) -> Kernel:
     """The KV-cache write of this step's k/v, then causal (windowed, soft-capped) attention over the cache."""
-    t, attrs = req.types, req.attr
-    _, hq, d = t["q"].shape
-    hk = t["curk"].shape[1]
-    rot = attrs.get("rotaryDim") or 0
-    rope = (rot, *t["sin"].shape) if rot else None
-    tables = ("positionIds", "sin", "cos") if rot else ()
-    write = Kernel(kv_write_func(hk, d, rope), ("curk", "curv", "positions", "slots", *tables, "kcache", "vcache"))
-    return Kernel(attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope),
-                  ("q", "kcache", "vcache", "positions", "slots", *tables, "out"), before=(write,))
+    _, hq, d = req.types["q"].shape
+    return _attention_kernel(req, hq, req.types["curk"].shape[1], d, ("q", "curk", "curv"))
+
+
+@lowering("QKVAttention")
+def lower_qkv_attention(req: LowerRequest) -> Kernel:
+    """FusedAttention's kernels reading q, k and v from the one packed projection (no split copies)."""
+    hq, hk = req.attr["numHeads"], req.attr["numKVHeads"]
+    d = req.types["qkv"].shape[1] // (hq + 2 * hk)
+    return _attention_kernel(req, hq, hk, d, ("qkv", "qkv", "qkv"))
