@@ -35,6 +35,12 @@ class ReferenceExecutor:
                 types = {port: graph[src]["type"] for port, src in graph.inputs(n).items()}
                 shape = (num_slots, max_context) + spec.kv_shape(types, graph[n]["attrs"])
                 self.caches[graph[n]["attrs"]["layer"]] = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+        self.attrs = {}  # each op node's attrs with its spec's defaults filled in (IR text may omit them)
+        for n in self.order:
+            spec = O.get_spec(graph[n]["op"])
+            if spec is not None:
+                defaults = {p.name: p.default for p in spec.attr_params if p.default is not None}
+                self.attrs[n] = defaults | graph[n]["attrs"]
         self.last_use = {}
         for i, n in enumerate(self.order):
             for src in graph.inputs(n).values():
@@ -72,7 +78,7 @@ class ReferenceExecutor:
             ports = self.graph.inputs(n)
             args = {port: values[src] for port, src in ports.items()}
             ctx.names = {port: self.graph[src]["name"] for port, src in ports.items()}
-            result = spec.reference(args, d["attrs"], ctx)
+            result = spec.reference(args, self.attrs[n], ctx)
             if result is not None:
                 values[n] = result
                 if observe is not None:

@@ -47,7 +47,7 @@ def _quoted(text: str, terminal: str) -> str:
 
 
 def _literal(value: Any) -> str:
-    """An attr value: bools, ints, floats (repr, so 1e-05 and 0.125 come back exactly), strings, None, lists."""
+    """An attr value: bools, ints, floats (repr, so 1e-05 and 0.125 come back exactly), strings, None, lists, objects."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -58,8 +58,10 @@ def _literal(value: Any) -> str:
         return "null"
     if isinstance(value, list):
         return "[" + ", ".join(_literal(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_quoted(str(k), 'NAME')}={_literal(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"the text IR cannot hold the attr value {value!r} ({type(value).__name__}); "
-                    f"use bool, int, float, str, None or a list of them")
+                    f"use bool, int, float, str, None or a list or {{key=value}} object of them")
 
 
 def _implied_name(node_id: str) -> str:
@@ -184,6 +186,13 @@ class _ToStatements(Transformer):
 
     def list(self, items: list[Any]) -> list[Any]:
         return [] if items == [None] else items
+
+    def member(self, items: list[Any]) -> tuple[str, Any]:
+        (key, _), value = items
+        return key, value
+
+    def object(self, items: list[Any]) -> dict[str, Any]:
+        return {} if items == [None] else dict(items)
 
     def attr(self, items: list[Any]) -> tuple[str, Token, Any]:
         (key, token), value = items

@@ -15,6 +15,7 @@ from ..dsl.textir import print_graph
 from ..errors import GraphLLMError
 from .cse import cse
 from .dce import dce
+from .fold_constants import fold_constants
 from .fuse_linear import fuse_act, fuse_norm, fuse_residual
 from .fuse_qkv import fuse_qkv
 from .fuse_rope import fuse_rope
@@ -40,6 +41,7 @@ def register_pass(name: str) -> Callable[[Pass], Pass]:
 register_pass("verify")(verify)
 register_pass("dce")(dce)
 register_pass("cse")(cse)
+register_pass("fold_constants")(fold_constants)
 register_pass("fuse_swiglu")(fuse_swiglu)
 register_pass("fuse_norm")(fuse_norm)
 register_pass("fuse_act")(fuse_act)
@@ -50,8 +52,8 @@ register_pass("fuse_qkv")(fuse_qkv)
 
 FUSION_PASSES = frozenset({"fuse_swiglu", "merge_linears", "fuse_norm", "fuse_act", "fuse_residual", "fuse_rope",
                            "fuse_qkv"})  # what --no-fuse leaves out
-DEFAULT_PIPELINE: list[str] = ["verify", "dce", "cse", "fuse_swiglu", "merge_linears", "fuse_norm", "fuse_act",
-                               "fuse_residual", "fuse_rope", "fuse_qkv", "verify"]
+DEFAULT_PIPELINE: list[str] = ["verify", "dce", "fold_constants", "cse", "fuse_swiglu", "merge_linears", "fuse_norm",
+                               "fuse_act", "fuse_residual", "fuse_rope", "fuse_qkv", "verify"]
 
 
 def _check_known(name: str) -> None:

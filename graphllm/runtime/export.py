@@ -32,7 +32,8 @@ def checkpoint_types(llm: LLM) -> dict[str, TensorType]:
     for node in llm.graph.nodes_of(WEIGHT_OP):
         d = llm.graph[node]
         for name in d["attrs"].get("concat") or [d["name"]]:
-            out[name] = TensorType(tuple(shapes[name].shape), d["type"].dtype)
+            if name in shapes:  # a folded constant (fold_constants) is computed at load, not exported
+                out[name] = TensorType(tuple(shapes[name].shape), d["type"].dtype)
     return out
 
 QUANT_KEY = "graphllm_quantization"

@@ -38,10 +38,11 @@ def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
 
 
 def weight_source(model: LoadedModel, graph: Graph) -> WeightSource:
-    """The weights as the graph's Weight nodes want them (types, derived concatenations)."""
+    """The weights as the graph's Weight nodes want them (types, derived concatenations, folded constants)."""
     nodes = [graph[n] for n in graph.nodes_of(WEIGHT_OP)]
     return WeightSource(model, {d["name"]: d["type"] for d in nodes},
-                        {d["name"]: d["attrs"]["concat"] for d in nodes if d["attrs"].get("concat")})
+                        {d["name"]: d["attrs"]["concat"] for d in nodes if d["attrs"].get("concat")},
+                        {d["name"]: d["attrs"]["fold"] for d in nodes if d["attrs"].get("fold")})
 
 
 @dataclass

@@ -14,6 +14,7 @@ from graphllm.errors import ModelLoadError
 from graphllm.runtime import download
 from graphllm.runtime.gguf_loader import open_gguf
 from graphllm.runtime.hf_loader import open_hf_folder
+from graphllm.dsl import ops as O
 from graphllm.dsl import qformats
 from graphllm.dsl.types import TensorType
 from graphllm.runtime.tokenizer import Tokenizer
@@ -55,8 +56,8 @@ class WeightSource(Mapping[str, np.ndarray]):
     """
 
     def __init__(self, model: LoadedModel, types: Mapping[str, TensorType],
-                 parts: Mapping[str, list[str]] | None = None) -> None:
-        self.model, self.types, self.parts = model, types, dict(parts or {})
+                 parts: Mapping[str, list[str]] | None = None, folds: Mapping[str, dict[str, Any]] | None = None) -> None:
+        self.model, self.types, self.parts, self.folds = model, types, dict(parts or {}), dict(folds or {})
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.parts:  # a weight a pass derived: the rows of several checkpoint tensors
@@ -67,27 +68,43 @@ class WeightSource(Mapping[str, np.ndarray]):
     def _shape(self, name: str) -> tuple[int, ...]:
         return tuple(self.model.weights.tensors[name].shape)
 
+    def _float(self, name: str) -> np.ndarray:
+        """A weight's float32 value: a checkpoint tensor, or a folded computation (fold_constants) evaluated."""
+        if name in self.parts:
+            return np.concatenate([self._float(p) for p in self.parts[name]])
+        if name not in self.folds:
+            return np.asarray(self.model.weights[name], dtype=np.float32)
+        return self._evaluate(self.folds[name])
+
+    def _evaluate(self, fold: dict[str, Any]) -> np.ndarray:
+        """A folded computation {op, attrs, inputs: port -> weight name or a nested fold} by the op's reference."""
+        spec = O.get_spec(fold["op"])
+        attrs = {p.name: p.default for p in spec.attr_params if p.default is not None} | fold["attrs"]
+        inputs = {port: self._evaluate(w) if isinstance(w, dict) else self._float(w) for port, w in fold["inputs"].items()}
+        return np.asarray(spec.reference(inputs, attrs, O.RefContext()), dtype=np.float32)
+
     def _value(self, name: str, t: TensorType | None) -> np.ndarray:
         if t is None or not (t.quantized or t.dtype in HALF_DTYPES):
-            return self.model.weights[name]
+            return self._float(name) if name in self.folds else self.model.weights[name]
         tensor = self.model.weights.tensors.get(name)
         if t.quantized:
             if tensor is not None and tensor.qformat == t.dtype:
                 return tensor.raw()
-            return qformats.quantize(self.model.weights[name], t.dtype)
+            return qformats.quantize(self._float(name), t.dtype)
         if tensor is not None and tensor.float_dtype == t.dtype:
             return tensor.stored()
-        return to_float_dtype(self.model.weights[name], t.dtype)
+        return to_float_dtype(self._float(name), t.dtype)
 
     def __iter__(self) -> Iterator[str]:
         yield from self.model.weights
         yield from self.parts
+        yield from self.folds
 
     def __len__(self) -> int:
-        return len(self.model.weights) + len(self.parts)
+        return len(self.model.weights) + len(self.parts) + len(self.folds)
 
     def __contains__(self, name: object) -> bool:
-        return name in self.model.weights or name in self.parts
+        return name in self.model.weights or name in self.parts or name in self.folds
 
 
 def _load_gguf(path: Path) -> LoadedModel:

@@ -72,7 +72,7 @@ def test_unknown_passes_are_errors_listing_the_known_ones(toy_pass):
         run_passes(g, ["verify", "fold"])
     with pytest.raises(GraphLLMError, match="unknown pass 'fold'"):
         run_passes(g, after="fold")
-    with pytest.raises(GraphLLMError, match=r"'double_mul' is not in the pipeline \(verify, dce, cse, fuse_swiglu, merge_linears"):
+    with pytest.raises(GraphLLMError, match=r"'double_mul' is not in the pipeline \(verify, dce, "):
         run_passes(g, after=toy_pass)
 
 

@@ -1,0 +1,44 @@
+"""fold_constants: a node computed from weights only is computed once at load, not at every step.
+
+The node becomes a derived Weight whose attrs ``fold`` say how to make it (op, attrs, and per port
+a checkpoint weight name or a nested fold); the weight loader evaluates it with the op's own numpy
+reference, so the folded value is exactly what the graph would have computed. Folding repeats down
+chains (a folded value is a weight for its consumers). Ops with side effects or a KV cache are never folded.
+"""
+
+from __future__ import annotations
+
+from ..dsl import ops as O
+from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
+
+
+def fold_constants(graph: Graph) -> Graph:
+    """A copy of the graph in which every weight-only computation is a derived Weight node."""
+    g = graph.copy()
+    order = g.order()
+    for node in list(order):
+        d = g[node]
+        spec = O.get_spec(d["op"])
+        ins = g.inputs(node)
+        if (d["op"] in (INPUT_OP, WEIGHT_OP) or spec is None or spec.side_effect or spec.kv_shape is not None
+                or not ins or any(g[src]["op"] != WEIGHT_OP for src in ins.values())):
+            continue
+        names = {port: g[src]["name"] for port, src in ins.items()}
+        recipes = {port: g[src]["attrs"].get("fold") or g[src]["name"] for port, src in ins.items()}
+        name = f"{d['op']}({', '.join(f'{p}={w}' for p, w in names.items())})"
+        folded = f"@{name}"
+        if folded not in g:
+            g.add(folded, WEIGHT_OP, {"name": name, "fold": {"op": d["op"], "attrs": dict(d["attrs"]), "inputs": recipes}},
+                  name=name, type=d["type"])
+        for dst, port in g.users(node):
+            g.nx.add_edge(folded, dst, key=port)
+        for out, value in g.outputs.items():
+            if value == node:
+                g.outputs[out] = folded
+        g.nx.remove_node(node)
+        for src in set(ins.values()):
+            if not g.users(src):
+                g.nx.remove_node(src)
+        order[order.index(node)] = folded
+    g.reorder([n for i, n in enumerate(order) if n in g and n not in order[:i]])
+    return g
