@@ -28,7 +28,7 @@ from .lower import EXTRAS, HOST_OPS, RUNTIME_ATTRS, Kernel, LowerRequest, is_vie
 
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
-PLAN_VERSION = 2  # 2: attention steps carry kv_shape
+PLAN_VERSION = 3  # 2: attention steps carry kv_shape; 3: steps carry inplace
 
 
 def tvm_version() -> str:
@@ -109,14 +109,24 @@ def make_plan(graph: Graph, progress: Callable[[str], None] | None = None) -> tu
         spec = get_spec(d["op"])
         kv_shape = spec.kv_shape(dict(req.inputs), d["attrs"]) if spec.kv_shape else None
         for i, kernel in enumerate(_stages(kernels[key])):
+            args = _bind_args(kernel, node, ports, values)
             steps.append({"node": node, "kernel": f"{key}_{i}",
                           "large": f"{key}_{i}_large" if kernel.large is not None else None,
-                          "large_from": kernel.large_from, "args": _bind_args(kernel, node, ports, values),
-                          "layer": d["attrs"]["layer"] if kv_shape else None, "kv_shape": kv_shape})
+                          "large_from": kernel.large_from, "args": args,
+                          "layer": d["attrs"]["layer"] if kv_shape else None, "kv_shape": kv_shape,
+                          "inplace": _inplace_value(kernel, ports, args)})
     plan = {"version": PLAN_VERSION, "graphllm": __version__, "tvm": tvm_version(), "dtype": "float32",
             "graph_key": graph_key(graph), "config": graph.config, "values": values, "steps": steps, "output": graph.outputs[OUTPUT],
             "graph": graph_to_json(graph)}
     return plan, funcs
+
+
+def _inplace_value(kernel: Kernel, ports: dict[str, str], args: list[str]) -> str | None:
+    """The input value the output may overwrite: the kernel's inplace port, unless that value is also bound elsewhere."""
+    if kernel.inplace is None:
+        return None
+    value = ports[kernel.inplace]
+    return value if args.count(value) == 1 else None
 
 
 def _stages(kernel: Kernel) -> list[Kernel]:

@@ -57,6 +57,8 @@ class Kernel:
     """A lowered node: one PrimFunc (or a small-T and a large-T variant) and how to bind its params.
 
     ``before`` lists kernels the node runs first (e.g. FusedAttention's KV-cache write).
+    ``inplace`` names an input port whose buffer the output may take over (each element read by
+    the thread that then writes it), when the input dies here and is bound to no other parameter.
     """
 
     func: Any
@@ -65,6 +67,7 @@ class Kernel:
     large_from: int = 0
     packs: dict[str, str] = field(default_factory=dict)
     before: tuple["Kernel", ...] = ()
+    inplace: str | None = None
 
     def variants(self) -> dict[str, Any]:
         """Suffix -> PrimFunc for every variant to build."""

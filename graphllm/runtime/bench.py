@@ -71,6 +71,7 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
         result.update(threads=llm.executor.threads, launches_per_decode=prof["launches"],
                       activation_mb_planned=llm.executor.activation_bytes["planned"] / 2**20,
                       activation_mb_naive=llm.executor.activation_bytes["naive"] / 2**20,
+                      in_place_updates=llm.executor.activation_bytes["in_place"],
                       chunk_tokens=llm.executor.chunk,
                       host_overhead_share=max(0.0, 1 - prof["kernels_s"] / prof["step_s"]) if prof["step_s"] else 0.0)
     return result
@@ -92,5 +93,5 @@ def format_bench(r: dict[str, Any]) -> str:
         lines.append(f"decode step     {r['launches_per_decode']} kernel launches, "
                      f"{100 * r['host_overhead_share']:.1f}% host (Python/FFI) overhead")
         lines.append(f"activations     {r['activation_mb_planned']:.1f} MB planned vs {r['activation_mb_naive']:.1f} MB "
-                     f"without buffer reuse (chunks of {r['chunk_tokens']} tokens)")
+                     f"without buffer reuse, {r['in_place_updates']} in-place updates (chunks of {r['chunk_tokens']} tokens)")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
+from .memory_plan import plan_memory
 from .weights import NUMPY_FLOATS
 
 _NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
@@ -128,36 +129,16 @@ class CompiledExecutor:
         return caches
 
     def _plan_storage(self) -> dict[str, np.ndarray]:
-        """Flat storage per buffer value, shared by values whose lifetimes do not overlap."""
-        values = self.plan["values"]
-        base = {v: (info["of"] if info["kind"] == "view" else v) for v, info in values.items()}
-        for v in base:
-            while values[base[v]]["kind"] == "view":
-                base[v] = values[base[v]]["of"]
-        last: dict[str, int] = {}
-        for i, step in enumerate(self.steps):
-            for a in step["args"] if isinstance(step["args"], list) else step["args"].values():
-                if a in base:
-                    last[base[a]] = i
-        last[base[self.output]] = len(self.steps)
-        free: dict[int, list[np.ndarray]] = {}
-        storage: dict[str, np.ndarray] = {}
-        naive = 0
-        for i, step in enumerate(self.steps):
-            node = step["node"]
-            if node in values and values[node]["kind"] == "buffer" and node not in storage:
-                t = self.types[node]
-                nbytes = _size(t, self.chunk, self.max_seqs) * np.dtype(_NP[t.dtype]).itemsize
-                pool = free.get(nbytes)
-                storage[node] = pool.pop() if pool else aligned_empty(nbytes, "uint8")
-                naive += nbytes
-            for v, end in list(last.items()):
-                if end == i and v in storage:
-                    free.setdefault(storage[v].nbytes, []).append(storage[v])
-                    del last[v]
-        unique = {id(a): a.nbytes for a in storage.values()}
-        self.activation_bytes = {"planned": sum(unique.values()), "naive": naive}
-        return storage
+        """Flat storage per buffer value, shared by values whose lifetimes do not overlap (memory_plan)."""
+
+        def nbytes(v: str) -> int:
+            t = self.types[v]
+            return _size(t, self.chunk, self.max_seqs) * np.dtype(_NP[t.dtype]).itemsize
+
+        plan = plan_memory(self.steps, self.plan["values"], self.output, nbytes)
+        buffers = [aligned_empty(size, "uint8") for size in plan.sizes]
+        self.activation_bytes = {"planned": plan.planned_bytes, "naive": plan.naive_bytes, "in_place": plan.in_place}
+        return {v: buffers[i] for v, i in plan.buffer_of.items()}
 
     def _bytes_per_token(self) -> int:
         """Weight bytes a decode step reads: every weight, except embedding tables (one row each)."""

@@ -13,6 +13,8 @@ x * sigmoid(2u), which equals 0.5 * x * (1 + tanh(u)) and needs one exp; Tanh li
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from collections.abc import Callable
 from typing import Any
 
@@ -55,17 +57,17 @@ def _pointwise(req: LowerRequest, ports: tuple[str, ...], fn: Callable[..., Any]
 
 @lowering("AddTo")
 def lower_add_to(req: LowerRequest) -> Kernel:
-    """input0 + input1 * alpha (alpha == 1: a plain add, as in the reference)."""
+    """input0 + input1 * alpha (alpha == 1: a plain add, as in the reference); in place over input0 when it dies here."""
     alpha = float(attrs_of(req)["alpha"])
     if alpha == 1.0:
-        return _pointwise(req, ("input0", "input1"), lambda a, b: a + b)
-    return _pointwise(req, ("input0", "input1"), lambda a, b: a + b * f32(alpha))
+        return replace(_pointwise(req, ("input0", "input1"), lambda a, b: a + b), inplace="input0")
+    return replace(_pointwise(req, ("input0", "input1"), lambda a, b: a + b * f32(alpha)), inplace="input0")
 
 
 @lowering("MulTo")
 def lower_mul_to(req: LowerRequest) -> Kernel:
-    """input0 * input1."""
-    return _pointwise(req, ("input0", "input1"), lambda a, b: a * b)
+    """input0 * input1 (in place over input0 when it dies here)."""
+    return replace(_pointwise(req, ("input0", "input1"), lambda a, b: a * b), inplace="input0")
 
 
 @lowering("Add")

@@ -2,10 +2,13 @@
 
 The prologue is applied where the kernel already reads x (the GEMV's pre-scaled copy of its token
 tile; the GEMM transforms x once into a [T, K] workspace first); the epilogue adds the residual
-row as the result is stored. Block-quantized weights use qlinear's kernels, float ones linear's.
+row as the result is stored (in place: the output may take over the residual's buffer, each element
+is read by the thread that writes it). Block-quantized weights use qlinear's kernels, float ones linear's.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from graphllm.codegen.kernels.linear import lower_linear
 from graphllm.codegen.kernels.qlinear import Fusion
@@ -23,4 +26,5 @@ def fusion_of(req: LowerRequest) -> Fusion:
 @lowering("FusedLinear")
 def lower_fused_linear(req: LowerRequest) -> Kernel:
     """Linear(prologue(input)) (+ residual) with the weight's kernel family (float or block-quantized)."""
-    return lower_linear(req, fusion_of(req))
+    fusion = fusion_of(req)
+    return replace(lower_linear(req, fusion), inplace="residual" if fusion.residual else None)
