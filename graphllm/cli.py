@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Callable, Sequence
 
 from . import __version__
@@ -243,6 +244,7 @@ def run_main(func: Callable[[], int]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `graphllm` console script."""
+    warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"  # one line, as errors are
     parser = build_parser()
     a = parser.parse_args(argv)
     return run_main(lambda: a.func(a))

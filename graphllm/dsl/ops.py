@@ -170,8 +170,7 @@ def _embedding_infer(t, a):
     ids, w = t["input"], t["weight"]
     _require(ids.dtype.startswith("int"), f"input must hold token ids (int), got {ids}")
     _require(w.rank == 2, f"weight must be [vocab, hidden], got {fmt_shape(w.shape)}")
-    plain = w.dtype in ("float32", "float16")  # block-quantized and bfloat16 tables decode to float32
-    return TensorType(ids.shape + (w.shape[1],), w.dtype if plain else "float32")
+    return TensorType(ids.shape + (w.shape[1],), "float32")  # 16-bit and block tables decode to float32 rows
 
 
 def _embedding_ref(x, a, ctx):

@@ -141,10 +141,10 @@ class CompiledExecutor:
         return {v: buffers[i] for v, i in plan.buffer_of.items()}
 
     def _bytes_per_token(self) -> int:
-        """Weight bytes a decode step reads: every weight, except embedding tables (one row each)."""
-        gathered = {a for step in self.steps if "kernel" in step and step["kernel"].startswith("embedding")
+        """Weight bytes a decode step reads: every weight, except those only gathered from (embedding tables, one row each)."""
+        streamed = {a for step in self.steps if "kernel" in step and not step["kernel"].startswith("embedding")
                     for a in step["args"]}
-        return sum(a.nbytes for v, a in self.weights.items() if v not in gathered)
+        return sum(a.nbytes for v, a in self.weights.items() if v in streamed)
 
     # -------------------------------------------------------------- binding
 

@@ -373,15 +373,27 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any) -> None:
     G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
     xs = T.alloc_buffer((tt, k), "float32")
     sx = T.alloc_buffer((tt, kb_n), "float32")
-    inv = T.alloc_buffer((tt,), "float32")
+    if bufs.fusion.prologue != "none":  # the prologue's values first, in full-width vector loops
+        xp = T.alloc_buffer((tt, k), "float32")
+        inv = T.alloc_buffer((tt,), "float32")
+        lanes_k = _row_lanes(k)
+        with T.serial(0, tt) as t:
+            bufs.row_stat(t0 + t, inv, t)
+            with T.serial(0, k // lanes_k) as c:
+                with T.vectorized(0, lanes_k) as r:
+                    T.buffer_store(xp, bufs.xval(t0 + t, c * lanes_k + r, inv, t), [t, c * lanes_k + r])
+
+    def x_at(t: Any, c: Any) -> Any:
+        """The matmul's input (after the prologue) of tile token t at column c."""
+        return xp[t, c] if bufs.fusion.prologue != "none" else bufs.x[t0 + t, c]
+
     with T.serial(0, tt) as t:
-        bufs.row_stat(t0 + t, inv, t)
         with T.serial(0, kb_n) as kb:
             part = T.alloc_buffer((W,), "float32")
             for j in range(P):
                 scale = 2.0 ** (149 - PRODUCT_EXP - _slot_pos(bits, j))
                 with T.vectorized(0, W) as w:
-                    xv = bufs.xval(t0 + t, kb * G + j * W + w, inv, t)
+                    xv = x_at(t, kb * G + j * W + w)
                     T.buffer_store(xs, xv * _c(scale, "float32"), [t, kb * G + j * W + w])
                     T.buffer_store(part, xv if j == 0 else part[w] + xv, [w])
             total = functools.reduce(lambda a, b: a + b, [part[w] for w in range(W)])
