@@ -68,7 +68,10 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
     }
     if hasattr(llm.executor, "profile"):
         prof = llm.executor.profile(1, 1)
+        steps = [st for st in llm.executor.steps if "kernel" in st]
+        prefill_variants = sum(1 for st in steps if st["large"] and prompt_tokens >= st["large_from"])
         result.update(threads=llm.executor.threads, launches_per_decode=prof["launches"],
+                      launches_per_prefill=len(steps), prefill_large_variants=prefill_variants,
                       activation_mb_planned=llm.executor.activation_bytes["planned"] / 2**20,
                       activation_mb_naive=llm.executor.activation_bytes["naive"] / 2**20,
                       in_place_updates=llm.executor.activation_bytes["in_place"],
@@ -92,6 +95,8 @@ def format_bench(r: dict[str, Any]) -> str:
     if "launches_per_decode" in r:
         lines.append(f"decode step     {r['launches_per_decode']} kernel launches, "
                      f"{100 * r['host_overhead_share']:.1f}% host (Python/FFI) overhead")
+        lines.append(f"prefill step    {r['launches_per_prefill']} kernel launches, {r['prefill_large_variants']} of them "
+                     f"the GEMM / row-parallel variants (the decode step runs the GEMV / serial ones)")
         lines.append(f"activations     {r['activation_mb_planned']:.1f} MB planned vs {r['activation_mb_naive']:.1f} MB "
                      f"without buffer reuse, {r['in_place_updates']} in-place updates (chunks of {r['chunk_tokens']} tokens)")
     return "\n".join(lines)
