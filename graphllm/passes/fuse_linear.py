@@ -66,6 +66,8 @@ def fuse_act(graph: Graph) -> Graph:
             continue
         user = users[0][0]
         _as_fused(g, user, prologue="swiglu")
+        if g[act].get("group"):  # the MLP's fused group (fuse_swiglu) now ends with this projection
+            g[user]["group"] = g[act]["group"]
         _rewire(g, user, "input", g.inputs(act)["input"])
         g.nx.remove_node(act)
     return g
@@ -82,6 +84,8 @@ def fuse_residual(graph: Graph) -> Graph:
             continue
         d, yd = g[add], g[y]
         d.update(op="FusedLinear", attrs={"prologue": "none", **yd["attrs"]}, loc=yd["loc"])
+        if yd.get("group"):
+            d["group"] = yd["group"]
         g.nx.remove_edge(y, add, key="input1")
         _rewire(g, add, "residual", ins["input0"])
         g.nx.remove_edge(ins["input0"], add, key="input0")

@@ -49,5 +49,7 @@ def fuse_qkv(graph: Graph) -> Graph:
         for p in ("q", "curk", "curv"):
             g.nx.remove_edge(ins[p], attn, key=p)
         g.nx.add_edge(xq, attn, key="qkv")
+        if g[xq].get("group"):  # drawn in one cluster with its projection (merge_linears' group)
+            d_attn["group"] = g[xq]["group"]
         g.nx.remove_nodes_from(dead)
     return g

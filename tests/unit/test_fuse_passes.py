@@ -61,6 +61,10 @@ def test_default_pipeline_fuses_every_llama_layer_to_four_projections_and_one_at
         assert all(a["rotaryDim"] and (a["numHeads"], a["numKVHeads"]) == heads for a in attn)
         prologues = Counter(fused[n]["attrs"]["prologue"] for n in fused.nodes_of("FusedLinear"))
         assert prologues == {"rmsnorm": 2 * layers + 1, "swiglu": layers, "none": layers}
+        for attn in fused.nodes_of("QKVAttention"):  # drawn as one cluster with its projection
+            assert fused[attn]["group"] == fused[fused.inputs(attn)["qkv"]]["group"] is not None
+        for down in (n for n in fused.nodes_of("FusedLinear") if fused[n]["attrs"]["prologue"] == "swiglu"):
+            assert fused[down]["group"] == fused[fused.inputs(down)["input"]]["group"] is not None
     if name == "tiny_phi3":  # its checkpoint packs qkv_proj: fuse_rope + fuse_qkv remove the three Split copies
         assert "Split" not in ops(fuse_qkv(fuse_rope(plain))) and ops(fused)["QKVAttention"] == model.config["num_hidden_layers"]
 
