@@ -540,6 +540,49 @@ register(OpSpec(
     "fuse_norm / fuse_act / fuse_residual passes make of RMSNorm, Swiglu and AddTo around a Linear."))
 
 
+UNARY_ELEMENTWISE = ("Add", "Mul", "Silu", "Tanh", "Gelu")
+BINARY_ELEMENTWISE = ("AddTo", "MulTo")  # the running value is input0, the chain's input1 the other operand
+
+
+def _chain_steps(a):
+    chain = a.get("chain")
+    _require(isinstance(chain, list) and chain and all(isinstance(s, dict) and "op" in s for s in chain),
+             "chain must be a non-empty list of {op=..., attrs={...}} steps")
+    for step in chain:
+        _require(step["op"] in UNARY_ELEMENTWISE + BINARY_ELEMENTWISE,
+                 f"{step['op']} cannot be a chain step (elementwise: {', '.join(UNARY_ELEMENTWISE + BINARY_ELEMENTWISE)})")
+    return [(get_spec(s["op"]), {p.name: p.default for p in get_spec(s["op"]).attr_params if p.default is not None}
+             | s.get("attrs", {})) for s in chain]
+
+
+def _chain_infer(t, a):
+    x = t["input"]
+    for spec, attrs in _chain_steps(a):
+        if spec.name in BINARY_ELEMENTWISE:
+            _require("input1" in t, f"step {spec.name} needs the chain's input1")
+            x = spec.infer({"input0": x, "input1": t["input1"]}, attrs)
+        else:
+            x = spec.infer({"input": x}, attrs)
+    return x
+
+
+def _chain_ref(x, a, ctx):
+    v = x["input"]
+    for spec, attrs in _chain_steps(a):
+        args = {"input0": v, "input1": x["input1"]} if spec.name in BINARY_ELEMENTWISE else {"input": v}
+        v = spec.reference(args, attrs, ctx)
+    return v
+
+
+register(OpSpec(
+    "FusedElementwise",
+    (Param("input", IN), Param("output", OUT), Param("input1", IN, optional=True), Param("chain", ATTR, type=list)),
+    _chain_infer, _chain_ref,
+    "A chain of elementwise ops applied in order, each to the previous result: unary steps "
+    "(Add, Mul, Silu, Tanh, Gelu) take it as input, binary ones (AddTo, MulTo) as input0 with the "
+    "chain's input1 as input1; chain = [{op=..., attrs={...}}, ...] (what fuse_elementwise makes)."))
+
+
 def _split_last_infer(t, a):
     x = t["input"]
     _require(x.rank >= 2, f"input must be [T, ...], got {fmt_shape(x.shape)}")

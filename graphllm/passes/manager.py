@@ -16,6 +16,7 @@ from ..errors import GraphLLMError
 from .cse import cse
 from .dce import dce
 from .fold_constants import fold_constants
+from .fuse_elementwise import fuse_elementwise
 from .fuse_linear import fuse_act, fuse_norm, fuse_residual
 from .fuse_qkv import fuse_qkv
 from .fuse_rope import fuse_rope
@@ -49,11 +50,12 @@ register_pass("fuse_residual")(fuse_residual)
 register_pass("fuse_rope")(fuse_rope)
 register_pass("merge_linears")(merge_linears)
 register_pass("fuse_qkv")(fuse_qkv)
+register_pass("fuse_elementwise")(fuse_elementwise)
 
 FUSION_PASSES = frozenset({"fuse_swiglu", "merge_linears", "fuse_norm", "fuse_act", "fuse_residual", "fuse_rope",
-                           "fuse_qkv"})  # what --no-fuse leaves out
+                           "fuse_qkv", "fuse_elementwise"})  # what --no-fuse leaves out
 DEFAULT_PIPELINE: list[str] = ["verify", "dce", "fold_constants", "cse", "fuse_swiglu", "merge_linears", "fuse_norm",
-                               "fuse_act", "fuse_residual", "fuse_rope", "fuse_qkv", "verify"]
+                               "fuse_act", "fuse_residual", "fuse_rope", "fuse_qkv", "fuse_elementwise", "verify"]
 
 
 def _check_known(name: str) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
+from graphllm.passes.fuse_elementwise import fuse_elementwise
 from graphllm.passes.fuse_linear import fuse_act, fuse_norm, fuse_residual
 from graphllm.passes.fuse_qkv import fuse_qkv
 from graphllm.passes.fuse_rope import fuse_rope
@@ -39,7 +40,7 @@ def case(request):
 def test_each_pass_alone_keeps_the_reference_logits(case):
     _, model, plain = case
     expected = logits(model, plain)
-    for fuse in (fuse_norm, fuse_act, fuse_residual, fuse_rope, merge_linears, fuse_qkv):
+    for fuse in (fuse_norm, fuse_act, fuse_residual, fuse_rope, merge_linears, fuse_qkv, fuse_elementwise):
         fused = fuse(plain)
         np.testing.assert_allclose(logits(model, fused), expected, atol=2e-5, rtol=0, err_msg=fuse.__name__)
         assert graphs_equal(parse_graph(print_graph(fused)), fused)
@@ -65,6 +66,10 @@ def test_default_pipeline_fuses_every_llama_layer_to_four_projections_and_one_at
             assert fused[attn]["group"] == fused[fused.inputs(attn)["qkv"]]["group"] is not None
         for down in (n for n in fused.nodes_of("FusedLinear") if fused[n]["attrs"]["prologue"] == "swiglu"):
             assert fused[down]["group"] == fused[fused.inputs(down)["input"]]["group"] is not None
+    if name == "tiny_gemma2":  # GELU * up per layer, and the final soft-capping Mul -> Tanh -> Mul
+        chains = sorted([s["op"] for s in fused[n]["attrs"]["chain"]] for n in fused.nodes_of("FusedElementwise"))
+        assert chains == [["Gelu", "MulTo"], ["Gelu", "MulTo"], ["Mul", "Tanh", "Mul"]]
+        assert "Tanh" not in ops(fused)
     if name == "tiny_phi3":  # its checkpoint packs qkv_proj: fuse_rope + fuse_qkv remove the three Split copies
         assert "Split" not in ops(fuse_qkv(fuse_rope(plain))) and ops(fused)["QKVAttention"] == model.config["num_hidden_layers"]
 
@@ -109,3 +114,27 @@ def test_fuse_norm_folds_a_norm_into_all_its_linears_and_keeps_one_that_is_an_ou
         assert fused.inputs(node) == {"input": "$hiddenStates", "weight": w, "norm": "@norm.weight"}
         assert fused[node]["attrs"] == {"prologue": "rmsnorm", "eps": 1e-06}
     assert fused.inputs("%c")["input"] == "%n2"  # %n2 is an output: computed once, kept
+
+
+CHAIN_IR = """\
+graph g {
+  input $hiddenStates : f32[T,8]
+  input $positionIds : i32[T]
+  %a : f32[T,8] = Silu(input=$hiddenStates)
+  %b : f32[T,8] = Mul(input=%a) {v=2.0}
+  %c : f32[T,8] = MulTo(input0=%b, input1=$hiddenStates) {}
+  %d : f32[T,8] = Tanh(input=%c)
+  %e : f32[T,8] = AddTo(input0=%d, input1=%b) {alpha=1.0}
+  output logits = %e
+  output mid = %d
+}
+"""
+
+
+def test_fuse_elementwise_stops_at_values_with_several_readers_and_at_outputs():
+    fused = fuse_elementwise(parse_graph(CHAIN_IR))
+    assert ops(fused) == {"Input": 2, "FusedElementwise": 2, "AddTo": 1}
+    assert [s["op"] for s in fused["%b"]["attrs"]["chain"]] == ["Silu", "Mul"]  # %b is read twice
+    assert [s["op"] for s in fused["%d"]["attrs"]["chain"]] == ["MulTo", "Tanh"]  # %d is an output
+    assert fused.inputs("%d") == {"input": "%b", "input1": "$hiddenStates"}
+    assert fused.inputs("%e") == {"input0": "%d", "input1": "%b"}

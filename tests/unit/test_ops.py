@@ -271,3 +271,15 @@ def test_qkv_attention_equals_fused_attention_on_the_split_heads():
                                                {"numHeads": hq, "numKVHeads": hk}) == (2, 3)
     with pytest.raises(O.ShapeError, match="qkv width"):
         infer("QKVAttention", {"scale": 1.0, "numHeads": hq, "numKVHeads": hk}, qkv="f32[T,25]", seqLens="i32[B]")
+
+
+def test_fused_elementwise_applies_its_chain_in_order():
+    x, y = randn(3, 4), randn(3, 4)
+    chain = [{"op": "Mul", "attrs": {"v": 0.5}}, {"op": "Tanh"}, {"op": "MulTo"}, {"op": "Add", "attrs": {"v": 1.0}}]
+    np.testing.assert_allclose(ref("FusedElementwise", {"chain": chain}, input=x, input1=y),
+                               np.tanh(x * 0.5) * y + 1.0, rtol=1e-6, atol=1e-6)
+    assert str(infer("FusedElementwise", {"chain": chain}, input="f32[T,4]", input1="f32[T,4]")) == "f32[T,4]"
+    with pytest.raises(O.ShapeError, match="cannot be a chain step"):
+        infer("FusedElementwise", {"chain": [{"op": "RMSNorm"}]}, input="f32[T,4]")
+    with pytest.raises(O.ShapeError, match="needs the chain's input1"):
+        infer("FusedElementwise", {"chain": [{"op": "MulTo"}]}, input="f32[T,4]")

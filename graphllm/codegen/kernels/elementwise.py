@@ -1,4 +1,4 @@
-"""Elementwise kernels: AddTo, MulTo, Add, Mul, Silu, Gelu, Swiglu, Tanh (float32, any row shape).
+"""Elementwise kernels: AddTo, MulTo, Add, Mul, Silu, Gelu, Swiglu, Tanh, and chains of them (FusedElementwise).
 
 Each op is a TE compute with the formula of its numpy reference in ops.py, scheduled by
 `sched.schedule_rows` (row loop parallel in the large-T variant, row vectorized by 8).
@@ -13,13 +13,13 @@ x * sigmoid(2u), which equals 0.5 * x * (1 + tanh(u)) and needs one exp; Tanh li
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from graphllm.codegen.kernels.sched import attrs_of, f32, require_float32, row_kernel
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.dsl.ops import BINARY_ELEMENTWISE, get_spec
 
 # Abramowitz & Stegun 7.1.26, as in ops._erf: erf(z) = 1 - t * poly(t) * exp(-z^2), t = 1/(1 + P z).
 _ERF_P = 0.3275911
@@ -35,61 +35,128 @@ def _elementwise(req: LowerRequest, ports: tuple[str, ...], body: Callable[..., 
     return row_kernel(req, [(p, req.types[p]) for p in ports], body)
 
 
-def _with_exp(shape: tuple[Any, ...], arg: Callable[..., Any], combine: Callable[..., Any]) -> Any:
+def _with_exp(shape: tuple[Any, ...], arg: Callable[..., Any], combine: Callable[..., Any], name: str = "out") -> Any:
     """Return out[i] = combine(exp(arg(i)), i) with a vectorizable exp (topi.fast_exp, inlined later)."""
     from tvm import te, topi
 
-    e = topi.fast_exp(te.compute(shape, arg, name="exp_arg"))
-    return te.compute(shape, lambda *i: combine(e(*i), *i), name="out")
+    e = topi.fast_exp(te.compute(shape, arg, name=f"{name}_exp_arg"))
+    return te.compute(shape, lambda *i: combine(e(*i), *i), name=name)
 
 
-def _pointwise(req: LowerRequest, ports: tuple[str, ...], fn: Callable[..., Any]) -> Kernel:
-    """Lower out[i] = fn(x0[i], x1[i], ...) over same-shaped float32 inputs."""
+def _map(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A stage builder out[i] = fn(x0[i], x1[i], ...) over same-shaped inputs."""
 
-    def body(*xs: Any) -> Any:
+    def stage(*xs: Any, name: str = "out") -> Any:
         """The TE compute of fn."""
         from tvm import te
 
-        return te.compute(xs[0].shape, lambda *i: fn(*(x(*i) for x in xs)), name="out")
+        return te.compute(xs[0].shape, lambda *i: fn(*(x(*i) for x in xs)), name=name)
+    return stage
 
-    return _elementwise(req, ports, body)
+
+def _silu(x: Any, name: str = "out") -> Any:
+    """input / (1 + exp(-input))."""
+    return _with_exp(x.shape, lambda *i: -x(*i), lambda e, *i: x(*i) / (f32(1.0) + e), name)
+
+
+def _tanh(x: Any, name: str = "out") -> Any:
+    """tanh(input) = 1 - 2 / (1 + exp(2 * input))."""
+    return _with_exp(x.shape, lambda *i: f32(2.0) * x(*i), lambda e, *i: f32(1.0) - f32(2.0) / (f32(1.0) + e), name)
+
+
+def stage_builder(op: str, attrs: dict[str, Any]) -> Callable[..., Any]:
+    """The TE stage builder of one elementwise op (its numpy reference's formula): f(*inputs, name=...) -> tensor.
+
+    Shared by the single-op kernels and FusedElementwise chains (fuse_elementwise).
+    """
+    if op == "AddTo":
+        alpha = float(attrs["alpha"])
+        return _map(lambda a, b: a + b) if alpha == 1.0 else _map(lambda a, b: a + b * f32(alpha))
+    if op == "MulTo":
+        return _map(lambda a, b: a * b)
+    if op == "Add":
+        v = f32(float(attrs["v"]))
+        return _map(lambda a: a + v)
+    if op == "Mul":
+        v = f32(float(attrs["v"]))
+        return _map(lambda a: a * v)
+    if op == "Silu":
+        return _silu
+    if op == "Tanh":
+        return _tanh
+    if op == "Gelu":
+        approximate = attrs["approximate"]
+        if approximate not in ("none", "tanh"):
+            raise NotImplementedError(f"Gelu: approximate={approximate!r} is not 'none' or 'tanh'")
+        return _gelu_tanh if approximate == "tanh" else _gelu_erf
+    raise NotImplementedError(f"{op} is not an elementwise op")
+
+
+def _lower_single(req: LowerRequest, ports: tuple[str, ...], inplace: str | None = None) -> Kernel:
+    """One elementwise op as a row kernel."""
+    stage = stage_builder(req.op, attrs_of(req))
+    return replace(_elementwise(req, ports, lambda *xs: stage(*xs)), inplace=inplace)
 
 
 @lowering("AddTo")
 def lower_add_to(req: LowerRequest) -> Kernel:
     """input0 + input1 * alpha (alpha == 1: a plain add, as in the reference); in place over input0 when it dies here."""
-    alpha = float(attrs_of(req)["alpha"])
-    if alpha == 1.0:
-        return replace(_pointwise(req, ("input0", "input1"), lambda a, b: a + b), inplace="input0")
-    return replace(_pointwise(req, ("input0", "input1"), lambda a, b: a + b * f32(alpha)), inplace="input0")
+    return _lower_single(req, ("input0", "input1"), inplace="input0")
 
 
 @lowering("MulTo")
 def lower_mul_to(req: LowerRequest) -> Kernel:
     """input0 * input1 (in place over input0 when it dies here)."""
-    return replace(_pointwise(req, ("input0", "input1"), lambda a, b: a * b), inplace="input0")
+    return _lower_single(req, ("input0", "input1"), inplace="input0")
 
 
 @lowering("Add")
 def lower_add(req: LowerRequest) -> Kernel:
     """input + v (a constant)."""
-    v = f32(float(attrs_of(req)["v"]))
-    return _pointwise(req, ("input",), lambda a: a + v)
+    return _lower_single(req, ("input",))
 
 
 @lowering("Mul")
 def lower_mul(req: LowerRequest) -> Kernel:
     """input * v (a constant)."""
-    v = f32(float(attrs_of(req)["v"]))
-    return _pointwise(req, ("input",), lambda a: a * v)
+    return _lower_single(req, ("input",))
 
 
 @lowering("Silu")
 def lower_silu(req: LowerRequest) -> Kernel:
     """input / (1 + exp(-input))."""
-    return _elementwise(
-        req, ("input",), lambda x: _with_exp(x.shape, lambda *i: -x(*i), lambda e, *i: x(*i) / (f32(1.0) + e))
-    )
+    return _lower_single(req, ("input",))
+
+
+@lowering("Tanh")
+def lower_tanh(req: LowerRequest) -> Kernel:
+    """tanh(input) = 1 - 2 / (1 + exp(2 * input))."""
+    return _lower_single(req, ("input",))
+
+
+@lowering("Gelu")
+def lower_gelu(req: LowerRequest) -> Kernel:
+    """GELU: exact (erf, approximate="none") or the tanh form (approximate="tanh")."""
+    return _lower_single(req, ("input",))
+
+
+@lowering("FusedElementwise")
+def lower_fused_elementwise(req: LowerRequest) -> Kernel:
+    """A chain of elementwise ops as one kernel: each step's stage reads the previous one (all inlined into "out")."""
+    chain = attrs_of(req)["chain"]
+    ports = ("input", "input1") if "input1" in req.types else ("input",)
+
+    def body(x: Any, *extra: Any) -> Any:
+        """The chain's TE stages, the last one named "out"."""
+        for k, step in enumerate(chain):
+            spec = get_spec(step["op"])
+            attrs = {p.name: p.default for p in spec.attr_params if p.default is not None} | step.get("attrs", {})
+            name = "out" if k == len(chain) - 1 else f"s{k}"
+            binary = step["op"] in BINARY_ELEMENTWISE
+            x = stage_builder(step["op"], attrs)(x, *(extra if binary else ()), name=name)
+        return x
+
+    return _elementwise(req, ports, body)
 
 
 @lowering("Swiglu")
@@ -110,27 +177,7 @@ def lower_swiglu(req: LowerRequest) -> Kernel:
     return _elementwise(req, ("input",), body)
 
 
-@lowering("Tanh")
-def lower_tanh(req: LowerRequest) -> Kernel:
-    """tanh(input) = 1 - 2 / (1 + exp(2 * input))."""
-    return _elementwise(
-        req, ("input",),
-        lambda x: _with_exp(x.shape, lambda *i: f32(2.0) * x(*i), lambda e, *i: f32(1.0) - f32(2.0) / (f32(1.0) + e)),
-    )
-
-
-@lowering("Gelu")
-def lower_gelu(req: LowerRequest) -> Kernel:
-    """GELU: exact (erf, approximate="none") or the tanh form (approximate="tanh")."""
-    approximate = attrs_of(req)["approximate"]
-    if approximate == "tanh":
-        return _elementwise(req, ("input",), _gelu_tanh)
-    if approximate == "none":
-        return _elementwise(req, ("input",), _gelu_erf)
-    raise NotImplementedError(f"Gelu: approximate={approximate!r} is not 'none' or 'tanh'")
-
-
-def _gelu_tanh(x: Any) -> Any:
+def _gelu_tanh(x: Any, name: str = "out") -> Any:
     """0.5 * x * (1 + tanh(u)) = x / (1 + exp(-2u)), u = sqrt(2/pi) * (x + 0.044715 x^3)."""
 
     def minus_2u(*i: Any) -> Any:
@@ -138,10 +185,10 @@ def _gelu_tanh(x: Any) -> Any:
         v = x(*i)
         return f32(-2.0 * _SQRT2_PI) * (v + f32(_GELU_TANH_C) * v * v * v)
 
-    return _with_exp(x.shape, minus_2u, lambda e, *i: x(*i) / (f32(1.0) + e))
+    return _with_exp(x.shape, minus_2u, lambda e, *i: x(*i) / (f32(1.0) + e), name)
 
 
-def _gelu_erf(x: Any) -> Any:
+def _gelu_erf(x: Any, name: str = "out") -> Any:
     """0.5 * x * (1 + erf(x / sqrt(2))), erf as in ops._erf (A&S 7.1.26)."""
     from tvm import tirx
 
@@ -162,4 +209,4 @@ def _gelu_erf(x: Any) -> Any:
         erf = tirx.Select(z < f32(0.0), tail - f32(1.0), f32(1.0) - tail)
         return f32(0.5) * v * (f32(1.0) + erf)
 
-    return _with_exp(x.shape, minus_z2, combine)
+    return _with_exp(x.shape, minus_z2, combine, name)
