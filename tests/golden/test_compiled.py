@@ -104,3 +104,20 @@ def test_packed_weights_are_reused_on_the_next_start(tmp_path, monkeypatch):
     monkeypatch.setattr(lower, "PACKERS", {})  # a second start must not pack again
     again = LLM.load(FIXTURES / "tiny_llama", max_context=32)
     np.testing.assert_array_equal(again.step(ids, range(3), [3], [0]), expected)
+
+
+@pytest.mark.parametrize("passes", [
+    ["verify", "dce", "cse"],  # unfused: every op its own kernel
+    ["verify", "dce", "cse", "merge_linears"],  # merged projections + Split copies, attention on separate q/k/v
+    ["verify", "dce", "cse", "fuse_norm", "fuse_residual", "fuse_rope"],  # fusions without merging
+], ids=["unfused", "merge_only", "fuse_without_merge"])
+def test_partial_pipelines_compile_to_the_same_logits(passes):
+    """The fused plan's logits equal the unfused plan's (and the reference's) with the passes on or off."""
+    folder = FIXTURES / "tiny_qwen2"  # q/k/v biases: merged rows and biases
+    exp = np.load(folder / "expected.npz")
+    llm = LLM.load(folder, executor="tvm", max_context=64, passes=passes)
+    ids = exp["prompt1_ids"].tolist()
+    logits = llm.prefill(ids, slot=0)
+    np.testing.assert_allclose(logits, exp["prompt1_step_logits"][0], atol=TOL, rtol=0)
+    logits = llm.decode(int(exp["prompt1_new_tokens"][0]), len(ids), slot=0)
+    np.testing.assert_allclose(logits, exp["prompt1_step_logits"][1], atol=TOL, rtol=0)
