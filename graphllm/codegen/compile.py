@@ -28,7 +28,7 @@ from .lower import EXTRAS, HOST_OPS, RUNTIME_ATTRS, Kernel, LowerRequest, is_vie
 
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
-PLAN_VERSION = 3  # 2: attention steps carry kv_shape; 3: steps carry inplace
+PLAN_VERSION = 4  # 2: attention steps carry kv_shape; 3: steps carry inplace; 4: the threads extra
 
 
 def tvm_version() -> str:

@@ -9,7 +9,8 @@ one of the step extras the executor provides:
 - ``positions`` int32[T]: the position of every token (positionIds),
 - ``slots`` int32[T]: the KV-cache slot of every token's sequence,
 - ``last_rows`` int32[B]: the row of each sequence's last token (from seqLens),
-- ``kcache`` / ``vcache`` float32[S, C, Hk, D]: the layer's KV cache (FusedAttention).
+- ``kcache`` / ``vcache`` float32[S, C, Hk, D]: the layer's KV cache (FusedAttention),
+- ``threads`` int32[1]: the executor's kernel thread count (how far attention splits its keys).
 Symbolic dims ``T`` and ``B`` are int64 vars shared by every buffer of one PrimFunc.
 """
 
@@ -25,7 +26,7 @@ from ..dsl.types import TensorType
 VIEW_OPS = frozenset({"ExpandHead"})
 RUNTIME_ATTRS = frozenset({"layer"})  # attrs that only pick runtime state (which KV cache), not code
 HOST_OPS = frozenset({"Print", "Exit"})
-EXTRAS = ("positions", "slots", "last_rows", "kcache", "vcache")
+EXTRAS = ("positions", "slots", "last_rows", "kcache", "vcache", "threads")
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,8 @@ class CompiledExecutor:
             "sin": _aligned(sin), "cos": _aligned(cos), "atype": aligned_empty((), "float32"),
         }
         self.extras = {"positions": self.inputs["positionIds"], "slots": aligned_empty(chunk, "int32"),
-                       "last_rows": aligned_empty(self.max_seqs, "int32")}
+                       "last_rows": aligned_empty(self.max_seqs, "int32"), "threads": aligned_empty(1, "int32")}
+        self.extras["threads"][0] = self.threads
         self.caches = self._allocate_caches()
         self.storage = self._plan_storage()
         self._bindings: OrderedDict[tuple[int, int], list[tuple[Callable, tuple]]] = OrderedDict()
@@ -182,7 +183,8 @@ class CompiledExecutor:
                         args.append(as_tensor(self.caches[step["layer"]][0 if extra == "kcache" else 1]))
                     else:
                         arr = self.extras[extra]
-                        args.append(as_tensor(arr[:seqs] if extra == "last_rows" else arr[:tokens]))
+                        rows = {"last_rows": seqs, "threads": 1}.get(extra, tokens)
+                        args.append(as_tensor(arr[:rows]))
                 else:
                     args.append(as_tensor(self._array(a, tokens, seqs)))
             calls.append((self.lib[name], tuple(args)))

@@ -59,10 +59,16 @@ def _positions(t: int, rng: np.random.Generator) -> np.ndarray:
     return pos
 
 
+def _threads(n: int) -> np.ndarray:
+    """The executor's `threads` extra: how many key splits a step with few tokens may use."""
+    return _aligned(np.array([n], np.int32))
+
+
 @pytest.mark.parametrize("hq,hk,d", CONFIGS)
 @pytest.mark.parametrize("t", [1, 2, 7, 128])
-def test_attention_matches_numpy(module, hq: int, hk: int, d: int, t: int) -> None:
-    """Every token attends to its own slot's prefix; scores are scaled and softmax is stable."""
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_attention_matches_numpy(module, hq: int, hk: int, d: int, t: int, threads: int) -> None:
+    """Every token attends to its own slot's prefix (keys split threads // t ways); softmax is stable."""
     rng = np.random.default_rng(t * 100 + hq)
     k_cache = _aligned(rng.standard_normal((SLOTS, CONTEXT, hk, d), dtype=np.float32))
     v_cache = _aligned(rng.standard_normal((SLOTS, CONTEXT, hk, d), dtype=np.float32))
@@ -70,7 +76,7 @@ def test_attention_matches_numpy(module, hq: int, hk: int, d: int, t: int) -> No
     pos = _aligned(_positions(t, rng))
     slot = _aligned(rng.integers(0, SLOTS, t).astype(np.int32))
     out = aligned_empty((t, hq * d))
-    args = (q, k_cache, v_cache, pos, slot, out)
+    args = (q, k_cache, v_cache, pos, slot, _threads(threads), out)
     module[f"attention_{_name(hq, hk, d)}"](*(as_tensor(a) for a in args))
     ref = reference(q, k_cache, v_cache, pos, slot, d**-0.5)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
@@ -85,7 +91,7 @@ def test_attention_large_scores_do_not_overflow(module) -> None:
     q = _aligned(np.full((1, hq, d), 100.0, np.float32))  # scores of +-400 after scaling
     pos, slot = _aligned(np.array([7], np.int32)), _aligned(np.array([0], np.int32))
     out = aligned_empty((1, hq * d))
-    module[f"attention_{_name(hq, hk, d)}"](*(as_tensor(a) for a in (q, k_cache, v_cache, pos, slot, out)))
+    module[f"attention_{_name(hq, hk, d)}"](*(as_tensor(a) for a in (q, k_cache, v_cache, pos, slot, _threads(2), out)))
     ref = reference(q, k_cache, v_cache, pos, slot, d**-0.5)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
@@ -109,6 +115,6 @@ def test_kv_write_then_prefill(module, hq: int, hk: int, d: int) -> None:
     np.testing.assert_array_equal(v_cache[slot, pos], v_cur)
     q = _aligned(rng.standard_normal((8, hq, d), dtype=np.float32))
     out = aligned_empty((8, hq * d))
-    module[f"attention_{_name(hq, hk, d)}"](*(as_tensor(a) for a in (q, k_cache, v_cache, pos, slot, out)))
+    module[f"attention_{_name(hq, hk, d)}"](*(as_tensor(a) for a in (q, k_cache, v_cache, pos, slot, _threads(2), out)))
     ref = reference(q, k_cache, v_cache, pos, slot, d**-0.5)
     np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)

@@ -57,5 +57,12 @@ def test_windowed_capped_attention(module, window: int, cap: float, t: int) -> N
     pos[-1] = CONTEXT - 1
     slot = _aligned(np.zeros(t, np.int32))
     out = aligned_empty((t, HQ * D), "float32")
-    module[f"attention_{window}_{cap}"](*(as_tensor(a) for a in (q, k_cache, v_cache, pos, slot, out)))
+    module[f"attention_{window}_{cap}"](*(as_tensor(a) for a in (q, k_cache, v_cache, pos, slot, _aligned_threads(2), out)))
     np.testing.assert_allclose(out, expected(q, k_cache, v_cache, pos, window, cap), rtol=1e-4, atol=1e-5)
+
+
+def _aligned_threads(n: int) -> np.ndarray:
+    """The executor's `threads` extra (key splits for steps with few tokens)."""
+    out = aligned_empty(1, "int32")
+    out[0] = n
+    return out

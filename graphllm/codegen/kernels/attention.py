@@ -12,7 +12,8 @@ extent depends on pos[t], which block-based schedules cannot express. The schedu
 - one parallel task per (token, key split); a task runs every head of its token over its key range,
   so it streams the [keys, Hk, D] rows of the cache contiguously (each K/V byte is read once, and
   the Hq/Hk query heads of a group reuse it from L1);
-- decode (few tokens): each token's keys are split into MIN_TASKS // T ranges (flash-decoding),
+- decode (few tokens): each token's keys are split into threads // T ranges (flash-decoding; the
+  executor passes its thread count: 8 splits on 2 threads ran 1.5-1.7x slower than 2 at 64-256 keys),
   combined afterwards, so both threads work on one token;
 - prefill: tokens are visited in zigzag order (0, T-1, 1, T-2, ...) so the pool's contiguous static
   chunks get equal causal work;
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 KEY_BLOCK = 32  # keys per online-softmax block (scores kept in a local buffer)
 KEY_UNROLL = 4  # keys whose dot products are interleaved
-MIN_TASKS = 8  # split each token's keys until tokens x splits reaches this (decode parallelism)
+MAX_TASKS = 16  # at most this many (token, key split) tasks when a step has fewer tokens than threads
 _NEG = -3.0e38  # "minus infinity" that stays finite through subtraction
 
 
@@ -64,7 +65,7 @@ def fast_exp(x: Expr) -> Expr:
 
 def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float, window: int = 0,
                    softcap: float = 0.0, rope: tuple[int, int, int] | None = None, packed: bool = False) -> PrimFunc:
-    """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, [rope_pos, sin, cos,] out) of the module doc.
+    """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, threads, [rope_pos, sin, cos,] out) of the module doc.
 
     window > 0 limits each query to its last `window` keys; softcap > 0 soft-caps the scores;
     rope = (rotaryDim, table rows, table cols) rotates each query row as it is loaded (fuse_rope);
@@ -85,7 +86,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
     hq, hk, d = num_q_heads, num_kv_heads, head_dim
     if hq % hk:
         raise ValueError(f"query heads {hq} must be a multiple of kv heads {hk}")
-    group, lanes, kb, unroll, min_tasks = hq // hk, _lanes(d), KEY_BLOCK, KEY_UNROLL, MIN_TASKS
+    group, lanes, kb, unroll, max_tasks = hq // hk, _lanes(d), KEY_BLOCK, KEY_UNROLL, MAX_TASKS
     has_cap = bool(softcap)
     chunks = d // lanes
     scale = float(scale)
@@ -96,11 +97,11 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
     q_shape = (t_len, q_rows * d) if packed else (t_len, hq, d)  # the packed qkv value is 2-D
 
     @T.macro
-    def attend(q, k_cache, v_cache, pos, slot, rope_pos, sin, cos, out):
-        n_split = T.max(T.int64(1), T.int64(min_tasks) // t_len)
+    def attend(q, k_cache, v_cache, pos, slot, threads, rope_pos, sin, cos, out):
+        n_split = T.max(T.int64(1), T.Cast("int64", T.min(threads[0], max_tasks)) // t_len)
         # Partial results of each (token, head, split): acc[d], running max, running sum. Splits
-        # exist only while t_len * n_split <= min_tasks, hence the fixed size.
-        partial = T.alloc_buffer((min_tasks * hq * (d + 2),), "float32")
+        # exist only while t_len * n_split <= max_tasks, hence the fixed size.
+        partial = T.alloc_buffer((max_tasks * hq * (d + 2),), "float32")
         for task in T.parallel(t_len * n_split):
             u = task // n_split
             sp = task % n_split
@@ -225,6 +226,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
             v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
             pos: T.Buffer((t_len,), "int32"),
             slot: T.Buffer((t_len,), "int32"),
+            threads: T.Buffer((1,), "int32"),
             rope_pos: T.Buffer((t_len,), "int32"),
             sin: T.Buffer((rows, cols), "float32"),
             cos: T.Buffer((rows, cols), "float32"),
@@ -232,8 +234,8 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
         ):
             T.func_attr({"tirx.noalias": True})
             q = T.match_buffer(q_arg, q_shape, "float32")
-            attend(T.decl_buffer((t_len, q_rows, d), "float32", data=q.data), k_cache, v_cache, pos, slot, rope_pos,
-                   sin, cos, out)
+            attend(T.decl_buffer((t_len, q_rows, d), "float32", data=q.data), k_cache, v_cache, pos, slot, threads,
+                   rope_pos, sin, cos, out)
 
         return attention_rope
 
@@ -244,12 +246,13 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
         v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
         pos: T.Buffer((t_len,), "int32"),
         slot: T.Buffer((t_len,), "int32"),
+        threads: T.Buffer((1,), "int32"),
         out: T.Buffer((t_len, hq * d), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         q = T.match_buffer(q_arg, q_shape, "float32")
         qh = T.decl_buffer((t_len, q_rows, d), "float32", data=q.data)
-        attend(qh, k_cache, v_cache, pos, slot, pos, qh, qh, out)  # no RoPE: the table arguments are never read
+        attend(qh, k_cache, v_cache, pos, slot, threads, pos, qh, qh, out)  # no RoPE: the tables are never read
 
     return attention
 
@@ -337,7 +340,7 @@ def _attention_kernel(req: LowerRequest, hq: int, hk: int, d: int, ports: tuple[
     write = Kernel(kv_write_func(hk, d, rope, hq if packed else 0),
                    (ports[1], ports[2], "positions", "slots", *tables, "kcache", "vcache"))
     func = attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope, packed)
-    return Kernel(func, (ports[0], "kcache", "vcache", "positions", "slots", *tables, "out"), before=(write,))
+    return Kernel(func, (ports[0], "kcache", "vcache", "positions", "slots", "threads", *tables, "out"), before=(write,))
 
 
 @lowering("FusedAttention")
