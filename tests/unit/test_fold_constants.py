@@ -7,8 +7,8 @@ import numpy as np
 from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
 from graphllm.passes.fold_constants import fold_constants
-from graphllm.runtime.llm import weight_source
-from graphllm.runtime.loader import load_model
+from graphllm.runtime.llm import build_graph, weight_source
+from graphllm.runtime.loader import load_model, weight_types
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 IR = """\
@@ -51,3 +51,16 @@ def test_nothing_to_fold_in_a_model_leaves_it_equal():
                                "%s : f32[T,64] = AddTo(input0=%h, input1=%h)").replace("%s2 : f32[64]", "%s2 : f32[T,64]")
                     .replace("weight=%s2", "weight=@model.norm.weight"))
     assert graphs_equal(fold_constants(g), g)
+
+
+def test_gemma_weight_offsets_become_folded_weights_with_identical_logits():
+    model = load_model(Path(__file__).parents[1] / "fixtures" / "tiny_gemma2")
+    plain = build_graph(model.config, weight_types(model), passes=["verify", "dce", "cse"])
+    folded = fold_constants(plain)
+    norms = list(folded.nodes_of("RMSNorm"))
+    assert norms and not any(folded[n]["attrs"].get("weightOffset") for n in norms)
+    w = folded.inputs(norms[0])["weight"]
+    assert folded[w]["attrs"]["fold"]["op"] == "Add" and folded[w]["attrs"]["fold"]["attrs"] == {"v": 1.0}
+    run = lambda graph: ReferenceExecutor(graph, weight_source(model, graph), max_context=8).run(  # noqa: E731
+        [3, 5, 7], range(3), [3], [0])
+    np.testing.assert_array_equal(run(folded), run(plain))
