@@ -502,6 +502,7 @@ register(OpSpec(
 
 
 PROLOGUES = ("none", "rmsnorm", "swiglu")
+LINEAR_OPS = ("Linear", "FusedLinear")  # ops whose "weight" is a Linear weight [out, in]
 
 
 def _fused_linear_infer(t, a):

@@ -11,14 +11,13 @@ Each rewrite keeps the reference semantics exactly (FusedLinear's reference comp
 from __future__ import annotations
 
 from ..dsl.graph import Graph
-
-LINEARS = ("Linear", "FusedLinear")
+from ..dsl.ops import LINEAR_OPS
 
 
 def _is_plain_linear_input(g: Graph, node: str, port: str) -> bool:
     """True when (node, port) is the input of a Linear (or FusedLinear) with no prologue yet."""
     d = g[node]
-    return port == "input" and d["op"] in LINEARS and d["attrs"].get("prologue", "none") == "none"
+    return port == "input" and d["op"] in LINEAR_OPS and d["attrs"].get("prologue", "none") == "none"
 
 
 def _as_fused(g: Graph, node: str, **attrs: object) -> None:
@@ -79,7 +78,7 @@ def fuse_residual(graph: Graph) -> Graph:
     for add in [n for n in g.order() if g[n]["op"] == "AddTo"]:
         ins = g.inputs(add)
         y = ins["input1"]
-        if (g[add]["attrs"].get("alpha", 1.0) != 1.0 or g[y]["op"] not in LINEARS or len(g.users(y)) != 1
+        if (g[add]["attrs"].get("alpha", 1.0) != 1.0 or g[y]["op"] not in LINEAR_OPS or len(g.users(y)) != 1
                 or "residual" in g.inputs(y) or y in _outputs(g)):
             continue
         d, yd = g[add], g[y]

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 
 from ..dsl.graph import WEIGHT_OP, Graph
+from ..dsl.ops import LINEAR_OPS
 from ..dsl.types import TensorType
-
-LINEARS = ("Linear", "FusedLinear")
 
 
 def concat_weight(g: Graph, weights: list[str]) -> str:
@@ -32,7 +31,7 @@ def _key(g: Graph, node: str) -> str | None:
     """What must agree for two readers of one value to merge (None: this one never merges)."""
     d = g[node]
     ins = g.inputs(node)
-    if d["op"] not in LINEARS or "residual" in ins or node in g.outputs.values():
+    if d["op"] not in LINEAR_OPS or "residual" in ins or node in g.outputs.values():
         return None
     w = g[ins["weight"]]["type"]
     return json.dumps([d["op"], sorted(d["attrs"].items()), ins.get("norm"), "bias" in ins, w.dtype, w.shape[1:]],

@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 
 from ..dsl.graph import WEIGHT_OP, Graph
+from ..dsl.ops import LINEAR_OPS
 from ..dsl.qformats import qformat
 from ..dsl.types import TensorType
 from ..errors import GraphLLMError
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
-LINEAR_OPS = ("Linear", "FusedLinear")  # ops whose weight port takes any of these types (fusion passes run first)
 _DTYPE = re.compile(r"^(int8|int4)(?:g(\d+))?$")
 
 

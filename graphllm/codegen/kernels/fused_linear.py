@@ -8,12 +8,32 @@ is read by the thread that writes it). Block-quantized weights use qlinear's ker
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from graphllm.codegen.kernels.linear import lower_linear
-from graphllm.codegen.kernels.qlinear import Fusion
 from graphllm.codegen.kernels.sched import attrs_of
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """What a FusedLinear adds around the matmul: an input prologue and a residual epilogue.
+
+    prologue 'rmsnorm': x becomes RMSNorm(x, norm, eps, offset); 'swiglu': x [T, 2K] becomes
+    silu(x[:, :K]) * x[:, K:]; residual: y = residual + W x (+ b).
+    """
+
+    prologue: str = "none"
+    eps: float = 0.0
+    offset: float = 0.0
+    residual: bool = False
+
+    def params(self, bias: bool) -> tuple[str, ...]:
+        """The kernel parameters (op ports) in PrimFunc order."""
+        return ("input", "weight", *(("bias",) if bias else ()), *(("norm",) if self.prologue == "rmsnorm" else ()),
+                *(("residual",) if self.residual else ()), "out")
+
+
+PLAIN = Fusion()
 
 
 def fusion_of(req: LowerRequest) -> Fusion:
@@ -26,5 +46,7 @@ def fusion_of(req: LowerRequest) -> Fusion:
 @lowering("FusedLinear")
 def lower_fused_linear(req: LowerRequest) -> Kernel:
     """Linear(prologue(input)) (+ residual) with the weight's kernel family (float or block-quantized)."""
+    from graphllm.codegen.kernels.linear import lower_linear  # linear's kernels take a Fusion from here
+
     fusion = fusion_of(req)
     return replace(lower_linear(req, fusion), inplace="residual" if fusion.residual else None)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graphllm.codegen.build import aligned_empty
+from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
 from graphllm.codegen.lower import Kernel, LowerRequest, packer
 from graphllm.dsl.qformats import QFormat, qformat
 
@@ -220,28 +221,6 @@ def _denormal_inputs() -> Iterator[None]:
     with T.If(daz):
         with T.Then():
             T.evaluate(tirx.call_llvm_intrin("void", "llvm.x86.sse.ldmxcsr", tirx.address_of(csr[0])))
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """What a FusedLinear adds around the matmul: an input prologue and a residual epilogue.
-
-    prologue 'rmsnorm': x becomes RMSNorm(x, norm, eps, offset); 'swiglu': x [T, 2K] becomes
-    silu(x[:, :K]) * x[:, K:]; residual: y = residual + W x (+ b).
-    """
-
-    prologue: str = "none"
-    eps: float = 0.0
-    offset: float = 0.0
-    residual: bool = False
-
-    def params(self, bias: bool) -> tuple[str, ...]:
-        """The kernel parameters (op ports) in PrimFunc order."""
-        return ("input", "weight", *(("bias",) if bias else ()), *(("norm",) if self.prologue == "rmsnorm" else ()),
-                *(("residual",) if self.residual else ()), "out")
-
-
-PLAIN = Fusion()
 
 
 class _Buffers:
