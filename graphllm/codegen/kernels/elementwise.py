@@ -162,19 +162,19 @@ def lower_fused_elementwise(req: LowerRequest) -> Kernel:
 @lowering("Swiglu")
 def lower_swiglu(req: LowerRequest) -> Kernel:
     """silu(input[..., :n]) * input[..., n:], n = half the last dim."""
-    n = int(req.output.shape[-1])
+    return _elementwise(req, ("input",), swiglu_stage)
 
-    def body(v: Any) -> Any:
-        """The Swiglu formula on the output's shape: gate at column j, up at column j + n."""
 
-        def up(*i: Any) -> Any:
-            """The up half at output index i."""
-            return v(*i[:-1], i[-1] + n)
+def swiglu_stage(v: Any, name: str = "out") -> Any:
+    """The Swiglu TE stage on the output's shape: gate at column j, up at column j + n (FusedLinear's prologue too)."""
+    n = int(v.shape[-1]) // 2
 
-        shape = (*v.shape[:-1], n)
-        return _with_exp(shape, lambda *i: -v(*i), lambda e, *i: v(*i) / (f32(1.0) + e) * up(*i))
+    def up(*i: Any) -> Any:
+        """The up half at output index i."""
+        return v(*i[:-1], i[-1] + n)
 
-    return _elementwise(req, ("input",), body)
+    shape = (*v.shape[:-1], n)
+    return _with_exp(shape, lambda *i: -v(*i), lambda e, *i: v(*i) / (f32(1.0) + e) * up(*i), name)
 
 
 def _gelu_tanh(x: Any, name: str = "out") -> Any:

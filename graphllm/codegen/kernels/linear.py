@@ -25,7 +25,6 @@ import numpy as np
 from graphllm.codegen.build import aligned_empty
 from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
 from graphllm.codegen.kernels.qlinear import lower_qlinear
-from graphllm.codegen.kernels.sched import f32
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering, packer
 
 if TYPE_CHECKING:
@@ -72,25 +71,18 @@ def widen(value: Any, dtype: str) -> Any:
 
 
 def _prologue(x: Any, k: int, fusion: Fusion) -> tuple[Any, list[Any]]:
-    """Return (the matmul's input stage, its extra placeholders): x itself, or RMSNorm / Swiglu of x as stage "xn"."""
+    """Return (the matmul's input stage, its extra placeholders): x itself, or the RMSNorm / Swiglu
+    kernels' own TE stages over x, ending in a stage named "xn"."""
     from tvm import te
 
-    from graphllm.codegen.kernels.attention import fast_exp
+    from graphllm.codegen.kernels.elementwise import swiglu_stage
+    from graphllm.codegen.kernels.norm import rmsnorm_stages
 
-    t_len = x.shape[0]
     if fusion.prologue == "rmsnorm":
         g = te.placeholder((k,), "float32", name="g")
-        c = te.reduce_axis((0, k), name="c")
-        sumsq = te.compute((t_len,), lambda t: te.sum(x[t, c] * x[t, c], axis=c), name="sumsq")
-        scale = (lambda j: g[j] + f32(fusion.offset)) if fusion.offset else (lambda j: g[j])
-        inv = lambda t: f32(1.0) / te.sqrt(sumsq[t] / f32(float(k)) + f32(fusion.eps))  # noqa: E731
-        return te.compute((t_len, k), lambda t, j: x[t, j] * inv(t) * scale(j), name="xn"), [g]
+        return rmsnorm_stages(x, g, fusion.eps, fusion.offset, name="xn"), [g]
     if fusion.prologue == "swiglu":
-        def silu_mul(t: Any, j: Any) -> Any:
-            """silu(x[t, j]) * x[t, k + j]."""
-            return x[t, j] / (f32(1.0) + fast_exp(-x[t, j])) * x[t, k + j]
-
-        return te.compute((t_len, k), silu_mul, name="xn"), []
+        return swiglu_stage(x, name="xn"), []
     return x, []
 
 
@@ -137,9 +129,13 @@ def _schedule(func: PrimFunc, n: int, rows: int, fusion: Fusion = PLAIN) -> Prim
     nb = pack_block(n)
     sch = tvm.s_tir.Schedule(func)
     if fusion.prologue != "none":
+        for block in sch.get_child_blocks(sch.get_sblock("root")):  # exp helper stages fold into their users
+            if sch.get(block).name_hint not in ("sumsq", "inv_rms", "xn", "acc", "y"):
+                sch.compute_inline(block)
         xn = sch.get_sblock("xn")
         xt, xj = sch.get_loops(xn)
         if fusion.prologue == "rmsnorm":
+            sch.compute_at(sch.get_sblock("inv_rms"), xt)
             sch.compute_at(sch.get_sblock("sumsq"), xt)
         _, xv = sch.split(xj, [None, _lanes_of(int(sch.get(xj).extent))])
         sch.vectorize(xv)

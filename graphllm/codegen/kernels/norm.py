@@ -29,36 +29,39 @@ def _row_sum(shape: tuple[Any, ...], term: Any, name: str) -> Any:
     return te.compute(shape[:-1], lambda *r: te.sum(term(*r, k), axis=k), name=name)
 
 
+def inv_root_mean(total: Any, n: int, eps: float) -> Any:
+    """1 / sqrt(total / n + eps): the reference's mean, then eps, then the root (a TIR expression)."""
+    from tvm import tirx
+
+    return f32(1.0) / tirx.sqrt(total / f32(float(n)) + f32(eps))
+
+
 def _rsqrt_mean(total: Any, n: int, eps: float, name: str) -> Any:
     """Return 1 / sqrt(total / n + eps) per row (the reference's mean, then eps, then sqrt)."""
     from tvm import te
 
-    def value(*r: Any) -> Any:
-        """The row's inverse root at row index r."""
-        return f32(1.0) / te.sqrt(total(*r) / f32(float(n)) + f32(eps))
+    return te.compute(total.shape, lambda *r: inv_root_mean(total(*r), n, eps), name=name)
 
-    return te.compute(total.shape, value, name=name)
+
+def rmsnorm_stages(x: Any, w: Any, eps: float, offset: float = 0.0, name: str = "out") -> Any:
+    """The RMSNorm TE stages over the last axis ("sumsq", "inv_rms", then `name`); FusedLinear's prologue too."""
+    from tvm import te
+
+    def scale(c: Any) -> Any:
+        """The weight of column c, offset as in the reference."""
+        return w(c) + f32(offset) if offset else w(c)
+
+    sq = _row_sum(x.shape, lambda *i: x(*i) * x(*i), "sumsq")
+    inv = _rsqrt_mean(sq, int(x.shape[-1]), eps, "inv_rms")
+    return te.compute(x.shape, lambda *i: x(*i) * inv(*i[:-1]) * scale(i[-1]), name=name)
 
 
 @lowering("RMSNorm")
 def lower_rmsnorm(req: LowerRequest) -> Kernel:
     """(x * (1 / sqrt(mean(x^2) + eps))) * (weight + weightOffset) over the last axis."""
     attrs = attrs_of(req)
-    eps, offset, n = float(attrs["eps"]), float(attrs.get("weightOffset") or 0.0), int(req.output.shape[-1])
-
-    def body(x: Any, w: Any) -> Any:
-        """The RMSNorm TE stages."""
-        from tvm import te
-
-        def scale(c: Any) -> Any:
-            """The weight of column c, offset as in the reference."""
-            return w(c) + f32(offset) if offset else w(c)
-
-        sq = _row_sum(x.shape, lambda *i: x(*i) * x(*i), "sumsq")
-        inv = _rsqrt_mean(sq, n, eps, "inv_rms")
-        return te.compute(x.shape, lambda *i: x(*i) * inv(*i[:-1]) * scale(i[-1]), name="out")
-
-    return _norm_kernel(req, ("input", "weight"), ("sumsq",), body)
+    eps, offset = float(attrs["eps"]), float(attrs.get("weightOffset") or 0.0)
+    return _norm_kernel(req, ("input", "weight"), ("sumsq",), lambda x, w: rmsnorm_stages(x, w, eps, offset))
 
 
 @lowering("LayerNorm")

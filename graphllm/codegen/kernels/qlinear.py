@@ -34,6 +34,7 @@ import numpy as np
 
 from graphllm.codegen.build import aligned_empty
 from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
+from graphllm.codegen.kernels.norm import inv_root_mean
 from graphllm.codegen.lower import Kernel, LowerRequest, packer
 from graphllm.dsl.qformats import QFormat, qformat
 
@@ -245,7 +246,6 @@ class _Buffers:
 
     def row_stat(self, t: Any, inv: Any, slot: Any) -> None:
         """Emit what the prologue needs of row t before its values: inv[slot] = 1 / rms(x[t]) for rmsnorm."""
-        from tvm import tirx
         from tvm.script.ir_builder import tirx as T
 
         if self.fusion.prologue != "rmsnorm":
@@ -259,8 +259,7 @@ class _Buffers:
                 xv = self.x[t, c * lanes + r]
                 T.buffer_store(part, part[r] + xv * xv, [r])
         total = functools.reduce(lambda a, b: a + b, [part[r] for r in range(lanes)])
-        T.buffer_store(inv, _c(1.0, "float32") / tirx.sqrt(total / _c(float(k), "float32")
-                                                            + _c(self.fusion.eps, "float32")), [slot])
+        T.buffer_store(inv, inv_root_mean(total, k, self.fusion.eps), [slot])
 
     def xval(self, t: Any, c: Any, inv: Any, slot: Any) -> Any:
         """The matmul's input at row t, column c: x after the prologue (float32, as the reference computes it)."""
