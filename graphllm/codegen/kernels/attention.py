@@ -275,6 +275,29 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
     k0, v0 = (packed_q_heads, packed_q_heads + hk) if packed_q_heads else (0, 0)
     kv_shape = (t_len, kv_rows * d) if packed_q_heads else (t_len, hk, d)  # the packed qkv value is 2-D
 
+    has_rope = bool(rot)
+
+    @T.macro
+    def write(k_in, v_in, pos, slot, rope_pos, sin, cos, k_cache, v_cache):
+        k_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=k_in.data)
+        v_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=v_in.data)
+        for t, h in T.grid(t_len, hk):
+            if has_rope:  # a Python bool: k rotated (pairs i, i + rot) as it is stored
+                p = rope_pos[t]
+                for i in T.vectorized(rot):
+                    k_cache[slot[t], pos[t], h, i] = (k_cur[t, k0 + h, i] * cos[p, i]
+                                                      - k_cur[t, k0 + h, i + rot] * sin[p, i])
+                for i in T.vectorized(rot):
+                    k_cache[slot[t], pos[t], h, i + rot] = (k_cur[t, k0 + h, i + rot] * cos[p, i]
+                                                            + k_cur[t, k0 + h, i] * sin[p, i])
+                for i in range(d - 2 * rot):
+                    k_cache[slot[t], pos[t], h, i + 2 * rot] = k_cur[t, k0 + h, i + 2 * rot]
+            else:
+                for i in T.vectorized(d):
+                    k_cache[slot[t], pos[t], h, i] = k_cur[t, k0 + h, i]
+            for i in T.vectorized(d):
+                v_cache[slot[t], pos[t], h, i] = v_cur[t, v0 + h, i]
+
     if rope:
         @T.prim_func
         def kv_write_rope(
@@ -291,20 +314,7 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
             T.func_attr({"tirx.noalias": True})
             k_in = T.match_buffer(k_arg, kv_shape, "float32")
             v_in = T.match_buffer(v_arg, kv_shape, "float32")
-            k_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=k_in.data)
-            v_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=v_in.data)
-            for t, h in T.grid(t_len, hk):
-                p = rope_pos[t]
-                for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i] = (k_cur[t, k0 + h, i] * cos[p, i]
-                                                      - k_cur[t, k0 + h, i + rot] * sin[p, i])
-                for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i + rot] = (k_cur[t, k0 + h, i + rot] * cos[p, i]
-                                                            + k_cur[t, k0 + h, i] * sin[p, i])
-                for i in range(d - 2 * rot):
-                    k_cache[slot[t], pos[t], h, i + 2 * rot] = k_cur[t, k0 + h, i + 2 * rot]
-                for i in T.vectorized(d):
-                    v_cache[slot[t], pos[t], h, i] = v_cur[t, v0 + h, i]
+            write(k_in, v_in, pos, slot, rope_pos, sin, cos, k_cache, v_cache)
 
         return kv_write_rope
 
@@ -320,12 +330,7 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
         T.func_attr({"tirx.noalias": True})
         k_in = T.match_buffer(k_arg, kv_shape, "float32")
         v_in = T.match_buffer(v_arg, kv_shape, "float32")
-        k_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=k_in.data)
-        v_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=v_in.data)
-        for t, h in T.grid(t_len, hk):
-            for i in T.vectorized(d):
-                k_cache[slot[t], pos[t], h, i] = k_cur[t, k0 + h, i]
-                v_cache[slot[t], pos[t], h, i] = v_cur[t, v0 + h, i]
+        write(k_in, v_in, pos, slot, pos, k_cache, k_cache, k_cache, v_cache)  # no RoPE: the tables are never read
 
     return kv_write
 
