@@ -78,6 +78,7 @@ class CompiledExecutor:
         self.caches = self._allocate_caches()
         self.storage = self._plan_storage()
         self._bindings: OrderedDict[tuple[int, int], list[tuple[Callable, tuple]]] = OrderedDict()
+        self._outputs: dict[tuple[int, int], np.ndarray] = {}  # the output view of each bound step shape
         self.weight_bytes = self._bytes_per_token()
 
     # -------------------------------------------------------------- load
@@ -143,7 +144,8 @@ class CompiledExecutor:
 
     def _bytes_per_token(self) -> int:
         """Weight bytes a decode step reads: every weight, except those only gathered from (embedding tables, one row each)."""
-        streamed = {a for step in self.steps if "kernel" in step and not step["kernel"].startswith("embedding")
+        ops = {n["id"]: n["op"] for n in self.plan["graph"]["nodes"]}
+        streamed = {a for step in self.steps if "kernel" in step and ops.get(step["node"]) != "Embedding"
                     for a in step["args"]}
         return sum(a.nbytes for v, a in self.weights.items() if v in streamed)
 
@@ -189,8 +191,9 @@ class CompiledExecutor:
                     args.append(as_tensor(self._array(a, tokens, seqs)))
             calls.append((self.lib[name], tuple(args)))
         self._bindings[key] = calls
+        self._outputs[key] = self._array(self.output, tokens, seqs)
         if len(self._bindings) > MAX_BINDINGS:
-            self._bindings.popitem(last=False)
+            del self._outputs[self._bindings.popitem(last=False)[0]]
         return calls
 
     def _host_call(self, step: dict[str, Any], tokens: int, seqs: int) -> tuple[Callable, tuple]:
@@ -235,14 +238,20 @@ class CompiledExecutor:
         self.inputs["inputIds"][:tokens] = ids
         self.inputs["positionIds"][:tokens] = pos
         self.inputs["seqLens"][:seqs] = lens
-        self.extras["slots"][:tokens] = np.repeat(slot_ids, lens)
-        self.extras["last_rows"][:seqs] = np.cumsum(lens) - 1
+        if seqs == 1:  # one sequence (every decode step without batching): no numpy temporaries
+            self.extras["slots"][:tokens] = slot_ids[0]
+            self.extras["last_rows"][0] = tokens - 1
+        else:
+            self.extras["slots"][:tokens] = np.repeat(slot_ids, lens)
+            np.cumsum(lens, out=self.extras["last_rows"][:seqs])
+            self.extras["last_rows"][:seqs] -= 1
+        calls = self._bind(tokens, seqs)
         try:
-            for fn, args in self._bind(tokens, seqs):
+            for fn, args in calls:
                 fn(*args)
         except O.OpExit as e:
             raise GenerationError(str(e)) from None
-        return self._array(self.output, tokens, seqs).copy()
+        return self._outputs[(tokens, seqs)].copy()
 
     def profile(self, tokens: int = 1, seqs: int = 1, repeat: int = 5) -> dict[str, float]:
         """Time of a step vs the time spent inside kernels, for the host (Python + FFI) overhead share.
