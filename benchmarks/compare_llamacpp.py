@@ -16,8 +16,8 @@ import statistics
 import subprocess
 import sys
 
-from graphllm.runtime.bench import run_bench
-from graphllm.runtime.download import default_model_path
+from graphllm.tools.bench import run_bench
+from graphllm.io.download import default_model_path
 from graphllm.runtime.llm import LLM
 
 LLAMA_SCRIPT = r"""

@@ -11,7 +11,7 @@ import argparse
 import statistics
 
 from graphllm.passes.manager import DEFAULT_PIPELINE, FUSION_PASSES
-from graphllm.runtime.bench import run_bench
+from graphllm.tools.bench import run_bench
 from graphllm.runtime.llm import LLM
 
 

@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from graphllm.runtime.bench import run_bench
-from graphllm.runtime.download import default_model_path
+from graphllm.tools.bench import run_bench
+from graphllm.io.download import default_model_path
 from graphllm.runtime.llm import LLM
 
 

@@ -16,7 +16,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, GGUFValueType, GGUFWriter
 from gguf import quants
 
-from graphllm.runtime.gguf_loader import dequantize_raw
+from graphllm.io.gguf import dequantize_raw
 
 SKIP = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architecture", "general.file_type"}
 FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}

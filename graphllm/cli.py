@@ -100,12 +100,12 @@ def cmd_compile(a: argparse.Namespace) -> int:
     from .runtime.builds import host_target
     from .runtime.llm import build_graph
     from .passes.quantize import quantize_weights
-    from .runtime.loader import load_model, weight_types
+    from .io.loader import load_model, weight_types
 
     if a.target != "cpu":
         raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
     if a.ir:
-        from .dump import load_ir
+        from .tools.dump import load_ir
 
         graph = load_ir(a.ir)
     else:
@@ -123,7 +123,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     """Measure prefill/decode speed of the model on this machine."""
     import json
 
-    from .runtime.bench import format_bench, run_bench
+    from .tools.bench import format_bench, run_bench
 
     if a.max_context is None:
         a.max_context = a.prompt_tokens + a.gen_tokens + 1
@@ -135,7 +135,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def cmd_export(a: argparse.Namespace) -> int:
     """Write the model with its weights in the asked dtype, so later loads skip quantization."""
-    from .runtime.export import export_model
+    from .tools.export import export_model
     from .runtime.llm import LLM
 
     llm = LLM.load(a.model, custom=a.custom, executor="reference", dtype=a.dtype, max_context=2)
@@ -148,7 +148,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     """Perplexity on a text file and the mean KL divergence from the float32 model."""
     from pathlib import Path
 
-    from .runtime.evaluate import evaluate
+    from .tools.evaluate import evaluate
     from .runtime.llm import LLM
 
     try:
@@ -218,9 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(ev)
     ev.set_defaults(func=cmd_eval)
 
-    from .check import add_check_parser
-    from .dump import add_dump_parser
-    from .server import add_serve_parser
+    from .tools.check import add_check_parser
+    from .tools.dump import add_dump_parser
+    from .server.app import add_serve_parser
 
     add_dump_parser(sub)
     add_serve_parser(sub)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from graphllm.errors import ModelLoadError
-from graphllm.runtime import download
+from graphllm.io import download
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +22,6 @@ def smollm2_gguf() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_model(smollm2_gguf: Path):
     """The real GGUF loaded once per session (a loader.LoadedModel; weights dequantize lazily)."""
-    from graphllm.runtime.loader import load_model
+    from graphllm.io.loader import load_model
 
     return load_model(smollm2_gguf)

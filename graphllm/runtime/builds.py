@@ -13,7 +13,7 @@ import numpy as np
 from ..codegen.compile import LIB_FILE, PLAN_FILE, PLAN_VERSION, cache_key, compile_graph, graph_key, tvm_version
 from ..dsl.graph import Graph
 from ..errors import ModelLoadError
-from .download import graphllm_home
+from ..io.download import graphllm_home
 from .executor import CompiledExecutor, read_plan
 
 def host_target() -> dict[str, Any]:

@@ -28,7 +28,7 @@ from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
 from .memory_plan import plan_memory
-from .weights import NUMPY_FLOATS
+from ..io.weights import NUMPY_FLOATS
 
 _NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 MAX_BINDINGS = 8

@@ -17,7 +17,7 @@ from ..dsl.types import TensorType
 from ..passes.manager import run_passes
 from ..passes.quantize import quantize_weights
 from . import generate
-from .loader import LoadedModel, WeightSource, load_model, weight_types
+from ..io.loader import LoadedModel, WeightSource, load_model, weight_types
 from .sampling import SamplingParams
 
 DEFAULT_MAX_CONTEXT = 4096

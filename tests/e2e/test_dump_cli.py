@@ -13,7 +13,7 @@ from graphllm.cli import run_main
 from graphllm.dsl.serialize import graph_from_json
 from graphllm.dsl.textir import graph_difference, parse_graph
 from graphllm.dsl.types import TensorType
-from graphllm.dump import add_dump_parser, load_ir
+from graphllm.tools.dump import add_dump_parser, load_ir
 from graphllm.errors import GraphBuildError, GraphLLMError
 from graphllm.runtime.llm import build_graph
 

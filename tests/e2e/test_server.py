@@ -18,7 +18,7 @@ import pytest
 
 from graphllm.runtime.llm import LLM
 from graphllm.runtime.sampling import SamplingParams
-from graphllm.server import add_serve_parser
+from graphllm.server.app import add_serve_parser
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 KEY = "test-key"
@@ -246,7 +246,7 @@ def test_real_model_chat(smollm2_gguf, tmp_path):
 
 def test_errors_map_to_openai_statuses():
     from graphllm.errors import GenerationError
-    from graphllm.server import APIError
+    from graphllm.server.app import APIError
 
     assert APIError.of(GenerationError("bad prompt")).payload() == {
         "error": {"message": "bad prompt", "type": "invalid_request_error", "param": None, "code": None}}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from graphllm.check import check_model, main
+from graphllm.tools.check import check_model, main
 from graphllm.errors import GraphLLMError
 
 ROOT = Path(__file__).parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from graphllm.errors import ModelLoadError
-from graphllm.runtime import download
+from graphllm.io import download
 
 PAYLOAD = b"GGUF" + bytes(range(256)) * 9000  # about 2.3 MB: several progress updates
 

@@ -14,9 +14,9 @@ from test_gguf_loader import write_gguf
 
 from graphllm.cli import main
 from graphllm.passes.quantize import block_format
-from graphllm.runtime.gguf_loader import GGUFTensor, _warn_dequantized, open_gguf
+from graphllm.io.gguf import GGUFTensor, _warn_dequantized, open_gguf
 from graphllm.runtime.llm import LLM, weight_source
-from graphllm.runtime.loader import load_model, weight_types
+from graphllm.io.loader import load_model, weight_types
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 NUMPY = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}

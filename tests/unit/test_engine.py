@@ -13,7 +13,7 @@ from graphllm.errors import GenerationError
 from graphllm.runtime.engine import Engine
 from graphllm.runtime.llm import LLM
 from graphllm.runtime.sampling import SamplingParams
-from graphllm.runtime.tokenizer import Tokenizer
+from graphllm.io.tokenizer import Tokenizer
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 PROMPTS = [f"Prompt {i}: " + "the quick brown fox " * i for i in range(10)]

@@ -15,7 +15,7 @@ from graphllm.passes.fuse_rope import fuse_rope
 from graphllm.passes.merge_linears import merge_linears
 from graphllm.passes.manager import DEFAULT_PIPELINE, run_passes
 from graphllm.runtime.llm import build_graph, weight_source
-from graphllm.runtime.loader import load_model, weight_types
+from graphllm.io.loader import load_model, weight_types
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 FAMILIES = ["tiny_llama", "tiny_qwen2", "tiny_qwen3", "tiny_mistral", "tiny_phi3", "tiny_gemma2"]

@@ -10,7 +10,7 @@ from graphllm.dsl.dot import to_dot
 from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
 from graphllm.passes.fuse_swiglu import fuse_swiglu
 from graphllm.runtime.llm import build_graph, weight_source
-from graphllm.runtime.loader import load_model, weight_types
+from graphllm.io.loader import load_model, weight_types
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

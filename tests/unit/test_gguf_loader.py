@@ -10,7 +10,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.runtime.gguf_loader import dequantize_raw, hf_tensor_name, open_gguf, unpermute_rows
+from graphllm.io.gguf import dequantize_raw, hf_tensor_name, open_gguf, unpermute_rows
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS, VOCAB = 64, 4, 2, 96, 2, 40
 HEAD_DIM = HIDDEN // HEADS
@@ -337,7 +337,7 @@ def test_real_model_full_load_via_loader(smollm2_model, smollm2_gguf: Path) -> N
 
 
 def test_header_index_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch) -> None:
-    from graphllm.runtime import gguf_loader
+    from graphllm.io import gguf as gguf_loader
 
     monkeypatch.setenv("GRAPHLLM_HOME", str(tmp_path / "home"))
     write_gguf(tmp_path / "m.gguf")

@@ -12,8 +12,8 @@ import safetensors
 from safetensors.numpy import save_file
 
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.runtime.hf_loader import open_hf_folder
-from graphllm.runtime.loader import load_model
+from graphllm.io.hf import open_hf_folder
+from graphllm.io.loader import load_model
 
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 8}
 

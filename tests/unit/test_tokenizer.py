@@ -12,7 +12,7 @@ from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
 from graphllm.errors import ConfigError, GenerationError, ModelLoadError
-from graphllm.runtime.tokenizer import Tokenizer
+from graphllm.io.tokenizer import Tokenizer
 
 # ids and texts produced by transformers 5.24 / tokenizers 0.23.3 from the same GGUF
 TRANSFORMERS_IDS = {

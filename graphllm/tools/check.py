@@ -38,10 +38,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .dsl import ops as O
-from .dsl.graph import INPUT_OP, WEIGHT_OP, Graph
-from .dsl.reference import ReferenceExecutor
-from .errors import GraphLLMError, ModelLoadError
+from ..dsl import ops as O
+from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
+from ..dsl.reference import ReferenceExecutor
+from ..errors import GraphLLMError, ModelLoadError
 
 DEFAULT_PROMPT = "The capital of France is"
 EMBEDDINGS, HEAD = (0, 0), (2, 0)
@@ -358,8 +358,8 @@ def transformers_outputs(path: Path, ids: list[int]) -> tuple[list[np.ndarray], 
 def check_model(model_path: str | None, custom: str | Path, against: str = "builtin", prompt: str = DEFAULT_PROMPT,
                 tol: float = 1e-4) -> CheckReport:
     """Load the model, build the custom graph (and the built-in one) and compare them on the prompt."""
-    from .runtime.llm import build_graph, weight_source
-    from .runtime.loader import load_model, weight_types
+    from ..runtime.llm import build_graph, weight_source
+    from ..io.loader import load_model, weight_types
 
     model = load_model(model_path)
     if model.tokenizer is None:
@@ -411,7 +411,7 @@ def cmd_check(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m graphllm.check ...` (the same as `graphllm check ...`)."""
-    from .cli import run_main
+    from ..cli import run_main
 
     parser = argparse.ArgumentParser(prog="python -m graphllm.check")
     sub = parser.add_subparsers(dest="command", required=True)

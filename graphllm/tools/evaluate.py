@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import GraphLLMError
-from .llm import LLM
+from ..runtime.llm import LLM
 
 
 @dataclass

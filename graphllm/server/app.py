@@ -18,17 +18,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import GraphLLMError
-from .runtime.sampling import SamplingParams
+from ..errors import GraphLLMError
+from ..runtime.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
 
-    from .runtime.engine import Engine
-    from .runtime.engine import Request as Generation
+    from ..runtime.engine import Engine
+    from ..runtime.engine import Request as Generation
 
-WEBUI = Path(__file__).parent / "webui" / "index.html"
+WEBUI = Path(__file__).parent / "index.html"
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -315,7 +315,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None) ->
 # ---------------------------------------------------------------- command line
 def _add_server_args(p: argparse.ArgumentParser) -> None:
     """Model flags plus where and how to serve."""
-    from .cli import add_model_args
+    from ..cli import add_model_args
 
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -346,8 +346,8 @@ def serve(a: argparse.Namespace) -> int:
     """Load the model, start the engine and serve until interrupted."""
     import uvicorn
 
-    from .cli import load_llm
-    from .runtime.engine import Engine
+    from ..cli import load_llm
+    from ..runtime.engine import Engine
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
     llm = load_llm(a, num_slots=a.max_batch)
@@ -378,13 +378,10 @@ def add_serve_parser(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m graphllm.server -p PATH [...]`."""
-    from .cli import run_main
+    from ..cli import run_main
 
     parser = argparse.ArgumentParser(prog="python -m graphllm.server", description=__doc__.splitlines()[0])
     _add_server_args(parser)
     a = parser.parse_args(argv)
     return run_main(lambda: serve(a))
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ import numpy as np
 
 from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.runtime.weights import NUMPY_FLOATS, TensorWeights
+from graphllm.io.weights import NUMPY_FLOATS, TensorWeights
 
 # safetensors dtype -> (numpy dtype of the stored bytes, name used in file_type and graph types)
 _DTYPES: dict[str, tuple[np.dtype, str]] = {

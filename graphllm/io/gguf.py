@@ -28,8 +28,8 @@ from gguf.gguf_reader import ReaderField
 
 from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.runtime.download import graphllm_home
-from graphllm.runtime.weights import TensorWeights
+from graphllm.io.download import graphllm_home
+from graphllm.io.weights import TensorWeights
 
 QT = GGMLQuantizationType
 

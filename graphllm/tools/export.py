@@ -20,9 +20,9 @@ from safetensors.numpy import save_file
 from ..errors import GraphLLMError
 from ..dsl.graph import WEIGHT_OP
 from ..dsl.types import TensorType
-from .llm import LLM
-from .loader import WeightSource
-from .weights import HALF_DTYPES
+from ..runtime.llm import LLM
+from ..io.loader import WeightSource
+from ..io.weights import HALF_DTYPES
 
 
 def checkpoint_types(llm: LLM) -> dict[str, TensorType]:

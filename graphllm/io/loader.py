@@ -11,14 +11,14 @@ from typing import Any
 import numpy as np
 
 from graphllm.errors import ModelLoadError
-from graphllm.runtime import download
-from graphllm.runtime.gguf_loader import open_gguf
-from graphllm.runtime.hf_loader import open_hf_folder
+from graphllm.io import download
+from graphllm.io.gguf import open_gguf
+from graphllm.io.hf import open_hf_folder
 from graphllm.dsl import ops as O
 from graphllm.dsl import qformats
 from graphllm.dsl.types import TensorType
-from graphllm.runtime.tokenizer import Tokenizer
-from graphllm.runtime.weights import HALF_DTYPES, to_float_dtype
+from graphllm.io.tokenizer import Tokenizer
+from graphllm.io.weights import HALF_DTYPES, to_float_dtype
 
 _EXPECTED = "expected a .gguf file or a Hugging Face model folder (config.json, model.safetensors, tokenizer.json)"
 

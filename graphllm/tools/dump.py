@@ -11,11 +11,11 @@ import json
 import sys
 from pathlib import Path
 
-from .dsl.dot import render_svg, to_dot
-from .dsl.graph import Graph
-from .dsl.serialize import graph_to_json
-from .dsl.textir import parse_graph, print_graph
-from .errors import GraphBuildError, GraphLLMError
+from ..dsl.dot import render_svg, to_dot
+from ..dsl.graph import Graph
+from ..dsl.serialize import graph_to_json
+from ..dsl.textir import parse_graph, print_graph
+from ..errors import GraphBuildError, GraphLLMError
 
 FORMATS = ("text", "dot", "svg", "json")
 
@@ -40,9 +40,9 @@ def add_dump_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def cmd_dump(a: argparse.Namespace) -> int:
     """Build the model's graph, run the passes and write it in the asked format."""
-    from .passes.manager import run_passes
-    from .runtime.llm import build_graph
-    from .runtime.loader import load_model, weight_types
+    from ..passes.manager import run_passes
+    from ..runtime.llm import build_graph
+    from ..io.loader import load_model, weight_types
 
     if a.format == "svg" and a.output is None:
         raise GraphLLMError("--format svg writes a binary file: give it with -o FILE.svg")
@@ -83,7 +83,7 @@ def load_ir(path: str | Path) -> Graph:
     The graph is compiled as written (no other pass runs); a type the file states must be the
     type verify infers, so a hand edit that breaks shapes is caught here, not in a kernel.
     """
-    from .passes.verify import verify
+    from ..passes.verify import verify
 
     path = Path(path)
     try:

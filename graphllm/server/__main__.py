@@ -1,0 +1,7 @@
+"""`python -m graphllm.server -p PATH [-t N] [--custom FILE]`: fastllm's server entry point."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tools over a loaded model: bench, eval, export, check, dump."""
