@@ -8,41 +8,16 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from ..dsl.graph import WEIGHT_OP, ComputeGraph, Graph, trace
-from ..dsl.modelfile import load_model_file
+from ..dsl.graph import Graph
 from ..dsl.reference import ReferenceExecutor
 from ..errors import GenerationError
-from ..models import builtin_model
-from ..dsl.types import TensorType
-from ..passes.manager import run_passes
-from ..passes.quantize import quantize_weights
+from ..io.loader import LoadedModel
+from ..pipeline import GraphOptions, build
 from . import generate
-from ..io.loader import LoadedModel, WeightSource, load_model, weight_types
 from .sampling import SamplingParams
 
 DEFAULT_MAX_CONTEXT = 4096
 EXECUTORS = ("tvm", "reference")
-
-
-def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
-                custom: str | os.PathLike | None = None, notes: list[str] | None = None,
-                passes: list[str] | None = None) -> Graph:
-    """Trace the model description (a custom file, else the built-in one for the config) and run the passes.
-
-    A given pipeline always starts with verify (every later layer needs the inferred types).
-    """
-    description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
-    if passes is not None and passes[:1] != ["verify"]:
-        passes = ["verify", *passes]
-    return run_passes(trace(description, config, weight_types, notes=notes), passes)
-
-
-def weight_source(model: LoadedModel, graph: Graph) -> WeightSource:
-    """The weights as the graph's Weight nodes want them (types, derived concatenations, folded constants)."""
-    nodes = [graph[n] for n in graph.nodes_of(WEIGHT_OP)]
-    return WeightSource(model, {d["name"]: d["type"] for d in nodes},
-                        {d["name"]: d["attrs"]["concat"] for d in nodes if d["attrs"].get("concat")},
-                        {d["name"]: d["attrs"]["fold"] for d in nodes if d["attrs"].get("fold")})
 
 
 @dataclass
@@ -81,12 +56,8 @@ class LLM:
         """
         if executor not in EXECUTORS:
             raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
-        model = load_model(path)
-        notes: list[str] = []
-        graph = build_graph(model.config, weight_types(model, native=dtype is None), custom, notes, passes)
-        if dtype is not None:
-            graph = quantize_weights(graph, dtype, notes=notes)
-        weights = weight_source(model, graph)
+        built = build(path, GraphOptions(custom=custom, dtype=dtype, passes=passes))
+        model, graph, notes, weights = built.model, built.graph, built.notes, built.weights
         limit = int(graph.config["max_positions"])
         ctx = min(limit, max_context or DEFAULT_MAX_CONTEXT)
         if max_context and max_context > limit:

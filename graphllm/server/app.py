@@ -5,13 +5,10 @@ POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /healt
 FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
 """
 
-import argparse
 import asyncio
 import functools
 import hmac
 import json
-import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -310,78 +307,3 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None) ->
         return HTMLResponse(WEBUI.read_text(encoding="utf-8"))
 
     return _auth_middleware(app, api_key) if api_key else app
-
-
-# ---------------------------------------------------------------- command line
-def _add_server_args(p: argparse.ArgumentParser) -> None:
-    """Model flags plus where and how to serve."""
-    from ..cli import add_model_args
-
-    add_model_args(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8080, help="port (0: any free port; the URL is printed)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/ endpoints")
-    p.add_argument("--max-batch", type=int, default=8, help="concurrent sequences (KV-cache slots)")
-    p.add_argument("--max-step-tokens", type=int, default=128,
-                   help="tokens per step: one per running reply, prompts in chunks in the rest (so long prompts "
-                        "do not stall replies); at most the executor's packed-step size (128)")
-    p.add_argument("--model-name", default=None, help="the model id clients use (default: the file/folder name)")
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening TCP socket (bound before uvicorn starts, so the printed port is the real one)."""
-    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(addr)
-    except OSError as exc:
-        sock.close()
-        raise GraphLLMError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.listen(128)
-    return sock
-
-
-def serve(a: argparse.Namespace) -> int:
-    """Load the model, start the engine and serve until interrupted."""
-    import uvicorn
-
-    from ..cli import load_llm
-    from ..runtime.engine import Engine
-
-    Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
-    llm = load_llm(a, num_slots=a.max_batch)
-    name = a.model_name or Path(llm.model.path).name.removesuffix(".gguf")
-    sock = _listen(a.host, a.port)
-    host, port = sock.getsockname()[:2]
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    engine = Engine(llm, a.max_batch, a.max_step_tokens)
-    config = uvicorn.Config(create_app(engine, name, a.api_key), log_level="warning", access_log=False)
-    print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
-          f"executor {a.executor}", file=sys.stderr, flush=True)
-    try:
-        uvicorn.Server(config).run(sockets=[sock])
-    finally:
-        engine.close()
-        sock.close()
-    return 0
-
-
-def add_serve_parser(subparsers: Any) -> None:
-    """Add `serve` and `webui` to graphllm's subcommands."""
-    for name, help_text in (("serve", "OpenAI-compatible HTTP server with continuous batching (and the chat page)"),
-                            ("webui", "the chat page in your browser, served with the same API")):
-        p = subparsers.add_parser(name, help=help_text)
-        _add_server_args(p)
-        p.set_defaults(func=serve)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m graphllm.server -p PATH [...]`."""
-    from ..cli import run_main
-
-    parser = argparse.ArgumentParser(prog="python -m graphllm.server", description=__doc__.splitlines()[0])
-    _add_server_args(parser)
-    a = parser.parse_args(argv)
-    return run_main(lambda: serve(a))
-

@@ -27,10 +27,8 @@ last-token state), then the logits.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import re
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +40,8 @@ from ..dsl import ops as O
 from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from ..dsl.reference import ReferenceExecutor
 from ..errors import GraphLLMError, ModelLoadError
+from ..io.loader import load_model
+from ..pipeline import GraphOptions, build, weight_source
 
 DEFAULT_PROMPT = "The capital of France is"
 EMBEDDINGS, HEAD = (0, 0), (2, 0)
@@ -358,67 +358,24 @@ def transformers_outputs(path: Path, ids: list[int]) -> tuple[list[np.ndarray], 
 def check_model(model_path: str | None, custom: str | Path, against: str = "builtin", prompt: str = DEFAULT_PROMPT,
                 tol: float = 1e-4) -> CheckReport:
     """Load the model, build the custom graph (and the built-in one) and compare them on the prompt."""
-    from ..runtime.llm import build_graph, weight_source
-    from ..io.loader import load_model, weight_types
-
     model = load_model(model_path)
     if model.tokenizer is None:
         raise GraphLLMError(f"{model.path} has no tokenizer: check needs one to encode --prompt")
     ids = model.tokenizer.encode(prompt)
     if not ids:
         raise GraphLLMError("--prompt encodes to no tokens")
-    notes: list[str] = []
-    types = weight_types(model)
-    graph = build_graph(model.config, types, custom, notes, passes=[])
-
+    unoptimised = ["verify"]  # every value stays one op of one file:line
+    built = build(model, GraphOptions(custom=custom, passes=unoptimised))
+    graph, notes = built.graph, built.notes
     weights = functools.partial(weight_source, model)
     if against == "transformers":
         hidden, logits = transformers_outputs(Path(model.path), ids)
         report = compare_transformers(graph, weights, ids, hidden, logits, tol)
     else:
         try:
-            builtin = build_graph(model.config, types, None, passes=[])
+            builtin = build(model, GraphOptions(passes=unoptimised)).graph
         except ModelLoadError as e:
             raise GraphLLMError(f"{e}; or compare with transformers: --against transformers") from None
         report = compare_builtin(graph, builtin, weights, ids, tol)
     report.notes[:0] = notes
     return report
-
-
-def add_check_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `check` subcommand to the `graphllm` command's subparsers."""
-    p = subparsers.add_parser("check", help="run a custom model file next to the built-in description (or "
-                              "transformers) and report where their values part, layer by layer")
-    p.add_argument("-m", "--model", "-p", "--path", dest="model", default=None,
-                   help="an HF folder or a .gguf file (default: SmolLM2-135M-Instruct, downloaded once)")
-    p.add_argument("--custom", required=True, help="the ComputeGraph file to check")
-    p.add_argument("--against", default="builtin", choices=["builtin", "transformers"],
-                   help="builtin: graphllm's description of the same architecture (default); transformers: "
-                        "Hugging Face transformers' hidden states and logits (needs torch and transformers)")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the prompt both run on (default: {DEFAULT_PROMPT!r})")
-    p.add_argument("--tol", type=float, default=1e-4, help="largest accepted absolute difference (default: 1e-4)")
-    p.set_defaults(func=cmd_check)
-    return p
-
-
-def cmd_check(a: argparse.Namespace) -> int:
-    """Print the report; exit 0 when the custom model matches, 1 when it diverges."""
-    report = check_model(a.model, a.custom, a.against, a.prompt, a.tol)
-    for line in report.lines():
-        print(line)
-    return 0 if report.ok else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m graphllm.check ...` (the same as `graphllm check ...`)."""
-    from ..cli import run_main
-
-    parser = argparse.ArgumentParser(prog="python -m graphllm.check")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_check_parser(sub)
-    a = parser.parse_args(["check", *(argv if argv is not None else sys.argv[1:])])
-    return run_main(lambda: a.func(a))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

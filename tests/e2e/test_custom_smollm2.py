@@ -8,7 +8,7 @@ import numpy as np
 
 from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.textir import graph_difference
-from graphllm.runtime.llm import build_graph, weight_source
+from graphllm.pipeline import build_graph, weight_source
 from graphllm.io.loader import weight_types
 
 ROOT = Path(__file__).parents[2]

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from graphllm.cli import run_main
+from graphllm.commands.common import run_main
 from graphllm.dsl.serialize import graph_from_json
 from graphllm.dsl.textir import graph_difference, parse_graph
 from graphllm.dsl.types import TensorType
-from graphllm.tools.dump import add_dump_parser, load_ir
+from graphllm.commands.dump import register as add_dump_parser
+from graphllm.pipeline import load_ir
 from graphllm.errors import GraphBuildError, GraphLLMError
-from graphllm.runtime.llm import build_graph
+from graphllm.pipeline import build_graph
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 

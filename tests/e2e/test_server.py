@@ -18,7 +18,7 @@ import pytest
 
 from graphllm.runtime.llm import LLM
 from graphllm.runtime.sampling import SamplingParams
-from graphllm.server.app import add_serve_parser
+from graphllm.commands.serve import register as add_serve_parser
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 KEY = "test-key"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from graphllm.tools.check import check_model, main
+from graphllm.cli import main
+from graphllm.tools.check import check_model
 from graphllm.errors import GraphLLMError
 
 ROOT = Path(__file__).parents[2]
@@ -81,15 +82,15 @@ def test_a_broken_file_is_caught_at_its_first_wrong_node(tmp_path, bug):
 
 
 def test_cli_exit_status_and_output(tmp_path, capsys):
-    assert main(["-m", QWEN2, "--custom", str(model_file(tmp_path)), "--prompt", "Hello there"]) == 0
+    assert main(["check", "-m", QWEN2, "--custom", str(model_file(tmp_path)), "--prompt", "Hello there"]) == 0
     assert "matches" in capsys.readouterr().out
     old, new, _, _ = BUGS["wrong_eps"]
     path = model_file(tmp_path, old, new, "bad.py")
-    assert main(["-m", QWEN2, "--custom", str(path), "--tol", "0.5"]) == 0  # within a loose tolerance
-    assert main(["-m", QWEN2, "--custom", str(path)]) == 1
+    assert main(["check", "-m", QWEN2, "--custom", str(path), "--tol", "0.5"]) == 0  # within a loose tolerance
+    assert main(["check", "-m", QWEN2, "--custom", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"{path}:{line_of(path, new)}: RMSNorm" in out
-    assert main(["-m", QWEN2, "--custom", str(tmp_path / "missing.py")]) == 2
+    assert main(["check", "-m", QWEN2, "--custom", str(tmp_path / "missing.py")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

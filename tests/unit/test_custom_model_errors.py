@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 from graphllm.dsl.types import TensorType
 from graphllm.errors import GraphBuildError
-from graphllm.runtime.llm import build_graph
+from graphllm.pipeline import build_graph
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 CONFIG = json.loads((FIXTURE / "config.json").read_text())

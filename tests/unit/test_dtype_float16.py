@@ -15,7 +15,8 @@ from test_gguf_loader import write_gguf
 from graphllm.cli import main
 from graphllm.passes.quantize import block_format
 from graphllm.io.gguf import GGUFTensor, _warn_dequantized, open_gguf
-from graphllm.runtime.llm import LLM, weight_source
+from graphllm.pipeline import weight_source
+from graphllm.runtime.llm import LLM
 from graphllm.io.loader import load_model, weight_types
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

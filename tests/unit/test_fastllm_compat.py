@@ -16,7 +16,8 @@ from graphllm.dsl.modelfile import load_model_file
 from graphllm.dsl.textir import graph_difference
 from graphllm.dsl.types import TensorType
 from graphllm.errors import GraphBuildError
-from graphllm.runtime.llm import LLM, build_graph
+from graphllm.pipeline import build_graph
+from graphllm.runtime.llm import LLM
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = ROOT / "examples" / "qwen2_fastllm.py"

@@ -7,7 +7,7 @@ import numpy as np
 from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
 from graphllm.passes.fold_constants import fold_constants
-from graphllm.runtime.llm import build_graph, weight_source
+from graphllm.pipeline import build_graph, weight_source
 from graphllm.io.loader import load_model, weight_types
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"

@@ -14,7 +14,7 @@ from graphllm.passes.fuse_qkv import fuse_qkv
 from graphllm.passes.fuse_rope import fuse_rope
 from graphllm.passes.merge_linears import merge_linears
 from graphllm.passes.manager import DEFAULT_PIPELINE, run_passes
-from graphllm.runtime.llm import build_graph, weight_source
+from graphllm.pipeline import build_graph, weight_source
 from graphllm.io.loader import load_model, weight_types
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

@@ -9,7 +9,7 @@ from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.dot import to_dot
 from graphllm.dsl.textir import graphs_equal, parse_graph, print_graph
 from graphllm.passes.fuse_swiglu import fuse_swiglu
-from graphllm.runtime.llm import build_graph, weight_source
+from graphllm.pipeline import build_graph, weight_source
 from graphllm.io.loader import load_model, weight_types
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

@@ -10,7 +10,7 @@ from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.types import TensorType
 from graphllm.passes.cse import cse
 from graphllm.passes.dce import dce
-from graphllm.runtime.llm import build_graph
+from graphllm.pipeline import build_graph
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 CONFIG = json.loads((FIXTURE / "config.json").read_text())

@@ -1,0 +1,1 @@
+"""The `graphllm` subcommands, one module each; `common` declares the flags they share."""

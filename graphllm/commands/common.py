@@ -1,0 +1,115 @@
+"""Flags shared by the subcommands (declared once), their translation into API calls, and error handling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import GraphLLMError
+from ..pipeline import GraphOptions
+from ..runtime.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from ..runtime.llm import LLM
+
+
+def add_model_arg(p: argparse.ArgumentParser, *, custom_required: bool = False) -> None:
+    """-m/--model (fastllm's -p/--path) and --custom: which model and which description of it."""
+    p.add_argument("-m", "--model", "-p", "--path", dest="model", default=None,
+                   help="an HF folder or a .gguf file (default: SmolLM2-135M-Instruct, downloaded once)")
+    p.add_argument("--custom", default=None, required=custom_required,
+                   help="a ComputeGraph file whose __model__ replaces the built-in description")
+
+
+def add_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """--dtype: the weights' type (quantization is a pass of the pipeline)."""
+    p.add_argument("--dtype", default=None,
+                   help="weights: float32, float16, bfloat16, int8, int8g<G>, int4, int4g<G> (weight-only; "
+                        "default: as stored, Q8_0/Q4_0/Q4_1 blocks and F16/BF16 matrices are kept)")
+
+
+def add_graph_args(p: argparse.ArgumentParser) -> None:
+    """How the graph is built: the weights' dtype and the pass pipeline."""
+    add_dtype_arg(p)
+    p.add_argument("--passes", default=None, type=lambda v: [x for x in v.split(",") if x],
+                   help="comma-separated pass pipeline (default: verify, dce, cse, then the merge/fuse passes)")
+    p.add_argument("--no-fuse", action="store_true", help="leave out the merge_linears and fuse_* passes (debugging)")
+
+
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    """Which executor runs the graph, on how many threads."""
+    p.add_argument("--executor", default="tvm", choices=["tvm", "reference"],
+                   help="tvm: compiled kernels (default); reference: the numpy oracle, for debugging")
+    p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """How the model runs: executor and threads, compiled artifact, context length."""
+    add_executor_args(p)
+    p.add_argument("--max-context", type=int, default=None, help="KV cache length in tokens (default: min(model, 4096))")
+    p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Every flag that picks, builds and runs a model (run, chat, bench, serve)."""
+    add_model_arg(p)
+    add_graph_args(p)
+    add_runtime_args(p)
+
+
+def graph_options(a: argparse.Namespace, **extra: object) -> GraphOptions:
+    """The front door's options from parsed flags (those a subcommand does not declare are left unset)."""
+    return GraphOptions(custom=getattr(a, "custom", None), dtype=getattr(a, "dtype", None),
+                        passes=getattr(a, "passes", None), no_fuse=getattr(a, "no_fuse", False), **extra)
+
+
+def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    """Sampling flags as llama.cpp users know them; temperature 0 (the default) is greedy."""
+    p.add_argument("--temperature", "--temp", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
+
+
+def sampling_from_args(a: argparse.Namespace) -> SamplingParams:
+    """SamplingParams from parsed flags (validated)."""
+    return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+                          repetition_penalty=a.repetition_penalty, seed=a.seed, max_tokens=a.max_tokens,
+                          stop=list(a.stop), ignore_eos=a.ignore_eos).validate()
+
+
+def print_notes(notes: list[str]) -> None:
+    """The loader's and the passes' notes, one line each on stderr."""
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+
+def load_llm(a: argparse.Namespace, num_slots: int = 1, **overrides: object) -> LLM:
+    """Load the model the flags name (with num_slots KV-cache slots), printing the loader's notes."""
+    from ..runtime.llm import LLM
+
+    kwargs = dict(custom=a.custom, executor=a.executor, max_context=a.max_context, artifact=a.artifact,
+                  threads=a.threads, dtype=a.dtype, passes=graph_options(a).pipeline(), num_slots=num_slots,
+                  show_progress=sys.stderr.isatty())
+    llm = LLM.load(a.model, **{**kwargs, **overrides})
+    print_notes(llm.notes)
+    return llm
+
+
+def run_main(func: Callable[[], int]) -> int:
+    """Run a command body: user errors print one line and exit 2, Ctrl-C exits 130, never a traceback."""
+    try:
+        return func()
+    except GraphLLMError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,35 @@
+"""`graphllm compile`: build a model's kernels (or a text IR file's) into an artifact folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import GraphLLMError
+from ..pipeline import build
+from .common import add_graph_args, add_model_arg, graph_options
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add `compile` to the subcommands."""
+    p = sub.add_parser("compile", help="build the model's kernels with TVM into a folder")
+    p.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    p.add_argument("--target", default="cpu", help="cpu (this host's ISA)")
+    p.add_argument("--ir", default=None,
+                   help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's description")
+    add_model_arg(p)
+    add_graph_args(p)
+    p.set_defaults(func=compile_command)
+
+
+def compile_command(a: argparse.Namespace) -> int:
+    """Build the graph the flags describe and write kernels.so + plan.json."""
+    from ..codegen.compile import compile_graph
+    from ..runtime.builds import host_target
+
+    if a.target != "cpu":
+        raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
+    built = build(a.model, graph_options(a, ir=a.ir), need_model=False)
+    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty())
+    print(f"run it with: graphllm run --artifact {out} -m {a.model or 'MODEL'} \"PROMPT\"")
+    return 0
