@@ -7,7 +7,7 @@ import sys
 from typing import TextIO
 
 from ..runtime.sampling import SamplingParams
-from .common import add_model_args, add_sampling_args, load_llm, run_main, sampling_from_args
+from .common import add_model_args, add_sampling_args, load_llm, run_main, sampling_from_args, text_arg
 
 HELP = "commands: /reset clears the conversation, /exit quits"
 
@@ -24,7 +24,10 @@ def chat_loop(llm, params: SamplingParams, *, system: str | None = None, stdin: 
         if interactive:
             stdout.write("> ")
             stdout.flush()
-        line = stdin.readline()
+        line = _read_line(stdin)
+        if line is None:
+            print("error: that line is not valid UTF-8; type it again", file=sys.stderr)
+            continue
         if not line:
             return 0
         text = line.rstrip("\n")
@@ -47,9 +50,19 @@ def chat_loop(llm, params: SamplingParams, *, system: str | None = None, stdin: 
         messages.append({"role": "assistant", "content": "".join(reply)})
 
 
+def _read_line(stdin: TextIO) -> str | None:
+    """One line of input ('' at the end), or None when its bytes are not UTF-8 (the session goes on)."""
+    if not hasattr(stdin, "buffer"):
+        return stdin.readline()
+    try:
+        return stdin.buffer.readline().decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def add_chat_args(p: argparse.ArgumentParser) -> None:
     """Model and sampling flags plus the system message."""
-    p.add_argument("--system", default=None, help="system message")
+    p.add_argument("--system", default=None, type=text_arg, help="system message")
     add_model_args(p)
     add_sampling_args(p, max_tokens=512)
 

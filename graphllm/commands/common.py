@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import GraphLLMError
@@ -12,6 +14,75 @@ from ..runtime.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from ..runtime.llm import LLM
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def threads_arg(value: str) -> int | None:
+    """-t/--threads: a positive count (capped at the usable cores, with a warning), or -1 for all cores (None)."""
+    n = _int(value)
+    if n == -1:
+        return None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (or -1 for all cores), got {n}")
+    cores = usable_cores()
+    if n > cores:
+        warnings.warn(f"--threads {n} exceeds this machine's {cores} usable cores: using {cores}")
+        return cores
+    return n
+
+
+def context_arg(value: str) -> int:
+    """--max-context: at least 2 tokens (a prompt token and a new one)."""
+    n = _int(value)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be >= 2 tokens, got {n}")
+    return n
+
+
+def seed_arg(value: str) -> int | None:
+    """--seed: a non-negative integer, or -1 for a random seed (llama.cpp's convention)."""
+    n = _int(value)
+    if n < -1:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (or -1 for a random seed), got {n}")
+    return None if n == -1 else n
+
+
+def text_arg(value: str) -> str:
+    """A text argument (prompt, stop string, system message): must be valid UTF-8."""
+    return checked_text(value, "")
+
+
+def checked_text(value: str, what: str) -> str:
+    """``value`` unless it holds undecodable bytes (lone surrogates from argv or a surrogateescape stream)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = value[e.start].encode("utf-8", "surrogateescape")
+        message = f"is not valid UTF-8 (byte 0x{raw.hex()} at character {e.start})"
+        if what:
+            raise GraphLLMError(f"{what} {message}") from None
+        raise argparse.ArgumentTypeError(message) from None
+    return value
+
+
+def read_stdin_text() -> str:
+    """Standard input as text; invalid UTF-8 is a one-line error naming the byte."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GraphLLMError(f"standard input is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
 
 
 def add_model_arg(p: argparse.ArgumentParser, *, custom_required: bool = False) -> None:
@@ -41,13 +112,14 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
     """Which executor runs the graph, on how many threads."""
     p.add_argument("--executor", default="tvm", choices=["tvm", "reference"],
                    help="tvm: compiled kernels (default); reference: the numpy oracle, for debugging")
-    p.add_argument("-t", "--threads", type=int, default=None, help="kernel threads (default: physical cores)")
+    p.add_argument("-t", "--threads", type=threads_arg, default=None,
+                   help="kernel threads, at most the usable cores (default and -1: physical cores)")
 
 
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """How the model runs: executor and threads, compiled artifact, context length."""
     add_executor_args(p)
-    p.add_argument("--max-context", type=int, default=None, help="KV cache length in tokens (default: min(model, 4096))")
+    p.add_argument("--max-context", type=context_arg, default=None, help="KV cache length in tokens (default: min(model, 4096))")
     p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
 
 
@@ -70,9 +142,9 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=seed_arg, default=None, help="random seed (default and -1: random)")
     p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--stop", action="append", default=[], type=text_arg, help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
 
 

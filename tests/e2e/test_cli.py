@@ -94,3 +94,48 @@ def test_broken_model_folders(tmp_path):
         r = cli("run", "-m", str(folder), "x")
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert needle in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "0"], "argument -t/--threads: must be >= 1 (or -1 for all cores), got 0"),
+    (["-t", "-2"], "argument -t/--threads: must be >= 1 (or -1 for all cores), got -2"),
+    (["--max-context", "-1"], "argument --max-context: must be >= 2 tokens, got -1"),
+    (["--max-context", "0"], "argument --max-context: must be >= 2 tokens, got 0"),
+    (["--seed", "-5"], "argument --seed: must be >= 0 (or -1 for a random seed), got -5"),
+    (["--threads", "two"], "argument -t/--threads: expected an integer, got 'two'"),
+])
+def test_bad_numbers_are_refused_before_loading(args, message):
+    r = cli("run", "-m", str(TINY), "Hello", *args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_seed_minus_one_is_random_and_threads_are_capped_at_the_cores():
+    r = cli("run", "-m", str(TINY), "Hello", "-n", "2", "--seed", "-1", "--temperature", "1", "--threads", "1000",
+            "--executor", "reference")
+    assert r.returncode == 0, r.stderr
+    assert "warning: --threads 1000 exceeds this machine's" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_invalid_utf8_prompts_are_one_line_errors():
+    bad = b"caf\xe9"
+    r = subprocess.run([sys.executable, "-m", "graphllm.cli", "run", "-m", str(TINY), "--executor", "reference"],
+                       input=bad, capture_output=True, timeout=120)
+    assert r.returncode == 2 and b"error: standard input is not valid UTF-8 (byte 0xe9 at offset 3)" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "graphllm.cli", "run", "-m", str(TINY), "--executor", "reference",
+                        bad], capture_output=True, timeout=120)
+    assert r.returncode == 2 and b"is not valid UTF-8 (byte 0xe9 at character 3)" in r.stderr
+    assert b"Traceback" not in r.stderr
+
+
+def test_chat_survives_an_invalid_utf8_line():
+    r = subprocess.run([sys.executable, "-m", "graphllm.chat", "-p", str(TINY), "--executor", "reference", "-n", "2"],
+                       input=b"\xff\xfe\nHello\n", capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert b"error: that line is not valid UTF-8" in r.stderr and b"Traceback" not in r.stderr
+    assert r.stdout.strip()  # the next line got a reply
+
+
+@pytest.mark.parametrize("module", ["graphllm.chat", "graphllm.server", "graphllm.webui"])
+def test_fastllm_module_entry_points(module):
+    r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "-p" in r.stdout and "--custom" in r.stdout and "-t" in r.stdout
