@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
-import pickle
 import re
 import warnings
 from collections import Counter
@@ -325,38 +325,72 @@ class _TensorEntry:
     data: np.ndarray
 
 
+_INDEX_VERSION = 1
+
+
 def _index_path(path: Path) -> Path:
     """Where the parsed header of this exact file (path, size, mtime) is cached."""
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
-    return graphllm_home() / "gguf-index" / f"{key}.pkl"
+    return graphllm_home() / "gguf-index" / f"{key}.json"
+
+
+def _checksum(payload: str) -> str:
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _load_index(index: Path) -> tuple[dict[str, Any], list[list[Any]]] | None:
+    """The cached header (JSON, its checksum verified), or None when absent; a damaged one warns and is rebuilt."""
+    try:
+        doc = json.loads(index.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        warnings.warn(f"the GGUF index {index} is unreadable ({e}); rebuilding it", stacklevel=3)
+        return None
+    if not (isinstance(doc, dict) and doc.get("version") == _INDEX_VERSION and isinstance(doc.get("payload"), str)
+            and doc.get("checksum") == _checksum(doc["payload"])):
+        warnings.warn(f"the GGUF index {index} is damaged or of another version; rebuilding it", stacklevel=3)
+        return None
+    values, table = json.loads(doc["payload"])
+    return values, table
+
+
+def _save_index(index: Path, values: dict[str, Any], table: list[list[Any]]) -> None:
+    """Keep the parsed header as checksummed JSON (atomically; a read-only cache only costs the next parse)."""
+    try:
+        payload = json.dumps([values, table])
+    except (TypeError, ValueError):
+        return  # a metadata value JSON cannot hold: parse this file each time
+    try:
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": _INDEX_VERSION, "checksum": _checksum(payload), "payload": payload}),
+                       encoding="utf-8")
+        os.replace(tmp, index)
+    except OSError:
+        pass
 
 
 def _read_indexed(path: Path) -> tuple[Mapping[str, Any], list[_TensorEntry]]:
     """Metadata and tensor table: from the index cache, else parsed with gguf's reader and cached.
 
     gguf's reader walks every tokenizer string in Python (over a second for a 49k vocabulary); the
-    cache makes later opens of the same file take milliseconds.
+    cache makes later opens of the same file take milliseconds. The cache is JSON with a checksum, never
+    code: a damaged entry is parsed again.
     """
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such GGUF file")
     index = _index_path(path)
-    try:
-        with open(index, "rb") as f:
-            values, table = pickle.load(f)
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError):
+    cached = _load_index(index)
+    if cached is not None:
+        values, table = cached
+    else:
         reader = _read(path)
-        values = {k: f.contents() for k, f in reader.fields.items()}
-        table = [(t.name, int(t.tensor_type), t.shape.tolist(), int(t.data_offset), int(t.n_bytes))
+        values = {k: _plain(f.contents()) for k, f in reader.fields.items()}
+        table = [[t.name, int(t.tensor_type), t.shape.tolist(), int(t.data_offset), int(t.n_bytes)]
                  for t in reader.tensors]
-        try:
-            index.parent.mkdir(parents=True, exist_ok=True)
-            tmp = index.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as f:
-                pickle.dump((values, table), f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, index)
-        except OSError:
-            pass  # a read-only cache folder only costs the next open its parse time
+        _save_index(index, values, table)
     mm = np.memmap(path, np.uint8, mode="r")
     entries = []
     for name, tt, shape, offset, nbytes in table:
@@ -364,6 +398,17 @@ def _read_indexed(path: Path) -> tuple[Mapping[str, Any], list[_TensorEntry]]:
             raise ModelLoadError(f"{path}: not a valid GGUF file (truncated: tensor {name!r} ends past the file)")
         entries.append(_TensorEntry(name, GGMLQuantizationType(tt), np.asarray(shape), mm[offset:offset + nbytes]))
     return {k: _StoredField(v) for k, v in values.items()}, entries
+
+
+def _plain(value: Any) -> Any:
+    """A metadata value as plain Python (numpy scalars and arrays become numbers and lists)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:

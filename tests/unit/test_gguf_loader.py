@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
 import gguf
 import numpy as np
 import pytest
@@ -352,3 +353,17 @@ def test_header_index_cache_is_used_and_invalidated(tmp_path: Path, monkeypatch)
     monkeypatch.setenv("GRAPHLLM_HOME", str(tmp_path / "home"))
     with pytest.raises(ModelLoadError):
         open_gguf(tmp_path / "m.gguf")
+
+
+@pytest.mark.parametrize("damage", [b"", b"[1]", b"\x80\x04\x95 a pickle", b'{"version": 1, "checksum": "0", "payload": "[]"}'])
+def test_a_damaged_header_index_is_rebuilt_never_unpickled(tmp_path: Path, monkeypatch, damage: bytes) -> None:
+    monkeypatch.setenv("GRAPHLLM_HOME", str(tmp_path / "home"))
+    write_gguf(tmp_path / "m.gguf")
+    first = open_gguf(tmp_path / "m.gguf")
+    [index] = (tmp_path / "home" / "gguf-index").iterdir()
+    assert index.suffix == ".json" and json.loads(index.read_text())["version"] == 1
+    index.write_bytes(damage)
+    with pytest.warns(UserWarning, match="rebuilding it"):
+        again = open_gguf(tmp_path / "m.gguf")
+    assert again.config == first.config
+    assert json.loads(index.read_text())["checksum"]  # written anew
