@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add `export` to the subcommands."""
     p = sub.add_parser("export", help="write the model with quantized weights (safetensors + config)")
     p.add_argument("-o", "--output", required=True, help="folder to write")
-    p.add_argument("--force", action="store_true", help="replace a non-empty folder")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that holds other files, beside them (nothing of yours is removed)")
     add_dtype_arg(p)
     add_model_arg(p)
     p.set_defaults(func=export)

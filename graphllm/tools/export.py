@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from ..errors import GraphLLMError
 from ..dsl.graph import WEIGHT_OP
 from ..dsl.types import TensorType
 from ..runtime.llm import LLM
 from ..io.loader import WeightSource
+from ..io.output import FolderKind, check_output_folder, output_folder
 from ..io.weights import HALF_DTYPES
 
 
@@ -37,13 +36,14 @@ def checkpoint_types(llm: LLM) -> dict[str, TensorType]:
     return out
 
 QUANT_KEY = "graphllm_quantization"
+EXPORT_FOLDER = FolderKind("export", frozenset({"model.safetensors", "config.json", "generation_config.json",
+                                                 "tokenizer.json", "tokenizer_config.json"}), "model.safetensors",
+                           replaces=False)
 
 
 def export_model(llm: LLM, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Write llm's weights as its graph types want them (blocks, 16-bit or float32) + config + tokenizer."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise GraphLLMError(f"{out} exists and is not empty; pass --force to replace it")
+    check_output_folder(Path(out_dir).expanduser().absolute(), EXPORT_FOLDER, force=force)
     source = WeightSource(llm.model, checkpoint_types(llm))
     tensors: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
@@ -60,8 +60,13 @@ def export_model(llm: LLM, out_dir: str | os.PathLike, force: bool = False) -> P
     config = {k: v for k, v in llm.model.config.items() if k != QUANT_KEY}
     if dtypes:
         config[QUANT_KEY] = {"format_version": 1, "dtypes": dtypes, "shapes": shapes}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    with output_folder(out_dir, EXPORT_FOLDER, force=force) as tmp:
+        _write(tmp, llm, tensors, config)
+    return Path(out_dir)
+
+
+def _write(tmp: Path, llm: LLM, tensors: dict[str, np.ndarray], config: dict[str, Any]) -> None:
+    """The exported files: weights, config, generation config, tokenizer."""
     save_file(tensors, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     (tmp / "generation_config.json").write_text(json.dumps(llm.model.generation_config, indent=2))
@@ -73,7 +78,3 @@ def export_model(llm: LLM, out_dir: str | os.PathLike, force: bool = False) -> P
         (tmp / "tokenizer_config.json").write_text(json.dumps(
             {"chat_template": tok.chat_template, "bos_token": bos, "eos_token": eos, "add_bos_token": tok.add_bos},
             indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
