@@ -13,7 +13,7 @@ import difflib
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import networkx as nx
 
@@ -144,12 +144,54 @@ class Graph:
         """Every node of one op type, in insertion order."""
         return (n for n, d in self.nx.nodes(data=True) if d["op"] == op)
 
-    def reorder(self, order: list[str]) -> None:
-        """Re-insert the nodes in ``order`` (a topological order), so later order() ties follow it."""
+    def reorder(self, order: Iterable[str], before: Mapping[str, Iterable[str]] | None = None) -> None:
+        """Re-insert the nodes in ``order`` (a topological order) with each ``before[n]`` just ahead of n, so later
+        order() ties follow it; a node takes its first place, names no longer in the graph are skipped. O(n)."""
+        before = before or {}
+        placed = dict.fromkeys(m for n in order for m in (*before.get(n, ()), n) if m in self.nx)
+        if len(placed) != len(self):
+            raise ValueError(f"reorder: {len(self) - len(placed)} node(s) missing from the order")
         old = self.nx
         self.nx = nx.MultiDiGraph()
-        self.nx.add_nodes_from((n, old.nodes[n]) for n in order)
+        self.nx.add_nodes_from((n, old.nodes[n]) for n in placed)
         self.nx.add_edges_from(old.edges(keys=True))
+
+    def set_input(self, node_id: str, port: str, src: str | None) -> None:
+        """Make the node read ``src`` on ``port`` instead of what it read there (None: read nothing there)."""
+        for old in [s for s, _, p in self.nx.in_edges(node_id, keys=True) if p == port]:
+            self.nx.remove_edge(old, node_id, key=port)
+        if src is not None:
+            self.nx.add_edge(src, node_id, key=port)
+
+    def set_inputs(self, node_id: str, inputs: Mapping[str, str]) -> None:
+        """Make the node read exactly ``inputs`` (port -> producer): each port set in turn, the others cut."""
+        for port, src in inputs.items():
+            self.set_input(node_id, port, src)
+        for port in [p for _, _, p in self.nx.in_edges(node_id, keys=True) if p not in inputs]:
+            self.set_input(node_id, port, None)
+
+    def replace_uses(self, old: str, new: str) -> None:
+        """Every reader of ``old`` (graph outputs included) reads ``new`` instead; ``old`` stays, unread."""
+        for dst, port in self.users(old):
+            self.set_input(dst, port, new)
+        for name, value in self.outputs.items():
+            if value == old:
+                self.outputs[name] = new
+
+    def is_used(self, node_id: str) -> bool:
+        """True when something observes the node: a reader, a graph output, or its op's side effect (Print)."""
+        spec = O.get_spec(self[node_id]["op"])
+        return (self.nx.out_degree(node_id) > 0 or node_id in self.outputs.values()
+                or (spec is not None and spec.side_effect))
+
+    def drop_unused(self, nodes: Iterable[str]) -> None:
+        """Remove those of ``nodes`` that are not used (is_used), then whatever only they read, transitively."""
+        todo = list(nodes)
+        while todo:
+            node = todo.pop()
+            if node in self.nx and not self.is_used(node):
+                todo.extend(self.nx.predecessors(node))
+                self.nx.remove_node(node)
 
     def copy(self) -> "Graph":
         """A deep copy (passes return new graphs, never edit their input)."""

@@ -21,12 +21,6 @@ def cse(graph: Graph) -> Graph:
         if key not in seen:
             seen[key] = node
             continue
-        keep = seen[key]
-        for dst, port in g.users(node):
-            g.nx.remove_edge(node, dst, key=port)
-            g.nx.add_edge(keep, dst, key=port)
-        for name, out in g.outputs.items():
-            if out == node:
-                g.outputs[name] = keep
-        g.nx.remove_node(node)
+        g.replace_uses(node, seen[key])
+        g.drop_unused([node])
     return g

@@ -30,10 +30,8 @@ def _fold_weight_offsets(g: Graph) -> None:
         folded = f"@{name}"
         if folded not in g:
             g.add(folded, WEIGHT_OP, {"name": name, "fold": recipe}, name=name, type=g[src]["type"])
-        g.nx.remove_edge(src, node, key=port)
-        g.nx.add_edge(folded, node, key=port)
-        if not g.users(src):
-            g.nx.remove_node(src)
+        g.set_input(node, port, folded)
+        g.drop_unused([src])
 
 
 def fold_constants(graph: Graph) -> Graph:
@@ -41,7 +39,8 @@ def fold_constants(graph: Graph) -> Graph:
     g = graph.copy()
     _fold_weight_offsets(g)
     order = g.order()
-    for node in list(order):
+    before: dict[str, list[str]] = {}
+    for node in order:
         d = g[node]
         spec = O.get_spec(d["op"])
         ins = g.inputs(node)
@@ -55,15 +54,8 @@ def fold_constants(graph: Graph) -> Graph:
         if folded not in g:
             g.add(folded, WEIGHT_OP, {"name": name, "fold": {"op": d["op"], "attrs": dict(d["attrs"]), "inputs": recipes}},
                   name=name, type=d["type"])
-        for dst, port in g.users(node):
-            g.nx.add_edge(folded, dst, key=port)
-        for out, value in g.outputs.items():
-            if value == node:
-                g.outputs[out] = folded
-        g.nx.remove_node(node)
-        for src in set(ins.values()):
-            if not g.users(src):
-                g.nx.remove_node(src)
-        order[order.index(node)] = folded
-    g.reorder([n for i, n in enumerate(order) if n in g and n not in order[:i]])
+        g.replace_uses(node, folded)
+        g.drop_unused([node])
+        before[node] = [folded]
+    g.reorder(order, before)
     return g

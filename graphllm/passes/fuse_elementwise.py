@@ -50,12 +50,7 @@ def fuse_elementwise(graph: Graph) -> Graph:
         last, first = chain[-1], g[start]
         source = g.inputs(start)[_running_port(first["op"])]
         steps = [{"op": g[n]["op"], "attrs": dict(g[n]["attrs"])} for n in chain]
-        d = g[last]
-        for src, _, port in list(g.nx.in_edges(last, keys=True)):
-            g.nx.remove_edge(src, last, key=port)
-        d.update(op="FusedElementwise", attrs={"chain": steps})
-        g.nx.add_edge(source, last, key="input")
-        if extra is not None:
-            g.nx.add_edge(extra, last, key="input1")
-        g.nx.remove_nodes_from(chain[:-1])
+        g[last].update(op="FusedElementwise", attrs={"chain": steps})
+        g.set_inputs(last, {"input": source, **({"input1": extra} if extra is not None else {})})
+        g.drop_unused(chain[:-1])
     return g

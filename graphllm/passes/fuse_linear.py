@@ -27,14 +27,6 @@ def _as_fused(g: Graph, node: str, **attrs: object) -> None:
     d["attrs"] = {**d["attrs"], **attrs}
 
 
-def _rewire(g: Graph, node: str, port: str, src: str) -> None:
-    """Make `node` read `src` on `port` (replacing what it read there)."""
-    for old, _, p in list(g.nx.in_edges(node, keys=True)):
-        if p == port:
-            g.nx.remove_edge(old, node, key=p)
-    g.nx.add_edge(src, node, key=port)
-
-
 def _outputs(g: Graph) -> set[str]:
     return set(g.outputs.values())
 
@@ -50,9 +42,9 @@ def fuse_norm(graph: Graph) -> Graph:
         extra = {"eps": attrs["eps"], **({"weightOffset": attrs["weightOffset"]} if attrs.get("weightOffset") else {})}
         for user, _ in users:
             _as_fused(g, user, prologue="rmsnorm", **extra)
-            _rewire(g, user, "input", ins["input"])
-            g.nx.add_edge(ins["weight"], user, key="norm")
-        g.nx.remove_node(norm)
+            g.set_input(user, "input", ins["input"])
+            g.set_input(user, "norm", ins["weight"])
+        g.drop_unused([norm])
     return g
 
 
@@ -67,8 +59,8 @@ def fuse_act(graph: Graph) -> Graph:
         _as_fused(g, user, prologue="swiglu")
         if g[act].get("group"):  # the MLP's fused group (fuse_swiglu) now ends with this projection
             g[user]["group"] = g[act]["group"]
-        _rewire(g, user, "input", g.inputs(act)["input"])
-        g.nx.remove_node(act)
+        g.set_input(user, "input", g.inputs(act)["input"])
+        g.drop_unused([act])
     return g
 
 
@@ -85,10 +77,6 @@ def fuse_residual(graph: Graph) -> Graph:
         d.update(op="FusedLinear", attrs={"prologue": "none", **yd["attrs"]}, loc=yd["loc"])
         if yd.get("group"):
             d["group"] = yd["group"]
-        g.nx.remove_edge(y, add, key="input1")
-        _rewire(g, add, "residual", ins["input0"])
-        g.nx.remove_edge(ins["input0"], add, key="input0")
-        for src, _, port in list(g.nx.in_edges(y, keys=True)):
-            g.nx.add_edge(src, add, key=port)
-        g.nx.remove_node(y)
+        g.set_inputs(add, {"residual": ins["input0"], **g.inputs(y)})
+        g.drop_unused([y])
     return g

@@ -40,16 +40,14 @@ def fuse_qkv(graph: Graph) -> Graph:
         if not (xq == xk == xv and d == dk == dv and q0 == 0 and q1 == k0 and k1 == v0 and v1 == width
                 and k1 - k0 == v1 - v0):
             continue
-        dead = [ins[p] for p in ("q", "curk", "curv")]
-        dead += [g.inputs(n)["input"] for n in dead]
         d_attn = g[attn]
         d_attn["op"] = "QKVAttention"
         kept = {k: v for k, v in d_attn["attrs"].items() if k in QKV_ATTRS}
         d_attn["attrs"] = {**kept, "numHeads": q1 // d, "numKVHeads": (k1 - k0) // d}
         for p in ("q", "curk", "curv"):
-            g.nx.remove_edge(ins[p], attn, key=p)
-        g.nx.add_edge(xq, attn, key="qkv")
+            g.set_input(attn, p, None)
+        g.set_input(attn, "qkv", xq)
         if g[xq].get("group"):  # drawn in one cluster with its projection (merge_linears' group)
             d_attn["group"] = g[xq]["group"]
-        g.nx.remove_nodes_from(dead)
+        g.drop_unused(ins[p] for p in ("q", "curk", "curv"))  # the ExpandHeads, then their Splits
     return g

@@ -30,10 +30,9 @@ def fuse_rope(graph: Graph) -> Graph:
         if any(qi[p] != ki[p] for p in ROPE_PORTS) or g[q]["attrs"] != g[k]["attrs"]:
             continue
         g[attn]["attrs"]["rotaryDim"] = g[q]["attrs"]["rotaryDim"]
-        for port, rope in (("q", q), ("curk", k)):
-            g.nx.remove_edge(rope, attn, key=port)
-            g.nx.add_edge(g.inputs(rope)["input"], attn, key=port)
+        g.set_input(attn, "q", qi["input"])
+        g.set_input(attn, "curk", ki["input"])
         for p in ROPE_PORTS:
-            g.nx.add_edge(qi[p], attn, key=p)
-        g.nx.remove_nodes_from([q, k])
+            g.set_input(attn, p, qi[p])
+        g.drop_unused([q, k])
     return g

@@ -40,6 +40,7 @@ def fuse_swiglu(graph: Graph) -> Graph:
     """A copy of the graph with every gate/up SiLU MLP fused (see the module doc)."""
     g = graph.copy()
     order = g.order()
+    before: dict[str, list[str]] = {}
     for mul in [n for n in order if g[n]["op"] == "MulTo"]:
         m = _match(g, mul)
         if m is None:
@@ -53,17 +54,10 @@ def fuse_swiglu(graph: Graph) -> Graph:
         g.add(merged, "Linear", {}, name=g[gate]["name"], loc=g[gate]["loc"],
               type=out_t.with_shape(out_t.shape[:-1] + (2 * out_t.shape[-1],)),
               inputs={"input": x, "weight": weight})
-        users = g.users(mul)
-        attrs = dict(name=g[mul]["name"], loc=g[mul]["loc"], type=g[mul]["type"])
-        g.nx.remove_nodes_from([mul, silu, gate, up])
-        g.add(mul, "Swiglu", {}, inputs={"input": merged}, **attrs)
-        for dst, port in users:
-            g.nx.add_edge(mul, dst, key=port)
+        g[mul].update(op="Swiglu", attrs={})
+        g.set_inputs(mul, {"input": merged})
+        g.drop_unused([silu, up])  # then gate, and the weights nothing else reads
         g[merged]["group"] = g[mul]["group"] = f"swiglu:{g[mul]['name']}{mul.partition('#')[2]}"
-        for w in (wg, wu):
-            if not g.users(w):
-                g.nx.remove_node(w)
-        at = order.index(mul)
-        order[at:at + 1] = [weight, merged, mul]
-    g.reorder([n for i, n in enumerate(order) if n in g and n not in order[:i]])
+        before[mul] = [weight, merged]
+    g.reorder(order, before)
     return g

@@ -42,7 +42,9 @@ def merge_linears(graph: Graph) -> Graph:
     """A copy of the graph in which the mergeable Linears of every value are merged (see the module doc)."""
     g = graph.copy()
     order = g.order()
-    for value in list(order):
+    rank = {n: i for i, n in enumerate(order)}
+    before: dict[str, list[str]] = {}
+    for value in order:
         groups: dict[str, list[str]] = {}
         for user, port in g.users(value):
             key = _key(g, user) if port == "input" else None
@@ -50,13 +52,14 @@ def merge_linears(graph: Graph) -> Graph:
                 groups.setdefault(key, []).append(user)
         for members in groups.values():
             if len(members) > 1:
-                _merge(g, value, sorted(members, key=order.index), order)
-    g.reorder([n for i, n in enumerate(order) if n in g and n not in order[:i]])
+                _merge(g, value, sorted(members, key=rank.__getitem__), before)
+    g.reorder(order, before)
     return g
 
 
-def _merge(g: Graph, value: str, members: list[str], order: list[str]) -> None:
-    """Replace `members` (Linears reading `value`) by one merged Linear and a Split per member."""
+def _merge(g: Graph, value: str, members: list[str], before: dict[str, list[str]]) -> None:
+    """Replace `members` (Linears reading `value`) by one merged Linear and a Split per member, placed
+    (in ``before``) ahead of the first member."""
     first = g[members[0]]
     ins = [g.inputs(m) for m in members]
     weight = concat_weight(g, [i["weight"] for i in ins])
@@ -72,13 +75,8 @@ def _merge(g: Graph, value: str, members: list[str], order: list[str]) -> None:
     g[merged]["group"] = group
     start = 0
     for m, width in zip(members, widths):
-        for src, _, port in list(g.nx.in_edges(m, keys=True)):
-            g.nx.remove_edge(src, m, key=port)
         g[m].update(op="Split", attrs={"axis": -1, "start": start, "end": start + width}, group=group)
-        g.nx.add_edge(merged, m, key="input")
+        g.set_inputs(m, {"input": merged})
         start += width
-    for w in {i[p] for i in ins for p in ("weight", "bias") if p in i}:
-        if not g.users(w):
-            g.nx.remove_node(w)
-    at = order.index(members[0])
-    order[at:at] = [n for n in (weight, extra.get("bias"), merged) if n]
+    g.drop_unused({i[p] for i in ins for p in ("weight", "bias") if p in i})
+    before.setdefault(members[0], []).extend(n for n in (weight, extra.get("bias"), merged) if n)
