@@ -20,7 +20,6 @@ from .errors import GraphBuildError, GraphLLMError
 from .io.loader import LoadedModel, WeightSource, load_model, weight_types
 from .models import builtin_model
 from .passes.manager import DEFAULT_PIPELINE, FUSION_PASSES, run_passes
-from .passes.quantize import quantize_weights
 from .passes.verify import verify
 
 
@@ -63,14 +62,14 @@ def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
                 custom: str | os.PathLike | None = None, notes: list[str] | None = None,
                 passes: list[str] | None = None, *, dtype: str | None = None, after: str | None = None,
                 print_ir_after_all: Path | None = None) -> Graph:
-    """Trace the description (the custom file, else the built-in one for the config), run the passes, quantize.
+    """Trace the description (the custom file, else the built-in one for the config) and run the passes
+    (quantization to ``dtype`` among them).
 
     The traced graph is verified before any pass (every later layer needs the inferred types).
     """
     description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
-    graph = run_passes(verify(trace(description, config, weight_types, notes=notes)), passes, after=after,
-                       print_ir_after_all=print_ir_after_all)
-    return graph if dtype is None else quantize_weights(graph, dtype, notes=notes)
+    return run_passes(verify(trace(description, config, weight_types, notes=notes)), passes, after=after,
+                      print_ir_after_all=print_ir_after_all, dtype=dtype, notes=notes)
 
 
 def weight_source(model: LoadedModel, graph: Graph) -> WeightSource:

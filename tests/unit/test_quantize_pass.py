@@ -11,7 +11,8 @@ from graphllm.errors import GraphLLMError
 from graphllm.io.loader import load_model, weight_types
 from graphllm.passes.manager import DEFAULT_PIPELINE, run_passes
 from graphllm.passes.quantize import block_format, quantize_weights
-from graphllm.runtime.llm import LLM, build_graph
+from graphllm.pipeline import build_graph
+from graphllm.runtime.llm import LLM
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 
