@@ -17,8 +17,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import networkx as nx
 
-from ..errors import GraphBuildError
+from ..errors import ConfigError, GraphBuildError
 from . import ops as O
+from .arch import ArchConfig, context_limit
 from .inputs import CACHE_PREFIXES, OUTPUT, RESERVED_INPUTS
 from .types import TensorType
 
@@ -448,6 +449,15 @@ class ComputeGraph:
         self.config: ModelConfig = ModelConfig()
         self.graph = []
         self._recorder: _Recorder | None = None
+        self._arch: ArchConfig | None = None
+
+    @property
+    def arch(self) -> ArchConfig:
+        """The typed view of self.config that built-in descriptions read; parsed on first use, its
+        fallbacks noted once (fastllm files keep reading self.config, a plain dict)."""
+        if self._arch is None:
+            self._arch = ArchConfig.from_config(self.config, self._recorder.notes if self._recorder else None)
+        return self._arch
 
     @property
     def graph(self) -> OpList:
@@ -473,28 +483,23 @@ def trace(model: type[ComputeGraph] | ComputeGraph, config: Mapping[str, Any],
     """Run a description's build() and return the recorded graph (types are set by the verify pass)."""
     instance = model() if isinstance(model, type) else model
     instance.config = ModelConfig(copy.deepcopy(dict(config)))
-    instance.weight, instance.data, instance.graph = GraphWeight(), GraphData(), []
+    instance.weight, instance.data, instance.graph, instance._arch = GraphWeight(), GraphData(), [], None
     graph = Graph()
     recorder = instance._recorder = _Recorder(graph, weight_types, instance, notes)
     try:
         instance.build()
-    except GraphBuildError:
+    except (GraphBuildError, ConfigError):
         raise
     except Exception as e:
         raise GraphBuildError(f"{_user_frame(e, type(instance))}: build() failed: {type(e).__name__}: {e}") from e
     finally:
         instance._recorder = None
     cfg = dict(instance.config)
-    if "max_positions" not in cfg:
-        for key in ("max_position_embeddings", "seq_length"):
-            if key in cfg:
-                cfg["max_positions"] = int(cfg[key])
-                if notes is not None:
-                    notes.append(f"max_positions not set by the model file: using config {key} = {cfg[key]}")
-                break
-        else:
-            raise GraphBuildError(f"{_class_file(type(instance))}: set config['max_positions'] in build() "
-                                  f"(the config has no max_position_embeddings or seq_length)")
+    if "max_positions" not in cfg:  # a fastllm file sets it; one that read self.arch took the config's limit
+        try:
+            cfg["max_positions"] = instance._arch.max_positions if instance._arch else context_limit(cfg, notes)
+        except ConfigError as e:
+            raise GraphBuildError(f"{_class_file(type(instance))}: set config['max_positions'] in build() ({e})") from None
     graph.config = cfg
     if OUTPUT not in recorder.current:
         raise GraphBuildError(f"{_class_file(type(instance))}: build() never writes data[{OUTPUT!r}], "

@@ -27,6 +27,7 @@ from gguf import quants as gguf_quants
 from gguf.gguf_reader import ReaderField
 
 from graphllm.dsl import qformats
+from graphllm.dsl.arch import ArchConfig
 from graphllm.errors import ConfigError, ModelLoadError
 from graphllm.io.download import graphllm_home
 from graphllm.io.weights import TensorWeights
@@ -200,7 +201,8 @@ def hf_tensor_name(gguf_name: str) -> str:
 
 
 def build_config(fields: Mapping[str, ReaderField], tensor_names: set[str], path: Path) -> dict[str, Any]:
-    """An HF-style config dict for a llama or qwen2 GGUF (`tensor_names` are GGUF names)."""
+    """An HF-style config dict for a llama or qwen2 GGUF (`tensor_names` are GGUF names): the metadata
+    renamed, with no defaults of its own (ArchConfig, which reads it, applies and notes those)."""
     arch = field_value(fields, "general.architecture")
     if arch not in _ARCHS:
         raise ModelLoadError(
@@ -214,7 +216,6 @@ def build_config(fields: Mapping[str, ReaderField], tensor_names: set[str], path
             raise ConfigError(f"{path}: GGUF metadata lacks the required key '{arch}.{key}'")
         return value
 
-    n_head = int(get("attention.head_count"))
     tokens = field_value(fields, "tokenizer.ggml.tokens")
     vocab_size = get("vocab_size", None) or (len(tokens) if tokens else None)
     config: dict[str, Any] = {
@@ -224,15 +225,18 @@ def build_config(fields: Mapping[str, ReaderField], tensor_names: set[str], path
         "hidden_size": int(get("embedding_length")),
         "intermediate_size": int(get("feed_forward_length")),
         "num_hidden_layers": int(get("block_count")),
-        "num_attention_heads": n_head,
-        "num_key_value_heads": int(get("attention.head_count_kv", n_head)),
+        "num_attention_heads": int(get("attention.head_count")),
         "rms_norm_eps": _short_float(get("attention.layer_norm_rms_epsilon")),
-        "rope_theta": _short_float(get("rope.freq_base", 10000.0)),
         "max_position_embeddings": int(get("context_length")),
         "vocab_size": int(vocab_size) if vocab_size else None,
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
     }
+    kv_heads, theta = get("attention.head_count_kv", None), get("rope.freq_base", None)
+    if kv_heads is not None:  # absent: ArchConfig's default (and note), as for a config.json without it
+        config["num_key_value_heads"] = int(kv_heads)
+    if theta is not None:
+        config["rope_theta"] = _short_float(theta)
     head_dim = get("attention.key_length", None) or get("rope.dimension_count", None)
     if head_dim is not None:
         config["head_dim"] = int(head_dim)
@@ -285,12 +289,10 @@ def _read(path: Path) -> GGUFReader:
         raise ModelLoadError(f"{path}: not a valid GGUF file (truncated or corrupt?): {exc}") from exc
 
 
-def _check_complete(tensors: Mapping[str, GGUFTensor], config: Mapping[str, Any], path: Path) -> None:
-    """Every tensor a llama/qwen2 model needs is present; names the first missing one."""
+def _check_complete(tensors: Mapping[str, GGUFTensor], layers: int, path: Path) -> None:
+    """Every tensor a llama/qwen2 model of `layers` layers needs is present; names the first missing one."""
     gguf_names = {t.gguf_name for t in tensors.values()}
-    required = list(_GLOBAL_REQUIRED) + [
-        f"blk.{i}.{name}" for i in range(config["num_hidden_layers"]) for name in _LAYER_REQUIRED
-    ]
+    required = list(_GLOBAL_REQUIRED) + [f"blk.{i}.{name}" for i in range(layers) for name in _LAYER_REQUIRED]
     for name in required:
         if name not in gguf_names:
             raise ModelLoadError(f"{path}: the GGUF file lacks the tensor {name!r} ({hf_tensor_name(name)})")
@@ -417,8 +419,12 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     fields, entries = _read_indexed(path)
     gguf_names = {t.name for t in entries}
     config = build_config(fields, gguf_names, path)
+    try:
+        arch = ArchConfig.from_config(config)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: GGUF metadata: {e}") from None
     permuted = _ARCHS[config["model_type"]][2]
-    heads = {"attn_q": config["num_attention_heads"], "attn_k": config["num_key_value_heads"]}
+    heads = {"attn_q": arch.num_heads, "attn_k": arch.num_kv_heads}
     tensors: dict[str, GGUFTensor] = {}
     for t in entries:
         if not _can_dequantize(t.tensor_type):
@@ -438,6 +444,6 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
             raise ModelLoadError(f"{path}: cannot un-permute the quantized 1-D tensor {t.name!r}")
         name = hf_tensor_name(t.name)
         tensors[name] = GGUFTensor(name, t.name, t.tensor_type, shape, data, n_head)
-    _check_complete(tensors, config, path)
+    _check_complete(tensors, arch.num_layers, path)
     _warn_dequantized(tensors, path)
     return GGUFModel(path, fields, config, tensors, TensorWeights(tensors), _file_type(fields, tensors))

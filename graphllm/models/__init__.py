@@ -17,16 +17,6 @@ ARCHITECTURES = {
 }
 
 
-def sliding_window(config: dict[str, Any], layer: int) -> int | None:
-    """A layer's attention window from a Hugging Face config: sliding_window, unless use_sliding_window
-    is false or layer_types marks the layer "full_attention"; None means full causal attention."""
-    window = config.get("sliding_window")
-    if not window or config.get("use_sliding_window") is False:
-        return None
-    types = config.get("layer_types")
-    return int(window) if not types or types[layer] == "sliding_attention" else None
-
-
 def builtin_model(config: dict[str, Any]) -> type[ComputeGraph]:
     """The description for a config's model_type / architectures; an unknown one is a clear error."""
     import importlib

@@ -3,34 +3,27 @@ query scale from query_pre_attn_scalar, soft-capped attention scores and logits,
 attention on alternate layers."""
 
 from graphllm.dsl.graph import ComputeGraph
-from graphllm.models import sliding_window
 
 
 class Gemma2Model(ComputeGraph):
     def build(self):
-        weight, data, config = self.weight, self.data, self.config
-        config["max_positions"] = config["max_position_embeddings"]
-        n_layers = config["num_hidden_layers"]
-        config.setdefault("layer_types", ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)])
-        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-        eps = config["rms_norm_eps"]
-        act = config.get("hidden_activation") or config.get("hidden_act") or "gelu_pytorch_tanh"
-        approximate = "tanh" if "tanh" in act else "none"
+        weight, data, arch = self.weight, self.data, self.arch
+        head_dim, eps = arch.head_dim, arch.rms_norm_eps
+        approximate = "tanh" if "tanh" in arch.hidden_act else "none"
         self.Embedding(data["inputIds"], weight["model.embed_tokens.weight"], data["hiddenStates"])
         self.DataTypeAs(data["hiddenStates"], data["atype"])
-        self.Mul(data["hiddenStates"], config["hidden_size"] ** 0.5, data["hiddenStates"])
-        for i in range(n_layers):
+        self.Mul(data["hiddenStates"], arch.hidden_size ** 0.5, data["hiddenStates"])
+        for i in range(arch.num_layers):
             layer, attn = weight["model.layers."][i], weight["model.layers."][i][".self_attn."]
             self.RMSNorm(data["hiddenStates"], layer[".input_layernorm.weight"], eps, data["attenInput"], 1.0)
             for x in ("q", "k", "v"):
                 self.Linear(data["attenInput"], attn[x + "_proj.weight"], attn[x + "_proj.bias"], data[x])
                 self.ExpandHead(data[x], head_dim)
             for x in ("q", "k"):
-                self.LlamaRotatePosition2D(data[x], data["positionIds"], data["sin"], data["cos"], head_dim // 2)
+                self.LlamaRotatePosition2D(data[x], data["positionIds"], data["sin"], data["cos"], arch.rope.pairs)
             self.FusedAttention(data["q"], data["pastKey."][i], data["pastValue."][i], data["k"], data["v"],
                                 data["attenInput"], data["attentionMask"], data["attenOutput"], data["seqLens"],
-                                config["query_pre_attn_scalar"] ** -0.5, window=sliding_window(config, i),
-                                softcap=config.get("attn_logit_softcapping"))
+                                arch.attn_scale, window=arch.windows[i], softcap=arch.attn_softcap)
             self.Linear(data["attenOutput"], attn["o_proj.weight"], attn["o_proj.bias"], data["attenLastOutput"])
             self.RMSNorm(data["attenLastOutput"], layer[".post_attention_layernorm.weight"], eps,
                          data["attenLastOutput"], 1.0)
@@ -46,7 +39,7 @@ class Gemma2Model(ComputeGraph):
         self.SplitLastTokenStates(data["hiddenStates"], data["seqLens"], data["lastTokensStates"])
         self.RMSNorm(data["lastTokensStates"], weight["model.norm.weight"], eps, data["lastTokensStates"], 1.0)
         self.Linear(data["lastTokensStates"], weight["lm_head.weight"], None, data["logits"])
-        cap = config.get("final_logit_softcapping")
+        cap = arch.final_softcap
         if cap:  # logits = cap * tanh(logits / cap)
             self.Mul(data["logits"], 1.0 / cap, data["logits"])
             self.Tanh(data["logits"], data["logits"])

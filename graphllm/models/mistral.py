@@ -1,13 +1,10 @@
-"""Mistral: Llama's computation with sliding-window attention (config sliding_window, None: full)."""
+"""Mistral: Llama's computation; its sliding window (config sliding_window) is ArchConfig's per-layer window."""
 
-from graphllm.models import sliding_window
 from graphllm.models.llama import LlamaModel
 
 
 class MistralModel(LlamaModel):
-    def attention_window(self, layer):
-        """Every layer attends to its last config['sliding_window'] keys."""
-        return sliding_window(self.config, layer)
+    """Same graph as Llama: FusedAttention's window comes from the typed config for every family."""
 
 
 __model__ = MistralModel

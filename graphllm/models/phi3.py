@@ -1,21 +1,16 @@
 """Phi-3: fused qkv_proj (split into q, k, v) and gate_up_proj (Swiglu), partial rotary, sliding window."""
 
 from graphllm.dsl.graph import ComputeGraph
-from graphllm.dsl.inputs import rotary_pairs
-from graphllm.models import sliding_window
 
 
 class Phi3Model(ComputeGraph):
     def build(self):
-        weight, data, config = self.weight, self.data, self.config
-        config["max_positions"] = config["max_position_embeddings"]
-        head_dim = config["hidden_size"] // config["num_attention_heads"]
-        q_size = config["num_attention_heads"] * head_dim
-        kv_size = config.get("num_key_value_heads", config["num_attention_heads"]) * head_dim
-        eps, pairs = config["rms_norm_eps"], rotary_pairs(config)
+        weight, data, arch = self.weight, self.data, self.arch
+        head_dim, eps, pairs = arch.head_dim, arch.rms_norm_eps, arch.rope.pairs
+        q_size, kv_size = arch.num_heads * head_dim, arch.num_kv_heads * head_dim
         self.Embedding(data["inputIds"], weight["model.embed_tokens.weight"], data["hiddenStates"])
         self.DataTypeAs(data["hiddenStates"], data["atype"])
-        for i in range(config["num_hidden_layers"]):
+        for i in range(arch.num_layers):
             layer = weight["model.layers."][i]
             self.RMSNorm(data["hiddenStates"], layer[".input_layernorm.weight"], eps, data["attenInput"])
             self.Linear(data["attenInput"], layer[".self_attn.qkv_proj.weight"], layer[".self_attn.qkv_proj.bias"],
@@ -29,7 +24,7 @@ class Phi3Model(ComputeGraph):
             self.LlamaRotatePosition2D(data["k"], data["positionIds"], data["sin"], data["cos"], pairs)
             self.FusedAttention(data["q"], data["pastKey."][i], data["pastValue."][i], data["k"], data["v"],
                                 data["attenInput"], data["attentionMask"], data["attenOutput"], data["seqLens"],
-                                head_dim ** -0.5, window=sliding_window(config, i))
+                                arch.attn_scale, window=arch.windows[i])
             self.Linear(data["attenOutput"], layer[".self_attn.o_proj.weight"], layer[".self_attn.o_proj.bias"],
                         data["attenLastOutput"])
             self.AddTo(data["hiddenStates"], data["attenLastOutput"])

@@ -11,7 +11,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.io.gguf import dequantize_raw, hf_tensor_name, open_gguf, unpermute_rows
+from graphllm.io.gguf import build_config, dequantize_raw, hf_tensor_name, open_gguf, unpermute_rows
 
 HIDDEN, HEADS, KV_HEADS, FFN, LAYERS, VOCAB = 64, 4, 2, 96, 2, 40
 HEAD_DIM = HIDDEN // HEADS
@@ -279,6 +279,36 @@ def test_missing_metadata(tmp_path: Path) -> None:
     writer.write_tensors_to_file()
     writer.close()
     with pytest.raises(ConfigError, match=r"llama\.embedding_length"):
+        open_gguf(tmp_path / "x.gguf")
+
+
+def write_metadata(path: Path, heads: int) -> None:
+    """A llama GGUF with the required metadata only (no head_count_kv, no rope.freq_base) and no tensors."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(256)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(FFN)
+    writer.add_head_count(heads)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_metadata_defaults_are_left_to_arch_config(tmp_path: Path) -> None:
+    write_metadata(tmp_path / "x.gguf", HEADS)
+    config = build_config(gguf.GGUFReader(str(tmp_path / "x.gguf")).fields, set(), tmp_path / "x.gguf")
+    assert "num_key_value_heads" not in config and "rope_theta" not in config
+    with pytest.raises(ModelLoadError, match=r"lacks the tensor 'token_embd\.weight'"):
+        open_gguf(tmp_path / "x.gguf")
+
+
+def test_bad_metadata_value_names_file_and_key(tmp_path: Path) -> None:
+    write_metadata(tmp_path / "x.gguf", 5)
+    with pytest.raises(ConfigError, match=r"x\.gguf: GGUF metadata: config hidden_size = 64 is not divisible by "
+                                          r"num_attention_heads = 5"):
         open_gguf(tmp_path / "x.gguf")
 
 
