@@ -12,7 +12,7 @@ from graphllm.dsl.arch import ArchConfig, Rope, context_limit
 from graphllm.dsl.inputs import input_types, rope_tables
 from graphllm.dsl.types import TensorType
 from graphllm.errors import ConfigError
-from graphllm.runtime.llm import build_graph
+from graphllm.pipeline import build_graph
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
