@@ -24,21 +24,12 @@ from ..dsl.inputs import OUTPUT
 from ..dsl.ops import get_spec
 from ..dsl.serialize import graph_to_json
 from ..errors import GraphLLMError
+from ..host import tvm_version
 from .lower import EXTRAS, HOST_OPS, RUNTIME_ATTRS, Kernel, LowerRequest, is_view, lower
 
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
 PLAN_VERSION = 4  # 2: attention steps carry kv_shape; 3: steps carry inplace; 4: the threads extra
-
-
-def tvm_version() -> str:
-    """The installed apache-tvm version (without importing the compiler)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("apache-tvm")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def graph_key(graph: Graph) -> str:

@@ -12,14 +12,13 @@ import numpy as np
 
 from ..codegen.compile import LIB_FILE, PLAN_FILE, PLAN_VERSION, cache_key, compile_graph, graph_key, tvm_version
 from ..dsl.graph import Graph
+from ..host import cpu_flags
 from ..errors import ModelLoadError
 from ..io.download import graphllm_home
 from .executor import CompiledExecutor, read_plan
 
 def host_target() -> dict[str, Any]:
     """The host's TVM target, remembered on disk per CPU and TVM version (detecting it imports TVM)."""
-    from ..codegen.target import cpu_flags
-
     ident = hashlib.sha256(" ".join(sorted(cpu_flags())).encode() + tvm_version().encode()).hexdigest()[:16]
     path = graphllm_home() / "targets" / f"{ident}.json"
     try:

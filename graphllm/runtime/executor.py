@@ -19,16 +19,16 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..codegen.build import aligned_empty, as_tensor, load_module
 from ..codegen.compile import LIB_FILE, PLAN_FILE
 from ..codegen.lower import get_packer, load_kernel_modules
-from ..codegen.target import configure_threads
 from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
 from .memory_plan import plan_memory
 from ..io.weights import NUMPY_FLOATS
+from ..layouts import aligned_empty
+from .tvm import as_tensor, configure_threads, load_module, load_runtime
 
 _NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 MAX_BINDINGS = 8
@@ -258,8 +258,6 @@ class CompiledExecutor:
 
         Kernel time = each call timed alone minus the cost of an empty FFI call, measured here.
         """
-        from ..codegen.target import load_runtime
-
         calls = self._bind(tokens, seqs)
         self.inputs["inputIds"][:tokens] = 0
         self.inputs["positionIds"][:tokens] = np.arange(tokens)
