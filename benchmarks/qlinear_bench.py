@@ -63,7 +63,7 @@ def quantized(fmt: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def aligned(a: np.ndarray) -> np.ndarray:
     """A 64-byte-aligned copy."""
-    from graphllm.codegen.build import aligned_empty
+    from graphllm.layouts import aligned_empty
 
     out = aligned_empty(a.shape, a.dtype)
     out[...] = a
@@ -111,9 +111,11 @@ def main() -> None:
         text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads)}).stdout)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
-    from graphllm.codegen.build import aligned_empty, as_tensor, build_module
+    from graphllm.codegen.build import build_module
+    from graphllm.layouts import aligned_empty
+    from graphllm.runtime.tvm import as_tensor
     from graphllm.codegen.kernels.qlinear import pack_qweight, qlinear_gemm, qlinear_gemv
-    from graphllm.codegen.target import configure_threads
+    from graphllm.runtime.tvm import configure_threads
     from graphllm.dsl.qformats import qformat
 
     threads = configure_threads(args.threads)
@@ -194,7 +196,8 @@ def numpy_times(reps: int) -> dict[str, dict[str, float]]:
 
 def decode_steps(mod: Any, rng: np.random.Generator, reps: int) -> list[str]:
     """Time the matmuls of one decode step, unfused (211) and as graphllm runs them (181); one line each."""
-    from graphllm.codegen.build import aligned_empty, bind
+    from graphllm.layouts import aligned_empty
+    from graphllm.runtime.tvm import bind
     from graphllm.codegen.kernels.qlinear import pack_qweight
 
     head_raw = quantized("q8_0", VOCAB, HIDDEN, rng)

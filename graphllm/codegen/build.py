@@ -1,28 +1,20 @@
-"""Build PrimFuncs into one shared library, load it back with the thin runtime, call kernels cheaply.
+"""Build PrimFuncs into one shared library (needs the TVM compiler): `build_module` -> `export_module`.
 
-Build side (needs the TVM compiler): `build_module` -> `export_module`.
-Run side (needs only tvm_ffi + libtvm_runtime.so, 0.3 s to import): `load_module`,
-`aligned_empty`, `as_tensor`, `bind`.
+The library is loaded and called by the thin runtime (graphllm/runtime/tvm.py).
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from graphllm.codegen.target import detect_target, load_runtime
+from .target import detect_target
 
 if TYPE_CHECKING:
-    import tvm_ffi
     from tvm.runtime import Executable
     from tvm.tirx import PrimFunc
-
-ALIGNMENT = 64  # bytes; compiled kernels assume (and do not check) this alignment
 
 
 def build_module(funcs: Mapping[str, PrimFunc], target: Mapping[str, object] | None = None) -> Executable:
@@ -41,33 +33,3 @@ def export_module(executable: Executable, path: str | os.PathLike) -> Path:
     executable.export_library(str(tmp))
     os.replace(tmp, path)
     return path
-
-
-def load_module(path: str | os.PathLike) -> tvm_ffi.Module:
-    """Load an exported kernel library with the thin runtime (no `import tvm`); index it by name."""
-    return load_runtime().load_module(str(path))
-
-
-def aligned_empty(shape: int | Sequence[int], dtype: str | np.dtype = "float32") -> np.ndarray:
-    """Return an uninitialised C-contiguous numpy array whose data starts on a 64-byte boundary."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def as_tensor(array: np.ndarray) -> tvm_ffi.Tensor:
-    """Wrap a 64-byte-aligned C-contiguous numpy array as a zero-copy tvm_ffi Tensor (checked)."""
-    if array.ctypes.data % ALIGNMENT or not array.flags.c_contiguous:
-        raise ValueError("kernel buffers must be C-contiguous and 64-byte aligned; use aligned_empty")
-    return load_runtime().from_dlpack(array)
-
-
-def bind(func: Callable[..., Any], *arrays: np.ndarray) -> Callable[[], Any]:
-    """Wrap the arrays once and return a no-argument callable running `func` on them (per-token path).
-
-    functools.partial over pre-wrapped tensors costs 0.3 us a call, a Python closure 0.4 us.
-    """
-    return functools.partial(func, *(as_tensor(a) for a in arrays))

@@ -69,6 +69,7 @@ class Kernel:
     packs: dict[str, str] = field(default_factory=dict)
     before: tuple["Kernel", ...] = ()
     inplace: str | None = None
+    knobs: dict[str, Any] = field(default_factory=dict)
 
     def variants(self) -> dict[str, Any]:
         """Suffix -> PrimFunc for every variant to build."""

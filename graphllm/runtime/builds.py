@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -10,16 +11,35 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..codegen.compile import LIB_FILE, PLAN_FILE, PLAN_VERSION, cache_key, compile_graph, graph_key, tvm_version
+from .. import __version__
 from ..dsl.graph import Graph
 from ..errors import ModelLoadError
+from ..host import cpu_flags, tvm_version
 from ..io.download import graphllm_home
+from ..plan import LIB_FILE, PLAN_FILE, PLAN_VERSION, graph_key
 from .executor import CompiledExecutor, read_plan
+
+CODEGEN_SOURCES = Path(__file__).parents[1] / "codegen"
+
+
+@functools.lru_cache(maxsize=1)
+def codegen_hash() -> str:
+    """Hash of the code generator's sources (read as files, not imported): a changed kernel never reuses a build."""
+    h = hashlib.sha256()
+    for path in sorted(CODEGEN_SOURCES.rglob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32") -> str:
+    """What a build depends on: graph text, target, dtype, graphllm, TVM, plan format and code generator versions."""
+    text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION, codegen_hash()],
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
 
 def host_target() -> dict[str, Any]:
     """The host's TVM target, remembered on disk per CPU and TVM version (detecting it imports TVM)."""
-    from ..codegen.target import cpu_flags
-
     ident = hashlib.sha256(" ".join(sorted(cpu_flags())).encode() + tvm_version().encode()).hexdigest()[:16]
     path = graphllm_home() / "targets" / f"{ident}.json"
     try:
@@ -57,11 +77,7 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
     kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
     if artifact is not None:
         kwargs["pack_cache"] = packed_dir(Path(artifact), weights)
-        plan = read_plan(artifact)
-        if plan.get("version") != PLAN_VERSION:
-            raise ModelLoadError(f"the build in {artifact} was written by another graphllm version (plan format "
-                                 f"{plan.get('version')}, this one reads {PLAN_VERSION}); recompile it with `graphllm compile`")
-        if plan.get("graph_key") != graph_key(graph):
+        if read_plan(artifact).graph_key != graph_key(graph):
             raise ModelLoadError(f"the build in {artifact} was compiled for another model or model file; "
                                  f"recompile it with `graphllm compile` for this one")
         return CompiledExecutor(artifact, weights, **kwargs)
@@ -75,6 +91,8 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
             return executor
         except (ModelLoadError, OSError, ValueError, KeyError, RuntimeError) as e:
             notes.append(f"the cached build {folder} is unusable ({e}); rebuilding")
+    from ..codegen.compile import compile_graph
+
     compile_graph(graph, folder, target, show_progress=show_progress)
     notes.append(f"compiled the model's kernels into {folder}")
     return CompiledExecutor(folder, weights, **kwargs)

@@ -10,37 +10,32 @@ a decode step is a loop of pre-bound calls with no allocation.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..codegen.build import aligned_empty, as_tensor, load_module
-from ..codegen.compile import LIB_FILE, PLAN_FILE
-from ..codegen.lower import get_packer, load_kernel_modules
-from ..codegen.target import configure_threads
 from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
-from .memory_plan import plan_memory
 from ..io.weights import NUMPY_FLOATS
+from ..layouts import aligned_empty
+from ..plan import (LIB_FILE, Arg, HostStep, InputValue, KVCacheArg, PackedWeightValue, Plan, Step, ValueArg,
+                    ViewValue, WeightValue)
+from .memory_plan import plan_memory
+from .tvm import as_tensor, configure_threads, load_module, load_runtime
 
 _NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 MAX_BINDINGS = 8
 
 
-def read_plan(artifact: str | Path) -> dict[str, Any]:
-    """The plan of an artifact folder; a missing or corrupt one is a ModelLoadError."""
-    path = Path(artifact) / PLAN_FILE
-    try:
-        plan = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{path}: not a graphllm build ({e})") from None
+def read_plan(artifact: str | Path) -> Plan:
+    """The plan of an artifact folder; a missing, corrupt or other-version one (or no library) is a ModelLoadError."""
+    plan = Plan.load(artifact)
     if not (Path(artifact) / LIB_FILE).is_file():
         raise ModelLoadError(f"{Path(artifact) / LIB_FILE} is missing: recompile with `graphllm compile`")
     return plan
@@ -61,12 +56,11 @@ class CompiledExecutor:
         self.lib = load_module(Path(artifact) / LIB_FILE)
         self.max_context, self.num_slots, self.chunk = max_context, num_slots, chunk
         self.max_seqs = max(num_slots, max_seqs or 0)  # sequences per step (eval packs one per token)
-        self.types = {v: TensorType.parse(info["type"]) for v, info in plan["values"].items()}
-        self.steps = plan["steps"]
-        self.output = plan["output"]
+        self.steps = plan.steps
+        self.output = plan.output
         self._check_weights(weights)
         self.weights = self._load_weights(weights, pack_cache)
-        sin, cos = rope_tables(plan["config"])
+        sin, cos = rope_tables(plan.config)
         self.inputs = {
             "inputIds": aligned_empty(chunk, "int32"), "positionIds": aligned_empty(chunk, "int32"),
             "seqLens": aligned_empty(self.max_seqs, "int32"), "attentionMask": aligned_empty(chunk, "int32"),
@@ -83,22 +77,27 @@ class CompiledExecutor:
 
     # -------------------------------------------------------------- load
 
-    def _used_weights(self) -> dict[str, dict[str, Any]]:
-        """Weight values some kernel reads (a packed copy replaces the plain one it came from)."""
-        used = {a for step in self.steps if "kernel" in step for a in step["args"]}
-        used |= {a for step in self.steps if "host" in step for a in step["args"].values()}
-        return {v: info for v, info in self.plan["values"].items() if info["kind"] == "weight" and v in used}
+    def _used_weights(self) -> dict[str, tuple[WeightValue, str | None]]:
+        """Weight values some step reads, each with its model weight and the layout it is packed to (or None)."""
+        used = {v for step in self.steps for v in step.value_ids()}
+        out: dict[str, tuple[WeightValue, str | None]] = {}
+        for v, value in self.plan.values.items():
+            if v in used and isinstance(value, WeightValue):
+                out[v] = (value, None)
+            elif v in used and isinstance(value, PackedWeightValue):
+                out[v] = (self.plan.values[value.source], value.layout)
+        return out
 
     def _check_weights(self, weights: Mapping[str, np.ndarray]) -> None:
         types = getattr(weights, "types", {})
-        for v, info in self._used_weights().items():
-            name = info["name"]
+        for weight, _ in self._used_weights().values():
+            name = weight.name
             if name not in weights:
                 raise ModelLoadError(f"the build needs weight {name!r}, which the model lacks: "
                                      f"this build is for another model")
             have = types.get(name) or TensorType(tuple(weights[name].shape))
-            if have.shape != self.types[v].shape or have.dtype != self.types[v].dtype:
-                raise ModelLoadError(f"weight {name!r} is {have} but the build was compiled for {self.types[v]}: "
+            if have.shape != weight.type.shape or have.dtype != weight.type.dtype:
+                raise ModelLoadError(f"weight {name!r} is {have} but the build was compiled for {weight.type}: "
                                      f"this build is for another model or --dtype")
 
     def _load_weights(self, weights: Mapping[str, np.ndarray], pack_cache: Path | None) -> dict[str, np.ndarray]:
@@ -107,62 +106,58 @@ class CompiledExecutor:
         Re-laid-out weights are kept in ``pack_cache`` (when given) and read back on later loads, so a
         cached start skips decoding and packing.
         """
-        load_kernel_modules()
         out: dict[str, np.ndarray] = {}
-        for v, info in self._used_weights().items():
-            cached = pack_cache / f"{hashlib.sha1(v.encode()).hexdigest()[:20]}.npy" if pack_cache and info.get("pack") else None
+        for v, (weight, layout) in self._used_weights().items():
+            cached = pack_cache / f"{hashlib.sha1(v.encode()).hexdigest()[:20]}.npy" if pack_cache and layout else None
             if cached is not None and (arr := _load_packed(cached)) is not None:
                 out[v] = arr
                 continue
-            t = self.types[v]
+            t = weight.type
             stored = np.uint8 if t.quantized else NUMPY_FLOATS.get(t.dtype, np.float32)  # 16-bit weights stay 16-bit
-            arr = np.asarray(weights[info["name"]], dtype=stored)
-            out[v] = get_packer(info["pack"])(arr) if info.get("pack") else _aligned(arr)
+            arr = np.asarray(weights[weight.name], dtype=stored)
+            out[v] = _relayout(layout, arr) if layout else _aligned(arr)
             if cached is not None:
                 _save_packed(cached, out[v])
         return out
 
     def _allocate_caches(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         caches = {}
-        for step in self.steps:
-            if step.get("layer") is not None:
-                shape = (self.num_slots, self.max_context, *step["kv_shape"])
-                caches[step["layer"]] = (aligned_empty(shape, "float32"), aligned_empty(shape, "float32"))
+        for step in self.plan.kernel_steps:
+            if step.layer is not None and step.kv_shape is not None:
+                shape = (self.num_slots, self.max_context, *step.kv_shape)
+                caches[step.layer] = (aligned_empty(shape, "float32"), aligned_empty(shape, "float32"))
         return caches
 
     def _plan_storage(self) -> dict[str, np.ndarray]:
         """Flat storage per buffer value, shared by values whose lifetimes do not overlap (memory_plan)."""
 
         def nbytes(v: str) -> int:
-            t = self.types[v]
+            t = self.plan.values[v].type
             return _size(t, self.chunk, self.max_seqs) * np.dtype(_NP[t.dtype]).itemsize
 
-        plan = plan_memory(self.steps, self.plan["values"], self.output, nbytes)
+        plan = plan_memory(self.steps, self.plan.values, self.output, nbytes)
         buffers = [aligned_empty(size, "uint8") for size in plan.sizes]
         self.activation_bytes = {"planned": plan.planned_bytes, "naive": plan.naive_bytes, "in_place": plan.in_place}
         return {v: buffers[i] for v, i in plan.buffer_of.items()}
 
     def _bytes_per_token(self) -> int:
         """Weight bytes a decode step reads: every weight, except those only gathered from (embedding tables, one row each)."""
-        ops = {n["id"]: n["op"] for n in self.plan["graph"]["nodes"]}
-        streamed = {a for step in self.steps if "kernel" in step and ops.get(step["node"]) != "Embedding"
-                    for a in step["args"]}
+        streamed = {v for step in self.plan.kernel_steps if step.op != "Embedding" for v in step.value_ids()}
         return sum(a.nbytes for v, a in self.weights.items() if v in streamed)
 
     # -------------------------------------------------------------- binding
 
     def _array(self, v: str, tokens: int, seqs: int) -> np.ndarray:
-        info = self.plan["values"][v]
-        t = self.types[v]
+        value = self.plan.values[v]
+        t = value.type
         shape = t.concrete({TOKENS: tokens, SEQS: seqs})
-        kind = info["kind"]
-        if kind == "weight":
+        if isinstance(value, (WeightValue, PackedWeightValue)):
             return self.weights[v]
-        if kind == "input":
-            arr = self.inputs[info["name"]]
+        if isinstance(value, InputValue):
+            arr = self.inputs[value.name]
             return arr if arr.ndim != 1 or not isinstance(t.shape[0], str) else arr[:shape[0]]
-        if kind == "view":
-            return self._array(info["of"], tokens, seqs).reshape(shape)
+        if isinstance(value, ViewValue):
+            return self._array(value.of, tokens, seqs).reshape(shape)
         n = _size(t, tokens, seqs)
         return self.storage[v][:n * np.dtype(_NP[t.dtype]).itemsize].view(_NP[t.dtype]).reshape(shape)
 
@@ -173,33 +168,30 @@ class CompiledExecutor:
             return self._bindings[key]
         calls = []
         for step in self.steps:
-            if "host" in step:
+            if isinstance(step, HostStep):
                 calls.append(self._host_call(step, tokens, seqs))
                 continue
-            name = step["large"] if step["large"] and tokens >= step["large_from"] else step["kernel"]
-            args = []
-            for a in step["args"]:
-                if a.startswith("extra:"):
-                    extra = a[6:]
-                    if extra in ("kcache", "vcache"):
-                        args.append(as_tensor(self.caches[step["layer"]][0 if extra == "kcache" else 1]))
-                    else:
-                        arr = self.extras[extra]
-                        rows = {"last_rows": seqs, "threads": 1}.get(extra, tokens)
-                        args.append(as_tensor(arr[:rows]))
-                else:
-                    args.append(as_tensor(self._array(a, tokens, seqs)))
-            calls.append((self.lib[name], tuple(args)))
+            args = tuple(as_tensor(self._arg_array(step, a, tokens, seqs)) for a in step.args)
+            calls.append((self.lib[step.symbol(tokens)], args))
         self._bindings[key] = calls
         self._outputs[key] = self._array(self.output, tokens, seqs)
         if len(self._bindings) > MAX_BINDINGS:
             del self._outputs[self._bindings.popitem(last=False)[0]]
         return calls
 
-    def _host_call(self, step: dict[str, Any], tokens: int, seqs: int) -> tuple[Callable, tuple]:
-        spec = O.get_spec(step["host"])
-        arrays = {port: self._array(v, tokens, seqs) for port, v in step["args"].items()}
-        names = {port: self.plan["values"].get(v, {}).get("name", v) for port, v in step["args"].items()}
+    def _arg_array(self, step: Step, arg: Arg, tokens: int, seqs: int) -> np.ndarray:
+        """The array bound to one kernel argument for a step of this many tokens and sequences."""
+        if isinstance(arg, ValueArg):
+            return self._array(arg.value, tokens, seqs)
+        if isinstance(arg, KVCacheArg):
+            return self.caches[step.layer][0 if arg.half == "key" else 1]
+        rows = {"last_rows": seqs, "threads": 1}.get(arg.name, tokens)
+        return self.extras[arg.name][:rows]
+
+    def _host_call(self, step: HostStep, tokens: int, seqs: int) -> tuple[Callable, tuple]:
+        spec = O.get_spec(step.op)
+        arrays = {port: self._array(v, tokens, seqs) for port, v in step.args.items()}
+        names = {port: _value_name(self.plan, v) for port, v in step.args.items()}
 
         def host() -> None:
             spec.reference(arrays, {}, O.RefContext(names=names))
@@ -258,8 +250,6 @@ class CompiledExecutor:
 
         Kernel time = each call timed alone minus the cost of an empty FFI call, measured here.
         """
-        from ..codegen.target import load_runtime
-
         calls = self._bind(tokens, seqs)
         self.inputs["inputIds"][:tokens] = 0
         self.inputs["positionIds"][:tokens] = np.arange(tokens)
@@ -304,6 +294,20 @@ def _save_packed(path: Path, arr: np.ndarray) -> None:
         os.replace(tmp, path)
     except OSError:
         pass
+
+
+def _value_name(plan: Plan, v: str) -> str:
+    """A value's name as the user wrote it (inputs and weights), else its id."""
+    value = plan.values[v]
+    return value.name if isinstance(value, (InputValue, WeightValue)) else v
+
+
+def _relayout(layout: str, arr: np.ndarray) -> np.ndarray:
+    """A weight re-laid out by the packer the plan names."""
+    from ..codegen.lower import get_packer, load_kernel_modules
+
+    load_kernel_modules()
+    return get_packer(layout)(arr)
 
 
 def _aligned(arr: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from ..plan import BufferValue, HostStep, Step, Value, ViewValue
 
 
 @dataclass
@@ -28,36 +29,34 @@ class MemoryPlan:
         return sum(self.sizes)
 
 
-def base_values(values: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+def base_values(values: Mapping[str, Value]) -> dict[str, str]:
     """Each value's storage owner: views resolve to the buffer they view."""
     base = {}
-    for v, info in values.items():
+    for v in values:
         b = v
-        while values[b]["kind"] == "view":
-            b = values[b]["of"]
+        while isinstance(values[b], ViewValue):
+            b = values[b].of
         base[v] = b
     return base
 
 
-def plan_memory(steps: Sequence[Mapping[str, Any]], values: Mapping[str, Mapping[str, Any]], output: str,
+def plan_memory(steps: Sequence[Step | HostStep], values: Mapping[str, Value], output: str,
                 nbytes: Callable[[str], int]) -> MemoryPlan:
-    """Assign every 'buffer' value written by a step to a buffer (see the module doc)."""
+    """Assign every buffer value written by a kernel step to a buffer (see the module doc)."""
     base = base_values(values)
     last: dict[str, int] = {}
     for i, step in enumerate(steps):
-        args = step["args"] if isinstance(step["args"], list) else step["args"].values()
-        for a in args:
-            if a in base:
-                last[base[a]] = i
+        for a in step.value_ids():
+            last[base[a]] = i
     last[base[output]] = len(steps)
     plan = MemoryPlan()
     free: dict[int, list[int]] = {}
     for i, step in enumerate(steps):
-        node = step["node"]
-        if node in values and values[node]["kind"] == "buffer" and node not in plan.buffer_of:
+        node = step.node
+        if isinstance(step, Step) and isinstance(values.get(node), BufferValue) and node not in plan.buffer_of:
             size = nbytes(node)
             plan.naive_bytes += size
-            donor = base.get(step.get("inplace") or "")
+            donor = base.get(step.inplace or "")
             if donor in plan.buffer_of and last.get(donor) == i and plan.sizes[plan.buffer_of[donor]] == size:
                 plan.buffer_of[node] = plan.buffer_of[donor]
                 plan.in_place += 1

@@ -68,8 +68,8 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
     }
     if hasattr(llm.executor, "profile"):
         prof = llm.executor.profile(1, 1)
-        steps = [st for st in llm.executor.steps if "kernel" in st]
-        prefill_variants = sum(1 for st in steps if st["large"] and prompt_tokens >= st["large_from"])
+        steps = llm.executor.plan.kernel_steps
+        prefill_variants = sum(1 for st in steps if st.symbol(prompt_tokens) != st.kernel)
         result.update(threads=llm.executor.threads, launches_per_decode=prof["launches"],
                       launches_per_prefill=len(steps), prefill_large_variants=prefill_variants,
                       activation_mb_planned=llm.executor.activation_bytes["planned"] / 2**20,

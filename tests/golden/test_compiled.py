@@ -1,6 +1,5 @@
 """The TVM-compiled executor: same logits as the reference executor and transformers; builds cached."""
 
-import json
 import os
 import subprocess
 import sys
@@ -9,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from graphllm.plan import Plan
 from graphllm.runtime.llm import LLM
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -64,8 +64,8 @@ def test_artifact_round_trip_and_cache(tmp_path):
     out = tmp_path / "artifact"
     r = _run(home, "compile", "-m", model, "-o", str(out))
     assert r.returncode == 0, r.stderr
-    plan = json.loads((out / "plan.json").read_text())
-    assert plan["target"]["kind"] == "llvm" and plan["graphllm"] and plan["tvm"]
+    plan = Plan.load(out)
+    assert plan.target["kind"] == "llvm" and plan.graphllm and plan.tvm and plan.compile.kernels > 0
     args = ["run", "-m", model, "Hello", "-n", "8", "--ignore-eos"]
     from_artifact = _run(home, *args, "--artifact", str(out))
     assert from_artifact.returncode == 0, from_artifact.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import as_tensor, aligned_empty, build_module
+from graphllm.codegen.build import build_module
+from graphllm.layouts import aligned_empty
+from graphllm.runtime.tvm import as_tensor
 from graphllm.codegen.kernels.attention import KEY_BLOCK, attention_func, kv_write_func
 
 # (Hq, Hk, D): a small GQA config and SmolLM2-135M's

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import aligned_empty, as_tensor, build_module
+from graphllm.codegen.build import build_module
+from graphllm.layouts import aligned_empty
+from graphllm.runtime.tvm import as_tensor
 from graphllm.codegen.kernels.attention import KEY_BLOCK, attention_func
 
 HQ, HK, D = 4, 2, 16

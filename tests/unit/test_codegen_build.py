@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import aligned_empty, as_tensor, bind, build_module, export_module, load_module
+from graphllm.codegen.build import build_module, export_module
+from graphllm.layouts import aligned_empty
+from graphllm.runtime.tvm import as_tensor, bind, load_module
 from graphllm.codegen.kernels.linear import linear_kernels, pack_weight
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,8 +64,8 @@ def test_thin_runtime_runs_without_tvm_compiler(library: Path) -> None:
     code = f"""
         import sys
         import numpy as np
-        from graphllm.codegen.build import aligned_empty, bind, load_module
-        from graphllm.codegen.target import configure_threads
+        from graphllm.layouts import aligned_empty
+        from graphllm.runtime.tvm import bind, configure_threads, load_module
         configure_threads(2)
         mod = load_module({str(library)!r})
         x, w, b, y = aligned_empty((7, 32)), aligned_empty((1, 32, 16)), aligned_empty(16), aligned_empty((7, 16))

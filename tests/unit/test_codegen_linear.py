@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import as_tensor, aligned_empty, build_module
+from graphllm.codegen.build import build_module
+from graphllm.layouts import aligned_empty
+from graphllm.runtime.tvm import as_tensor
 from graphllm.codegen.kernels.linear import (
     GEMM_MIN_T,
     linear_entry,

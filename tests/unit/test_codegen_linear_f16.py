@@ -6,7 +6,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import aligned_empty, as_tensor, build_module
+from graphllm.codegen.build import build_module
+from graphllm.layouts import aligned_empty
+from graphllm.runtime.tvm import as_tensor
 from graphllm.codegen.kernels.linear import linear_kernels, pack_weight
 from graphllm.codegen.lower import LowerRequest, get_packer, lower
 from graphllm.dsl.types import TensorType

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from graphllm.codegen import lower as lowering_api
-from graphllm.codegen.build import aligned_empty, as_tensor, build_module
+from graphllm.codegen.build import build_module
+from graphllm.layouts import aligned_empty
+from graphllm.runtime.tvm import as_tensor
 from graphllm.codegen.lower import EXTRAS, HOST_OPS, LOWERINGS, VIEW_OPS, Kernel, LowerRequest, lower
-from graphllm.codegen.target import configure_threads
+from graphllm.runtime.tvm import configure_threads
 from graphllm.dsl.ops import REGISTRY, RefContext, get_spec
 from graphllm.dsl.types import TensorType
 

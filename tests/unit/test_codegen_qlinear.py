@@ -7,7 +7,9 @@ import platform
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import aligned_empty, as_tensor, build_module
+from graphllm.codegen.build import build_module
+from graphllm.layouts import aligned_empty
+from graphllm.runtime.tvm import as_tensor
 from graphllm.codegen.kernels.qlinear import (
     GEMM_MIN_T,
     lower_qembedding,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from graphllm import host
 from graphllm.codegen import target as tgt
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ def test_detected_target_is_llvm_for_this_host() -> None:
     """The target dict names the LLVM triple, a CPU, and the physical core count."""
     t = tgt.detect_target()
     assert t["kind"] == "llvm" and t["mtriple"] and t["mcpu"]
-    assert t["num-cores"] == tgt.physical_cores() >= 1
+    assert t["num-cores"] == host.physical_cores() >= 1
 
 
 def test_detected_cpu_has_no_isa_missing_from_cpuinfo() -> None:
@@ -27,7 +28,7 @@ def test_detected_cpu_has_no_isa_missing_from_cpuinfo() -> None:
     import tvm
 
     t = tgt.detect_target()
-    flags = tgt.cpu_flags()
+    flags = host.cpu_flags()
     features = tvm.target.codegen.llvm_get_cpu_features(tvm.target.Target(dict(t)))
     for feature, flag in tgt._X86_CHECKED_FEATURES.items():
         if feature in features and flags:
@@ -46,7 +47,7 @@ def test_avx512_cpu_rejected_without_avx512f() -> None:
     assert tgt._cpu_is_safe(tvm, "skylake-avx512", triple, flags | {"avx512f", "avx512bw", "avx512dq", "avx512vl"})
 
 
-@pytest.mark.skipif(not {"avx2", "fma"} <= tgt.cpu_flags(), reason="host has no AVX2/FMA")
+@pytest.mark.skipif(not {"avx2", "fma"} <= host.cpu_flags(), reason="host has no AVX2/FMA")
 def test_kernel_for_detected_target_uses_avx2_fma() -> None:
     """A small vectorized multiply-add built for the detected target emits ymm registers and vfmadd."""
     import tvm
@@ -81,7 +82,7 @@ def test_configure_threads_sets_pool_size_before_start() -> None:
     out = _run_python(
         """
         import sys
-        from graphllm.codegen.target import configure_threads, load_runtime
+        from graphllm.runtime.tvm import configure_threads, load_runtime
         n = configure_threads(2)
         print(n, load_runtime().get_global_func("runtime.NumThreads")(), "tvm" in sys.modules)
         """
@@ -94,7 +95,7 @@ def test_configure_threads_cannot_grow_a_started_pool() -> None:
     out = _run_python(
         """
         import warnings
-        from graphllm.codegen.target import configure_threads
+        from graphllm.runtime.tvm import configure_threads
         print(configure_threads(1))
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -1,17 +1,16 @@
 """memory_plan: buffer reuse by liveness, views kept alive through their buffer, in-place updates."""
 
+from graphllm.dsl.types import TensorType
+from graphllm.plan import BufferValue, InputValue, Step, ValueArg, ViewValue
 from graphllm.runtime.memory_plan import plan_memory
 
-
-def buf(kind="buffer", of=None):
-    return {"kind": kind, **({"of": of} if of else {})}
-
-
-VALUES = {"$x": buf("input"), "%a": buf(), "%b": buf(), "%v": buf("view", "%b"), "%c": buf(), "%d": buf(), "%e": buf()}
+F = TensorType((4,))
+VALUES = {"$x": InputValue("inputIds", F), "%a": BufferValue(F), "%b": BufferValue(F), "%v": ViewValue("%b", F),
+          "%c": BufferValue(F), "%d": BufferValue(F), "%e": BufferValue(F)}
 
 
 def step(node, *args, inplace=None):
-    return {"node": node, "args": list(args), "inplace": inplace}
+    return Step(node, "Op", f"k_{node}", tuple(ValueArg(a) for a in args), inplace=inplace)
 
 
 def test_dead_buffers_are_reused_and_views_keep_theirs_alive():

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from graphllm.codegen.build import aligned_empty
+from graphllm.layouts import aligned_empty
 from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
 from graphllm.codegen.kernels.qlinear import lower_qlinear
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering, packer

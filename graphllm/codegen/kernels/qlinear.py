@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from graphllm.codegen.build import aligned_empty
+from graphllm.layouts import aligned_empty
 from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
 from graphllm.codegen.kernels.norm import inv_root_mean
 from graphllm.codegen.lower import Kernel, LowerRequest, packer

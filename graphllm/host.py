@@ -1,0 +1,50 @@
+"""Facts about this host that both the compiler and the runtime need: CPU flags, cores, TVM version."""
+
+from __future__ import annotations
+
+import os
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+def cpu_flags() -> frozenset[str]:
+    """Return the CPU feature flags of /proc/cpuinfo (empty off Linux), the ISA ground truth."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def physical_cores() -> int:
+    """Return the number of physical cores this process may run on (hyper-threads not counted)."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return usable
+    cores: set[tuple[str, str]] = set()
+    physical_id = core_id = ""
+    for line in text.splitlines() + [""]:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "physical id":
+            physical_id = value.strip()
+        elif key == "core id":
+            core_id = value.strip()
+        elif not key and core_id:
+            cores.add((physical_id, core_id))
+            physical_id = core_id = ""
+    return max(1, min(usable, len(cores) or usable))
+
+
+def tvm_version() -> str:
+    """The installed apache-tvm version (without importing the compiler)."""
+    try:
+        return version("apache-tvm")
+    except PackageNotFoundError:
+        return "unknown"
