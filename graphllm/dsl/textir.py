@@ -140,9 +140,10 @@ def _type(token: Token | None) -> TensorType | None:
         return None
     try:
         return TensorType.parse(token)
-    except (KeyError, ValueError):
+    except ValueError as e:
         dtypes = ", ".join(str(TensorType((), d)).removesuffix("[]") for d in DTYPES)
-        raise _IRError(token, f"bad type {token} (dtypes: {dtypes})") from None
+        raise _IRError(token, f"bad type {token}: {e} (dtypes: {dtypes}; block formats: q8_0, q4_0, q4_1, "
+                              f"and with g<GROUP> for another even group size, e.g. q4_1g128)") from None
 
 
 def _unique(pairs: list[tuple[str, Token, Any]], what: str) -> dict[str, Any]:
@@ -185,14 +186,14 @@ class _ToStatements(Transformer):
         return None
 
     def list(self, items: list[Any]) -> list[Any]:
-        return [] if items == [None] else items
+        return items
 
-    def member(self, items: list[Any]) -> tuple[str, Any]:
-        (key, _), value = items
-        return key, value
+    def member(self, items: list[Any]) -> tuple[str, Token, Any]:
+        (key, token), value = items
+        return key, token, value
 
     def object(self, items: list[Any]) -> dict[str, Any]:
-        return {} if items == [None] else dict(items)
+        return _unique(items, "key")
 
     def attr(self, items: list[Any]) -> tuple[str, Token, Any]:
         (key, token), value = items

@@ -52,10 +52,13 @@ class TensorType:
 
     @staticmethod
     def parse(text: str) -> "TensorType":
-        """Inverse of ``str()``: ``f32[T,576]`` -> TensorType(("T", 576), "float32")."""
+        """Inverse of ``str()``: ``f32[T,576]`` -> TensorType(("T", 576), "float32"), ``q4_1g128[N,K]`` a block format."""
         short, _, rest = text.partition("[")
         body = rest.rstrip("]")
         dims = tuple(int(d) if d.lstrip("-").isdigit() else d for d in body.split(",") if d)
+        fmt = qformat(short)
+        if fmt is not None and short != (spelled := fmt.kind if fmt.group == 32 else f"{fmt.kind}g{fmt.group}"):
+            raise ValueError(f"the block format {short} is spelled {spelled}")
         return TensorType(dims, _LONG.get(short, short))
 
 

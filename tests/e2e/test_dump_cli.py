@@ -1,9 +1,13 @@
 """`graphllm dump` in-process on the tiny fixture: every format, --after, --print-ir-after-all, -o/--force,
---custom, and load_ir (what `graphllm compile --ir FILE` reads)."""
+--custom, and load_ir (what `graphllm compile --ir FILE` reads); a quantized model's dump compiled and run
+through the CLI."""
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +117,22 @@ def test_load_ir_reads_a_dump_and_checks_its_types(tmp_path, capsys, graph):
         load_ir(tmp_path / "broken2.ir")
     with pytest.raises(GraphLLMError, match="cannot read the IR file"):
         load_ir(tmp_path / "missing.ir")
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, GRAPHLLM_HOME=str(home))
+    r = subprocess.run([sys.executable, "-m", "graphllm.cli", *args], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_a_quantized_dump_compiles_and_runs(tmp_path):
+    """dump --dtype int4 -> compile --ir -> run --artifact: the text the reference executor writes."""
+    home, ir, artifact = tmp_path / "home", tmp_path / "g.ir", tmp_path / "art"
+    _cli(home, "dump", "-m", str(TINY), "--dtype", "int4", "-o", str(ir))
+    assert " : q4_1[128,64] = Weight() {" in ir.read_text()
+    _cli(home, "compile", "--ir", str(ir), "-m", str(TINY), "-o", str(artifact))
+    prompt = ["-m", str(TINY), "--dtype", "int4", "Hello", "-n", "8", "--ignore-eos"]
+    compiled = _cli(home, "run", "--artifact", str(artifact), *prompt)
+    assert "compiled" not in compiled.stderr
+    assert compiled.stdout == _cli(home, "run", "--executor", "reference", *prompt).stdout

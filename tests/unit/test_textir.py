@@ -134,7 +134,8 @@ ATTRS = {
     "scale": 0.125, "third": 1 / 3, "huge": 1e300, "tiny": 5e-324, "inf": math.inf, "ninf": -math.inf,
     "nan": math.nan, "t": True, "f": False, "none": None, "s": "tanh", "empty": "",
     "odd": 'quote " back \\ newline \n tab \t # not a comment, unicode é ∑', "list": [1, 2.5, "x", [True, None], []],
-    "weird key!": 1, "name": "attr keys may be keywords",
+    "weird key!": 1, "name": "attr keys may be keywords", "only_none": [None], "empties": [[None], {}, [], {"k": None}],
+    "recipe": {"op": "Add", "attrs": {"v": 1.0}, "inputs": {"input": {"op": "Mul", "attrs": {}, "inputs": {"a": "w"}}}},
 }
 
 
@@ -211,7 +212,10 @@ BAD = [
     ("graph {\n  input $x\n  %y = Silu(input=$x\n}\n", "3:21", "unexpected end of line; expected \")\""),
     ("graph {\n  %y = Silu(input=$x)\n}\n", "2:19", "$x is used before it is defined"),
     ("graph {\n  input $x\n  input $x\n}\n", "3:9", "$x is defined twice"),
-    ("graph {\n  input $x : q8[T]\n}\n", "2:14", "bad type q8[T] (dtypes: f32, f16"),
+    ("graph {\n  input $x : q8[T]\n}\n", "2:14", "bad type q8[T]: unknown dtype 'q8' (dtypes: f32, f16"),
+    ("graph {\n  weight @w : q4_1g3[4,6]\n}\n", "2:15", "bad type q4_1g3[4,6]: group size 3 of q4_1g3 must be even"),
+    ("graph {\n  weight @w : q4_1g32[4,64]\n}\n", "2:15", "the block format q4_1g32 is spelled q4_1 ("),
+    ("graph {\n  input $x\n  %y = Silu(input=$x) {a={k=1, k=2}}\n}\n", "3:32", "key 'k' given twice"),
     ("graph {\n  input $x ;\n}\n", "2:12", "unexpected character ';'"),
     ("graph {\n  input $x\n", "2:11", "unexpected end of text"),
     ("graph {\n  input $x\n  %y = Silu(input=$x) {a=1, a=2}\n}\n", "3:29", "attr 'a' given twice"),
