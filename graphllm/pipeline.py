@@ -110,6 +110,11 @@ def build(model: LoadedModel | str | os.PathLike | None, options: GraphOptions =
     """
     notes: list[str] = []
     if options.ir is not None:
+        ignored = [flag for flag, value in (("--custom", options.custom), ("--dtype", options.dtype),
+                                            ("--passes", options.passes), ("--no-fuse", options.no_fuse)) if value]
+        if ignored:
+            raise GraphLLMError(f"the IR file is compiled as written: drop {', '.join(ignored)} (they shape the "
+                                f"graph, which the IR already fixes)")
         graph = load_ir(options.ir)
         loaded = _load(model) if need_model or model is not None else None
         return Built(graph, loaded, notes)

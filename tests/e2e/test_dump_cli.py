@@ -136,3 +136,18 @@ def test_a_quantized_dump_compiles_and_runs(tmp_path):
     compiled = _cli(home, "run", "--artifact", str(artifact), *prompt)
     assert "compiled" not in compiled.stderr
     assert compiled.stdout == _cli(home, "run", "--executor", "reference", *prompt).stdout
+
+
+def test_compile_ir_refuses_flags_that_would_be_ignored(tmp_path, capsys):
+    from graphllm.cli import main
+
+    assert dump("-o", str(tmp_path / "g.ir")) == 0
+    assert main(["compile", "--ir", str(tmp_path / "g.ir"), "--dtype", "int4", "-o", str(tmp_path / "art")]) == 2
+    assert "the IR file is compiled as written: drop --dtype" in capsys.readouterr().err
+    assert not (tmp_path / "art").exists()
+
+
+def test_dump_dtype_shows_the_quantized_graph(capsys):
+    assert dump("--dtype", "int4g16") == 0
+    out = capsys.readouterr().out
+    assert "q4_1g16[" in out and "= FusedLinear(" in out
