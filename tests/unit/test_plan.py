@@ -21,7 +21,7 @@ from graphllm.dsl.types import TensorType
 from graphllm.errors import ModelLoadError
 from graphllm.plan import (PLAN_FILE, PLAN_VERSION, ExtraArg, HostStep, KVCacheArg, PackedWeightValue, Plan, Step,
                            ValueArg, WeightValue)
-from graphllm.runtime.llm import build_graph
+from graphllm.pipeline import build_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny_llama"
