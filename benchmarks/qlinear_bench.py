@@ -112,7 +112,7 @@ def main() -> None:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
     from graphllm.codegen.build import aligned_empty, as_tensor, build_module
-    from graphllm.codegen.kernels.qlinear import pack_qweight, qlinear_gemm, qlinear_gemv
+    from graphllm.codegen.kernels.cpu.qlinear import pack_qweight, qlinear_gemm, qlinear_gemv
     from graphllm.codegen.target import configure_threads
     from graphllm.dsl.qformats import qformat
 
@@ -195,7 +195,7 @@ def numpy_times(reps: int) -> dict[str, dict[str, float]]:
 def decode_steps(mod: Any, rng: np.random.Generator, reps: int) -> list[str]:
     """Time the matmuls of one decode step, unfused (211) and as graphllm runs them (181); one line each."""
     from graphllm.codegen.build import aligned_empty, bind
-    from graphllm.codegen.kernels.qlinear import pack_qweight
+    from graphllm.codegen.kernels.cpu.qlinear import pack_qweight
 
     head_raw = quantized("q8_0", VOCAB, HIDDEN, rng)
     head = bind(mod[f"v_q8_0_{HIDDEN}_{VOCAB}"], aligned(rng.standard_normal((1, HIDDEN), dtype=np.float32)),

@@ -1,6 +1,6 @@
 """Lowering: a graph node (op, attrs, input/output types) -> a scheduled TVM PrimFunc.
 
-Each op's lowering lives in ``graphllm/codegen/kernels/<family>.py`` and registers itself here
+Each op's lowering lives in ``graphllm/codegen/kernels/cpu/<family>.py`` and registers itself here
 with ``@lowering("OpName")``. Nodes that are views of their input (ExpandHead, DataTypeAs to the
 same dtype) get no kernel; host ops (Print, Exit) run in Python.
 
@@ -128,10 +128,10 @@ def load_kernel_modules() -> None:
     import importlib
     import pkgutil
 
-    from . import kernels
+    from .kernels import cpu
 
-    for info in pkgutil.iter_modules(kernels.__path__):
-        importlib.import_module(f"{kernels.__name__}.{info.name}")
+    for info in pkgutil.iter_modules(cpu.__path__):
+        importlib.import_module(f"{cpu.__name__}.{info.name}")
 
 
 class Symbols:

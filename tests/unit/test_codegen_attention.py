@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import as_tensor, aligned_empty, build_module
-from graphllm.codegen.kernels.attention import KEY_BLOCK, attention_func, kv_write_func
+from graphllm.codegen.kernels.cpu.attention import KEY_BLOCK, attention_func, kv_write_func
 
 # (Hq, Hk, D): a small GQA config and SmolLM2-135M's
 CONFIGS = [(6, 2, 16), (9, 3, 64)]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import aligned_empty, as_tensor, build_module
-from graphllm.codegen.kernels.attention import KEY_BLOCK, attention_func
+from graphllm.codegen.kernels.cpu.attention import KEY_BLOCK, attention_func
 
 HQ, HK, D = 4, 2, 16
 CONTEXT = 3 * KEY_BLOCK + 5

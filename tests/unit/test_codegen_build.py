@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import aligned_empty, as_tensor, bind, build_module, export_module, load_module
-from graphllm.codegen.kernels.linear import linear_kernels, pack_weight
+from graphllm.codegen.kernels.cpu.linear import linear_kernels, pack_weight
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import as_tensor, aligned_empty, build_module
-from graphllm.codegen.kernels.linear import (
+from graphllm.codegen.kernels.cpu.linear import (
     GEMM_MIN_T,
     linear_entry,
     linear_kernels,

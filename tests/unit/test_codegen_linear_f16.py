@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import aligned_empty, as_tensor, build_module
-from graphllm.codegen.kernels.linear import linear_kernels, pack_weight
+from graphllm.codegen.kernels.cpu.linear import linear_kernels, pack_weight
 from graphllm.codegen.lower import LowerRequest, get_packer, lower
 from graphllm.dsl.types import TensorType
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import aligned_empty, as_tensor, build_module
-from graphllm.codegen.kernels.qlinear import (
+from graphllm.codegen.kernels.cpu.qlinear import (
     GEMM_MIN_T,
     lower_qembedding,
     lower_qlinear,

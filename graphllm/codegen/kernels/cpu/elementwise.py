@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from graphllm.codegen.kernels.sched import attrs_of, f32, require_float32, row_kernel
+from graphllm.codegen.kernels.cpu.sched import attrs_of, f32, require_float32, row_kernel
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
 from graphllm.dsl.ops import BINARY_ELEMENTWISE, get_spec
 

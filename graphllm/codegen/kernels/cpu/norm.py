@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from graphllm.codegen.kernels.sched import attrs_of, f32, require_float32, row_kernel
+from graphllm.codegen.kernels.cpu.sched import attrs_of, f32, require_float32, row_kernel
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
 
 

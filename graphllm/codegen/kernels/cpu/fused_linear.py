@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from graphllm.codegen.kernels.sched import attrs_of
+from graphllm.codegen.kernels.cpu.sched import attrs_of
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
 
 
@@ -46,7 +46,7 @@ def fusion_of(req: LowerRequest) -> Fusion:
 @lowering("FusedLinear")
 def lower_fused_linear(req: LowerRequest) -> Kernel:
     """Linear(prologue(input)) (+ residual) with the weight's kernel family (float or block-quantized)."""
-    from graphllm.codegen.kernels.linear import lower_linear  # linear's kernels take a Fusion from here
+    from graphllm.codegen.kernels.cpu.linear import lower_linear  # linear's kernels take a Fusion from here
 
     fusion = fusion_of(req)
     return replace(lower_linear(req, fusion), inplace="residual" if fusion.residual else None)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graphllm.codegen.build import aligned_empty
-from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
-from graphllm.codegen.kernels.qlinear import lower_qlinear
+from graphllm.codegen.kernels.cpu.fused_linear import PLAIN, Fusion
+from graphllm.codegen.kernels.cpu.qlinear import lower_qlinear
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering, packer
 
 if TYPE_CHECKING:
@@ -75,8 +75,8 @@ def _prologue(x: Any, k: int, fusion: Fusion) -> tuple[Any, list[Any]]:
     kernels' own TE stages over x, ending in a stage named "xn"."""
     from tvm import te
 
-    from graphllm.codegen.kernels.elementwise import swiglu_stage
-    from graphllm.codegen.kernels.norm import rmsnorm_stages
+    from graphllm.codegen.kernels.cpu.elementwise import swiglu_stage
+    from graphllm.codegen.kernels.cpu.norm import rmsnorm_stages
 
     if fusion.prologue == "rmsnorm":
         g = te.placeholder((k,), "float32", name="g")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from graphllm.codegen.kernels.linear import STORAGE, pack_block, packer_name, widen
-from graphllm.codegen.kernels.sched import PARALLEL_MIN_ELEMS, require_float32, row_kernel, schedule_rows
+from graphllm.codegen.kernels.cpu.linear import STORAGE, pack_block, packer_name, widen
+from graphllm.codegen.kernels.cpu.sched import PARALLEL_MIN_ELEMS, require_float32, row_kernel, schedule_rows
 from graphllm.codegen.lower import Kernel, LowerRequest, Symbols, lowering
 
 
@@ -46,7 +46,7 @@ def lower_embedding(req: LowerRequest) -> Kernel:
     """out[t] = weight[input[t]] for a float32, float16, bfloat16 or block-quantized weight [V, H] (ids unchecked)."""
     wt = req.types["weight"]
     if wt.quantized:  # rows decoded from the packed blocks (shared with a tied lm_head)
-        from graphllm.codegen.kernels.qlinear import lower_qembedding
+        from graphllm.codegen.kernels.cpu.qlinear import lower_qembedding
         return lower_qembedding(req)
     if wt.dtype in STORAGE and wt.dtype != "float32":
         if req.types["input"].rank != 1:

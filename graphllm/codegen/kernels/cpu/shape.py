@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from graphllm.codegen.kernels.sched import attrs_of, row_kernel
+from graphllm.codegen.kernels.cpu.sched import attrs_of, row_kernel
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
 
 

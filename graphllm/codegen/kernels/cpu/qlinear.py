@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graphllm.codegen.build import aligned_empty
-from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
-from graphllm.codegen.kernels.norm import inv_root_mean
+from graphllm.codegen.kernels.cpu.fused_linear import PLAIN, Fusion
+from graphllm.codegen.kernels.cpu.norm import inv_root_mean
 from graphllm.codegen.lower import Kernel, LowerRequest, packer
 from graphllm.dsl.qformats import QFormat, qformat
 
@@ -263,7 +263,7 @@ class _Buffers:
 
     def xval(self, t: Any, c: Any, inv: Any, slot: Any) -> Any:
         """The matmul's input at row t, column c: x after the prologue (float32, as the reference computes it)."""
-        from graphllm.codegen.kernels.attention import fast_exp
+        from graphllm.codegen.kernels.cpu.attention import fast_exp
 
         p = self.fusion.prologue
         if p == "rmsnorm":
