@@ -63,7 +63,7 @@ def quantized(fmt: str, n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def aligned(a: np.ndarray) -> np.ndarray:
     """A 64-byte-aligned copy."""
-    from graphllm.codegen.build import aligned_empty
+    from graphllm.layouts import aligned_empty
 
     out = aligned_empty(a.shape, a.dtype)
     out[...] = a
@@ -111,10 +111,11 @@ def main() -> None:
         text=True, env={**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads)}).stdout)
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
-    from graphllm.codegen.build import aligned_empty, as_tensor, build_module
-    from graphllm.codegen.kernels.cpu.qlinear import pack_qweight, qlinear_gemm, qlinear_gemv
+    from graphllm.codegen.build import as_tensor, build_module
+    from graphllm.codegen.kernels.cpu.qlinear import qlinear_gemm, qlinear_gemv
     from graphllm.codegen.target import configure_threads
     from graphllm.dsl.qformats import qformat
+    from graphllm.layouts import aligned_empty, pack_qweight
 
     threads = configure_threads(args.threads)
     formats = args.formats.split(",")
@@ -194,8 +195,8 @@ def numpy_times(reps: int) -> dict[str, dict[str, float]]:
 
 def decode_steps(mod: Any, rng: np.random.Generator, reps: int) -> list[str]:
     """Time the matmuls of one decode step, unfused (211) and as graphllm runs them (181); one line each."""
-    from graphllm.codegen.build import aligned_empty, bind
-    from graphllm.codegen.kernels.cpu.qlinear import pack_qweight
+    from graphllm.codegen.build import bind
+    from graphllm.layouts import aligned_empty, pack_qweight
 
     head_raw = quantized("q8_0", VOCAB, HIDDEN, rng)
     head = bind(mod[f"v_q8_0_{HIDDEN}_{VOCAB}"], aligned(rng.standard_normal((1, HIDDEN), dtype=np.float32)),

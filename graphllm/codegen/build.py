@@ -1,28 +1,27 @@
 """Build PrimFuncs into one shared library, load it back with the thin runtime, call kernels cheaply.
 
 Build side (needs the TVM compiler): `build_module` -> `export_module`.
-Run side (needs only tvm_ffi + libtvm_runtime.so, 0.3 s to import): `load_module`,
-`aligned_empty`, `as_tensor`, `bind`.
+Run side (needs only tvm_ffi + libtvm_runtime.so, 0.3 s to import): `load_module`, `as_tensor`, `bind`
+(buffers come from `graphllm.layouts.aligned_empty`).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from graphllm.codegen.target import detect_target, load_runtime
+from graphllm.layouts import ALIGNMENT
 
 if TYPE_CHECKING:
     import tvm_ffi
     from tvm.runtime import Executable
     from tvm.tirx import PrimFunc
-
-ALIGNMENT = 64  # bytes; compiled kernels assume (and do not check) this alignment
 
 
 def build_module(funcs: Mapping[str, PrimFunc], target: Mapping[str, object] | None = None) -> Executable:
@@ -46,16 +45,6 @@ def export_module(executable: Executable, path: str | os.PathLike) -> Path:
 def load_module(path: str | os.PathLike) -> tvm_ffi.Module:
     """Load an exported kernel library with the thin runtime (no `import tvm`); index it by name."""
     return load_runtime().load_module(str(path))
-
-
-def aligned_empty(shape: int | Sequence[int], dtype: str | np.dtype = "float32") -> np.ndarray:
-    """Return an uninitialised C-contiguous numpy array whose data starts on a 64-byte boundary."""
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
 
 
 def as_tensor(array: np.ndarray) -> tvm_ffi.Tensor:

@@ -19,14 +19,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..codegen.build import aligned_empty, as_tensor, load_module
+from ..codegen.build import as_tensor, load_module
 from ..codegen.compile import LIB_FILE, PLAN_FILE
-from ..codegen.lower import get_packer, load_kernel_modules
 from ..codegen.target import configure_threads
 from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
+from ..layouts import aligned_empty, get_packer
 from .memory_plan import plan_memory
 from ..io.weights import NUMPY_FLOATS
 
@@ -107,7 +107,6 @@ class CompiledExecutor:
         Re-laid-out weights are kept in ``pack_cache`` (when given) and read back on later loads, so a
         cached start skips decoding and packing.
         """
-        load_kernel_modules()
         out: dict[str, np.ndarray] = {}
         for v, info in self._used_weights().items():
             cached = pack_cache / f"{hashlib.sha1(v.encode()).hexdigest()[:20]}.npy" if pack_cache and info.get("pack") else None

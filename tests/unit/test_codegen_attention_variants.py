@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import aligned_empty, as_tensor, build_module
-from graphllm.codegen.kernels.cpu.attention import KEY_BLOCK, attention_func
+from graphllm.codegen.build import as_tensor, build_module
+from graphllm.codegen.kernels.cpu.attention import DEFAULTS, attention_func
+from graphllm.layouts import aligned_empty
 
 HQ, HK, D = 4, 2, 16
-CONTEXT = 3 * KEY_BLOCK + 5
+CONTEXT = 3 * DEFAULTS["key_block"] + 5
 # (window, softcap): windows inside one key block and across blocks, with and without a cap
-VARIANTS = [(5, 0.0), (2 * KEY_BLOCK + 3, 2.5), (0, 2.5)]
+VARIANTS = [(5, 0.0), (2 * DEFAULTS["key_block"] + 3, 2.5), (0, 2.5)]
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import aligned_empty, as_tensor, bind, build_module, export_module, load_module
-from graphllm.codegen.kernels.cpu.linear import linear_kernels, pack_weight
+from graphllm.codegen.build import as_tensor, bind, build_module, export_module, load_module
+from graphllm.codegen.kernels.cpu.linear import linear_kernels
+from graphllm.layouts import aligned_empty, pack_weight
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +63,8 @@ def test_thin_runtime_runs_without_tvm_compiler(library: Path) -> None:
     code = f"""
         import sys
         import numpy as np
-        from graphllm.codegen.build import aligned_empty, bind, load_module
+        from graphllm.codegen.build import bind, load_module
+        from graphllm.layouts import aligned_empty
         from graphllm.codegen.target import configure_threads
         configure_threads(2)
         mod = load_module({str(library)!r})

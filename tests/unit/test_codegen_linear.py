@@ -5,14 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphllm.codegen.build import as_tensor, aligned_empty, build_module
-from graphllm.codegen.kernels.cpu.linear import (
-    GEMM_MIN_T,
-    linear_entry,
-    linear_kernels,
-    pack_block,
-    pack_weight,
-)
+from graphllm.codegen.build import as_tensor, build_module
+from graphllm.codegen.kernels.cpu.linear import DEFAULTS, linear_entry, linear_kernels
+from graphllm.layouts import aligned_empty, pack_block, pack_weight
 
 # (K, N, bias): nb = 16, 8 and 2 column blocks; one SmolLM2 shape (hidden -> intermediate)
 SHAPES = [(64, 48, True), (40, 24, False), (24, 6, True), (576, 1536, False)]
@@ -62,8 +57,8 @@ def test_linear_matches_numpy(module, k: int, n: int, bias: bool, t: int, kind: 
 def test_linear_entry_dispatch() -> None:
     """Few tokens go to the GEMV, the rest to the GEMM."""
     assert linear_entry("l", 1) == "l_gemv"
-    assert linear_entry("l", GEMM_MIN_T - 1) == "l_gemv"
-    assert linear_entry("l", GEMM_MIN_T) == "l_gemm"
+    assert linear_entry("l", DEFAULTS["large_from"] - 1) == "l_gemv"
+    assert linear_entry("l", DEFAULTS["large_from"]) == "l_gemm"
 
 
 def test_pack_weight_layout() -> None:

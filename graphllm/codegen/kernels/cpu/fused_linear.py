@@ -3,37 +3,19 @@
 The prologue is applied where the kernel already reads x (the GEMV's pre-scaled copy of its token
 tile; the GEMM transforms x once into a [T, K] workspace first); the epilogue adds the residual
 row as the result is stored (in place: the output may take over the residual's buffer, each element
-is read by the thread that writes it). Block-quantized weights use qlinear's kernels, float ones linear's.
+is read by the thread that writes it). Block-quantized weights use qlinear's kernels, float ones linear's;
+the description both read (`Fusion`) lives in graphllm/codegen/fusion.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
-from graphllm.codegen.kernels.cpu.sched import attrs_of
-from graphllm.codegen.lower import Kernel, LowerRequest, lowering
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """What a FusedLinear adds around the matmul: an input prologue and a residual epilogue.
-
-    prologue 'rmsnorm': x becomes RMSNorm(x, norm, eps, offset); 'swiglu': x [T, 2K] becomes
-    silu(x[:, :K]) * x[:, K:]; residual: y = residual + W x (+ b).
-    """
-
-    prologue: str = "none"
-    eps: float = 0.0
-    offset: float = 0.0
-    residual: bool = False
-
-    def params(self, bias: bool) -> tuple[str, ...]:
-        """The kernel parameters (op ports) in PrimFunc order."""
-        return ("input", "weight", *(("bias",) if bias else ()), *(("norm",) if self.prologue == "rmsnorm" else ()),
-                *(("residual",) if self.residual else ()), "out")
-
-
-PLAIN = Fusion()
+from graphllm.codegen.fusion import Fusion
+from graphllm.codegen.kernels.cpu.linear import linear_knobs, lower_linear
+from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering
 
 
 def fusion_of(req: LowerRequest) -> Fusion:
@@ -43,10 +25,8 @@ def fusion_of(req: LowerRequest) -> Fusion:
                   "residual" in req.types)
 
 
-@lowering("FusedLinear")
-def lower_fused_linear(req: LowerRequest) -> Kernel:
+@lowering("FusedLinear", knobs=linear_knobs)
+def lower_fused_linear(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """Linear(prologue(input)) (+ residual) with the weight's kernel family (float or block-quantized)."""
-    from graphllm.codegen.kernels.cpu.linear import lower_linear  # linear's kernels take a Fusion from here
-
     fusion = fusion_of(req)
-    return replace(lower_linear(req, fusion), inplace="residual" if fusion.residual else None)
+    return replace(lower_linear(req, knobs, fusion), inplace="residual" if fusion.residual else None)
