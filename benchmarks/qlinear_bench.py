@@ -112,11 +112,12 @@ def main() -> None:
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
 
     from graphllm.codegen.build import build_module
-    from graphllm.layouts import aligned_empty
+
     from graphllm.runtime.tvm import as_tensor
-    from graphllm.codegen.kernels.qlinear import pack_qweight, qlinear_gemm, qlinear_gemv
+    from graphllm.codegen.kernels.cpu.qlinear import qlinear_gemm, qlinear_gemv
     from graphllm.runtime.tvm import configure_threads
     from graphllm.dsl.qformats import qformat
+    from graphllm.layouts import aligned_empty, pack_qweight
 
     threads = configure_threads(args.threads)
     formats = args.formats.split(",")
@@ -196,9 +197,8 @@ def numpy_times(reps: int) -> dict[str, dict[str, float]]:
 
 def decode_steps(mod: Any, rng: np.random.Generator, reps: int) -> list[str]:
     """Time the matmuls of one decode step, unfused (211) and as graphllm runs them (181); one line each."""
-    from graphllm.layouts import aligned_empty
     from graphllm.runtime.tvm import bind
-    from graphllm.codegen.kernels.qlinear import pack_qweight
+    from graphllm.layouts import aligned_empty, pack_qweight
 
     head_raw = quantized("q8_0", VOCAB, HIDDEN, rng)
     head = bind(mod[f"v_q8_0_{HIDDEN}_{VOCAB}"], aligned(rng.standard_normal((1, HIDDEN), dtype=np.float32)),

@@ -1,10 +1,34 @@
-"""Weight and buffer layouts shared by the code generator and the runtime (numpy only)."""
+"""Weight layouts the kernels read: 64-byte-aligned arrays and the packers that re-lay weights out once at load.
+
+numpy only (no TVM): the runtime loads and packs weights through this module without importing codegen,
+and the kernels take their layout constants from here, so each layout is written once.
+
+Float Linear weights (`pack_weight`): HF [N, K] -> [N/nb, K, nb] panels (nb = PANEL = 16 when N allows:
+two AVX2 float32 vectors), stored as float32, float16 or bfloat16 (held as its uint16 bits, because
+numpy and DLPack have no bfloat16 array).
+
+Block-quantized weights (`pack_qweight`, same bytes as the raw blocks): output rows in blocks of
+QROWS = 16; for each (row block, K block of G elements) one uint32 record:
+- W = G / P code words per row (P = 32 / bits codes per word), stored [W][QROWS] (a word index
+  gives 16 rows = two AVX2 vectors): slot j of word w, bits [bits*j, bits*(j+1)), holds element
+  j*W + w of the block as the unsigned code u = q - lo (q: what the format decodes to with a unit
+  scale, lo: its smallest code, e.g. -8 for q4_0, -128 for q8_0);
+- then the QROWS fp16 scales d and (q4_1) the QROWS fp16 mins m, as stored in the blocks.
+A weight is d * (u + lo) (+ m): the format's own value.
+
+A plan names each weight's packer (`Kernel.packs`); ``name:ARG`` (e.g. ``qlinear:q4_1``) calls the
+packer as fn(w, ARG).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from graphllm.dsl.qformats import QFormat, qformat
 
 ALIGNMENT = 64  # bytes; compiled kernels assume (and do not check) this alignment
 
@@ -17,3 +41,151 @@ def aligned_empty(shape: int | Sequence[int], dtype: str | np.dtype = "float32")
     raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
     start = -raw.ctypes.data % ALIGNMENT
     return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+# ------------------------------------------------------------------ float Linear panels
+
+PANEL = 16  # columns of a packed float panel when N allows: two AVX2 float32 vectors
+_PANELS = (PANEL, 8, 4, 2, 1)
+STORAGE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}  # weight dtype -> stored array dtype
+
+
+def pack_block(n: int) -> int:
+    """Return the column block nb used for N = n outputs: the largest of 16, 8, 4, 2, 1 dividing n."""
+    return next(b for b in _PANELS if n % b == 0)
+
+
+def stored_values(w: np.ndarray, dtype: str) -> np.ndarray:
+    """Return w as the kernels store `dtype` (float16 rounds to nearest even; bfloat16 as its uint16 bits)."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.asarray(w, dtype=ml_dtypes.bfloat16).view(np.uint16)
+    return np.asarray(w, dtype=STORAGE[dtype])
+
+
+def pack_weight(w: np.ndarray, dtype: str = "float32") -> np.ndarray:
+    """Repack an HF Linear weight [N, K] into the kernels' 64-byte-aligned [N/nb, K, nb] of `dtype`."""
+    if w.ndim != 2:
+        raise ValueError(f"Linear weight must be [N, K], got shape {w.shape}")
+    n, k = w.shape
+    nb = pack_block(n)
+    out = aligned_empty((n // nb, k, nb), STORAGE[dtype])
+    out[...] = stored_values(w, dtype).reshape(n // nb, nb, k).transpose(0, 2, 1)
+    return out
+
+
+def packer_name(dtype: str) -> str:
+    """Return the plan's name of the packing a `dtype` Linear weight needs (linear_blocks[:dtype])."""
+    return "linear_blocks" if dtype == "float32" else f"linear_blocks:{dtype}"
+
+
+# ------------------------------------------------------------------ block-quantized records
+
+QROWS = 16  # output rows per packed row block: two AVX2 float32 vectors
+MAX_GROUP = 1024  # largest group size with a registered packer
+_PACK_CHUNK = 4096  # rows packed at a time (bounds the packer's temporary memory)
+
+
+@dataclass(frozen=True)
+class QLayout:
+    """How one block format is laid out for the kernels (see the module docstring)."""
+
+    fmt: QFormat
+    lo: int
+
+    @property
+    def bits(self) -> int:
+        """Bits per code."""
+        return self.fmt.bits
+
+    @property
+    def per_word(self) -> int:
+        """P: codes per 32-bit word."""
+        return 32 // self.fmt.bits
+
+    @property
+    def words(self) -> int:
+        """W: words per row and block."""
+        return self.fmt.group // self.per_word
+
+    @property
+    def halves(self) -> int:
+        """fp16 header fields per block: d, and m for formats with a min."""
+        return (self.fmt.block_bytes - self.fmt.group * self.fmt.bits // 8) // 2
+
+    @property
+    def record(self) -> int:
+        """uint32 words per (row block, K block) record."""
+        return QROWS * self.words + QROWS * self.halves // 2
+
+    def pack_name(self) -> str:
+        """The registered packer of this format."""
+        return f"qlinear:{self.fmt.name}"
+
+
+@functools.lru_cache(maxsize=None)
+def qlayout(dtype: str) -> QLayout:
+    """The kernel layout of a block format; NotImplementedError for the group sizes not supported."""
+    fmt = qformat(dtype)
+    if fmt is None:
+        raise NotImplementedError(f"{dtype} is not a block-quantized format")
+    per_word = 32 // fmt.bits
+    if fmt.group % per_word or fmt.group > MAX_GROUP:
+        raise NotImplementedError(
+            f"{dtype}: quantized kernels need a group size that is a multiple of {per_word} "
+            f"(whole 32-bit words of {fmt.bits}-bit codes) and at most {MAX_GROUP}; got {fmt.group}")
+    codes = _codes(fmt, np.repeat(np.arange(256, dtype=np.uint8)[:, None], fmt.block_bytes, axis=1))
+    lo, hi = int(codes.min()), int(codes.max())
+    if hi - lo >= 1 << fmt.bits:
+        raise NotImplementedError(f"{dtype}: codes {lo}..{hi} do not fit {fmt.bits} bits")
+    return QLayout(fmt, lo)
+
+
+def _codes(fmt: QFormat, blocks: np.ndarray) -> np.ndarray:
+    """The integer codes q of raw blocks [n, block_bytes]: the format's decoding with d = 1 (and m = 0)."""
+    halves = (fmt.block_bytes - fmt.group * fmt.bits // 8) // 2
+    probe = np.array(blocks, dtype=np.uint8, copy=True)
+    probe[:, :2 * halves] = np.array([1.0] + [0.0] * (halves - 1), np.float16).view(np.uint8)
+    return fmt.decode(probe)
+
+
+def pack_qweight(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw blocks uint8 [N, K/G * block_bytes] -> the kernels' 64-byte-aligned uint32 [ceil(N/16), K/G, record]."""
+    lay = qlayout(dtype)
+    fmt, W, H, P = lay.fmt, lay.words, lay.halves, lay.per_word
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] % fmt.block_bytes:
+        raise ValueError(f"{dtype} weight must be raw blocks uint8 [N, K/{fmt.group}*{fmt.block_bytes}], "
+                         f"got {raw.dtype} {raw.shape}")
+    n, kb = raw.shape[0], raw.shape[1] // fmt.block_bytes
+    out = aligned_empty((-(-n // QROWS), kb, lay.record), "uint32")
+    for r0 in range(0, n, _PACK_CHUNK):
+        r1 = min(n, r0 + _PACK_CHUNK)
+        rows, nbc = r1 - r0, -(-(r1 - r0) // QROWS)
+        blocks = raw[r0:r1].reshape(rows * kb, fmt.block_bytes)
+        codes = (_codes(fmt, blocks) - lay.lo).astype(np.uint32).reshape(rows, kb, P, W)
+        words = np.zeros((nbc * QROWS, kb, W), np.uint32)
+        for j in range(P):
+            words[:rows] |= codes[:, :, j, :] << np.uint32(fmt.bits * j)
+        halves = np.zeros((nbc * QROWS, kb, H), np.uint16)
+        halves[:rows] = blocks[:, :2 * H].view(np.uint16).reshape(rows, kb, H)
+        dst = out[r0 // QROWS:r0 // QROWS + nbc]
+        dst[:, :, :QROWS * W] = words.reshape(nbc, QROWS, kb, W).transpose(0, 2, 3, 1).reshape(nbc, kb, QROWS * W)
+        dst[:, :, QROWS * W:] = np.ascontiguousarray(
+            halves.reshape(nbc, QROWS, kb, H).transpose(0, 2, 3, 1)).reshape(nbc, kb, H * QROWS).view(np.uint32)
+    return out
+
+
+# ------------------------------------------------------------------ the packers a plan names
+
+PACKERS: dict[str, Callable[..., np.ndarray]] = {"linear_blocks": pack_weight, "qlinear": pack_qweight}
+
+
+def get_packer(name: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The re-layout a plan names, its argument (after ':') bound; ValueError for a name no packer has."""
+    base, _, arg = name.partition(":")
+    fn = PACKERS.get(base)
+    if fn is None:
+        raise ValueError(f"no weight packer named {base!r} (known: {', '.join(sorted(PACKERS))})")
+    return functools.partial(fn, dtype=arg) if arg else fn

@@ -21,10 +21,13 @@ from .dsl.serialize import graph_to_json
 from .dsl.types import TensorType
 from .errors import ModelLoadError
 from .host import tvm_version
+from .io.output import FolderKind
 
 PLAN_VERSION = 5  # 5: typed plan (packed weights, argument kinds, knobs and op per step)
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
+PACKED_DIR = "packed"  # packed weights kept beside a build, per model file (runtime/builds.py)
+ARTIFACT = FolderKind("artifact", frozenset({PLAN_FILE, LIB_FILE, PACKED_DIR}), PLAN_FILE)
 STEP_EXTRAS = ("positions", "slots", "last_rows", "threads")  # step inputs the executor fills (codegen/lower.py)
 KV_HALVES = ("key", "value")
 

@@ -6,24 +6,23 @@ The runtime replays the plan (graphllm/runtime/executor.py); it never needs the 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from ..dsl.inputs import OUTPUT
 from ..dsl.ops import get_spec
 from ..dsl.serialize import graph_to_json
 from ..errors import GraphLLMError
-from ..plan import (LIB_FILE, Arg, BufferValue, CompileInfo, ExtraArg, HostStep, InputValue, KVCacheArg,
+from ..io.output import output_folder
+from ..plan import (ARTIFACT, LIB_FILE, Arg, BufferValue, CompileInfo, ExtraArg, HostStep, InputValue, KVCacheArg,
                     PackedWeightValue, Plan, Step, Value, ValueArg, ViewValue, WeightValue, graph_key)
-from .lower import EXTRAS, HOST_OPS, RUNTIME_ATTRS, Kernel, LowerRequest, is_view, lower
+from .lower import EXTRAS, HOST_OPS, KV_CACHE_PARAMS, RUNTIME_ATTRS, Kernel, LowerRequest, is_view, lower
+from .target import target_kind
 
-KV_CACHE_PARAMS: dict[str, Literal["key", "value"]] = {"kcache": "key", "vcache": "value"}
 
 
 def request_of(graph: Graph, node: str) -> LowerRequest:
@@ -41,6 +40,7 @@ def make_plan(graph: Graph, target: dict[str, Any],
     steps: list[Step | HostStep] = []
     funcs: dict[str, Any] = {}
     kernels: dict[str, Kernel] = {}
+    kind = target_kind(target)
     for node in graph.order():
         d = graph[node]
         if d["op"] == INPUT_OP:
@@ -63,7 +63,7 @@ def make_plan(graph: Graph, target: dict[str, Any],
             if progress:
                 progress(key)
             try:
-                kernels[key] = lower(req)
+                kernels[key] = lower(req, kind)
             except NotImplementedError as e:
                 raise GraphLLMError(f"{graph.where(node)}: no TVM kernel yet: {e} (run with --executor reference, "
                                     f"or --dtype float32 for quantized weights)") from None
@@ -117,8 +117,12 @@ def _bind_args(kernel: Kernel, node: str, ports: dict[str, str], values: dict[st
 
 
 def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, Any] | None = None,
-                  show_progress: bool = True) -> Path:
-    """Build the graph's kernels with TVM and write the library + plan into out_dir atomically."""
+                  show_progress: bool = True, force: bool = False) -> Path:
+    """Build the graph's kernels with TVM and publish the library + plan as the folder out_dir.
+
+    An earlier artifact there is replaced whole; a folder of the user's is refused, or with ``force``
+    gets the artifact's files beside its own (graphllm/io/output.py): nothing of the user's is lost.
+    """
     from .build import build_module, export_module
     from .target import detect_target
 
@@ -132,14 +136,10 @@ def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, An
     except Exception as e:  # TVM raises its own error types; the user needs the op, not TVM's stack
         raise GraphLLMError(f"TVM failed to build the kernels: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    export_module(executable, tmp / LIB_FILE)
-    seconds = round(time.perf_counter() - start, 2)
-    replace(plan, compile=CompileInfo(seconds, len(funcs))).save(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with output_folder(out, ARTIFACT, force=force) as tmp:
+        export_module(executable, tmp / LIB_FILE)
+        seconds = round(time.perf_counter() - start, 2)
+        replace(plan, compile=CompileInfo(seconds, len(funcs))).save(tmp)
     bar(f"compiled {len(funcs)} kernels in {seconds} s -> {out}", done=True)
     return out
 

@@ -1,8 +1,11 @@
-"""Lowering: a graph node (op, attrs, input/output types) -> a scheduled TVM PrimFunc.
+"""Lowering: a graph node (op, attrs, input/output types) -> a scheduled TVM PrimFunc for one target kind.
 
-Each op's lowering lives in ``graphllm/codegen/kernels/<family>.py`` and registers itself here
-with ``@lowering("OpName")``. Nodes that are views of their input (ExpandHead, DataTypeAs to the
-same dtype) get no kernel; host ops (Print, Exit) run in Python.
+Each op's lowering for a target lives in ``graphllm/codegen/kernels/<target>/<family>.py`` and registers
+itself here with ``@lowering("OpName", target="cpu", knobs=...)``, declaring the knobs of its kernel
+template (`knobs.Knob`). `lower(req, target, knobs)` validates the knob values (defaults unless given)
+and returns them on the Kernel; `knobs_of(req, target)` says which knobs the kernel for a request has.
+Nodes that are views of their input (ExpandHead, DataTypeAs to the same dtype) get no kernel; host ops
+(Print, Exit) run in Python.
 
 A kernel's parameters are bound by name: an input port of the op, ``out`` (the node's value), or
 one of the step extras the executor provides:
@@ -17,16 +20,24 @@ Symbolic dims ``T`` and ``B`` are int64 vars shared by every buffer of one PrimF
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
-from dataclasses import dataclass, field
-from typing import Any, Callable
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
+from ..dsl.ops import get_spec
 from ..dsl.types import TensorType
+from ..plan import STEP_EXTRAS
+from .knobs import Knob, resolve
 
 VIEW_OPS = frozenset({"ExpandHead"})
 RUNTIME_ATTRS = frozenset({"layer"})  # attrs that only pick runtime state (which KV cache), not code
 HOST_OPS = frozenset({"Print", "Exit"})
-EXTRAS = ("positions", "slots", "last_rows", "kcache", "vcache", "threads")
+KV_CACHE_PARAMS: dict[str, Literal["key", "value"]] = {"kcache": "key", "vcache": "value"}
+EXTRAS = (*STEP_EXTRAS, *KV_CACHE_PARAMS)  # kernel parameters the executor binds (see the module doc)
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class Kernel:
     ``before`` lists kernels the node runs first (e.g. FusedAttention's KV-cache write).
     ``inplace`` names an input port whose buffer the output may take over (each element read by
     the thread that then writes it), when the input dies here and is bound to no other parameter.
+    ``knobs`` holds the value of every knob of the kernel's template it was lowered with.
     """
 
     func: Any
@@ -76,35 +88,37 @@ class Kernel:
         return {"": self.func, **({"_large": self.large} if self.large is not None else {})}
 
 
-Lowering = Callable[[LowerRequest], Kernel]
-LOWERINGS: dict[str, Lowering] = {}
-PACKERS: dict[str, Callable[[Any], Any]] = {}
+LowerFn = Callable[[LowerRequest, Mapping[str, Any]], Kernel]  # (request, knob values) -> Kernel
+KnobsOf = Callable[[LowerRequest], Sequence[Knob]]  # a template's knobs for one request
 
 
-def packer(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a weight re-layout applied once at load (named in Kernel.packs, saved in the plan).
+@dataclass(frozen=True)
+class Lowering:
+    """One registered lowering: the op and target kind it serves, its kernel template's knobs, the function.
 
-    A plan may name ``name:ARG`` (e.g. ``qlinear:q4_1``): the packer is then called as fn(w, ARG).
+    ``knobs`` is a tuple, or a function of the request when the template depends on it (a Linear's
+    weight format picks the float or the block-quantized kernels).
     """
-    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
-        PACKERS[name] = fn
-        return fn
-    return deco
+
+    op: str
+    target: str
+    knobs: Sequence[Knob] | KnobsOf
+    fn: LowerFn
+
+    def knobs_for(self, req: LowerRequest) -> tuple[Knob, ...]:
+        """The knobs of the kernel this lowering builds for `req`."""
+        return tuple(self.knobs(req) if callable(self.knobs) else self.knobs)
 
 
-def get_packer(name: str) -> Callable[[Any], Any]:
-    """The re-layout a plan names, its argument (after ':') bound."""
-    base, _, arg = name.partition(":")
-    fn = PACKERS[base]
-    return (lambda w: fn(w, arg)) if arg else fn
+LOWERINGS: dict[tuple[str, str], Lowering] = {}
 
 
-def lowering(op: str) -> Callable[[Lowering], Lowering]:
-    """Register the lowering of one op."""
-    def deco(fn: Lowering) -> Lowering:
-        if op in LOWERINGS:
-            raise ValueError(f"lowering for {op} registered twice")
-        LOWERINGS[op] = fn
+def lowering(op: str, target: str = "cpu", knobs: Sequence[Knob] | KnobsOf = ()) -> Callable[[LowerFn], LowerFn]:
+    """Register fn(req, knob values) -> Kernel as the lowering of `op` for `target`, its template's `knobs` declared."""
+    def deco(fn: LowerFn) -> LowerFn:
+        if (op, target) in LOWERINGS:
+            raise ValueError(f"lowering for {op} on {target} registered twice")
+        LOWERINGS[op, target] = Lowering(op, target, knobs, fn)
         return fn
     return deco
 
@@ -116,23 +130,58 @@ def is_view(op: str, req: LowerRequest) -> bool:
     return op == "DataTypeAs" and req.types["input"].dtype == req.output.dtype
 
 
-def lower(req: LowerRequest) -> Kernel:
-    """The kernel for one node; an op without a lowering is an error naming it."""
-    load_kernel_modules()
-    fn = LOWERINGS.get(req.op)
-    if fn is None:
-        raise NotImplementedError(f"no TVM lowering for op {req.op}")
-    return fn(req)
+def find_lowering(op: str, target: str = "cpu") -> Lowering:
+    """The registered lowering of `op` for `target`; NotImplementedError naming both when there is none."""
+    if _kernel_package(target):
+        load_kernel_modules(target)
+    found = LOWERINGS.get((op, target))
+    if found is None:
+        raise NotImplementedError(f"no TVM lowering for op {op} on target {target}")
+    return found
 
 
-def load_kernel_modules() -> None:
-    import importlib
-    import pkgutil
+def knobs_of(req: LowerRequest, target: str = "cpu") -> tuple[Knob, ...]:
+    """The knobs of the kernel that `lower(req, target)` builds (what a tuner may set)."""
+    return find_lowering(req.op, target).knobs_for(req)
 
-    from . import kernels
 
-    for info in pkgutil.iter_modules(kernels.__path__):
-        importlib.import_module(f"{kernels.__name__}.{info.name}")
+def lower(req: LowerRequest, target: str = "cpu", knobs: Mapping[str, Any] | None = None) -> Kernel:
+    """The kernel for one node on `target`, with `knobs` over its template's defaults (validated: KnobError)."""
+    found = find_lowering(req.op, target)
+    values = resolve(found.knobs_for(req), knobs or {}, f"the {target} kernel of {req.op}")
+    return replace(found.fn(req, values), knobs=values)
+
+
+def load_kernel_modules(target: str = "cpu") -> None:
+    """Import every kernel module of `target` (graphllm/codegen/kernels/<target>/), registering its lowerings."""
+    package = _kernel_package(target)
+    if package is None:
+        raise NotImplementedError(f"no kernels for target {target} (graphllm/codegen/kernels/{target}/)")
+    for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+        importlib.import_module(f"{package}.{info.name}")
+
+
+def _kernel_package(target: str) -> str | None:
+    """The package holding `target`'s kernel modules, None when there is none."""
+    package = f"{__package__}.kernels.{target}"
+    return package if target.isidentifier() and importlib.util.find_spec(package) is not None else None
+
+
+def attrs_of(req: LowerRequest) -> dict[str, Any]:
+    """Return the node's attributes with the op spec's defaults filled in (nodes may omit them)."""
+    spec = get_spec(req.op)
+    defaults = {p.name: p.default for p in spec.attr_params if p.default is not None}
+    return {**defaults, **req.attr}
+
+
+def require_float32(req: LowerRequest, *ports: str) -> None:
+    """Raise NotImplementedError unless the named ports (and the output) are float32."""
+    types = {p: req.types[p] for p in ports if p in req.types}
+    if req.output is not None:
+        types["output"] = req.output
+    bad = {p: t.dtype for p, t in types.items() if t.dtype != "float32"}
+    if bad:
+        raise NotImplementedError(f"{req.op}: only float32 is lowered so far, got {bad}")
 
 
 class Symbols:

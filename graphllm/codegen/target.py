@@ -6,9 +6,12 @@
 from __future__ import annotations
 
 import platform
+from collections.abc import Mapping
 from functools import lru_cache
 from types import ModuleType
+from typing import Any
 
+from ..errors import GraphLLMError
 from ..host import cpu_flags, physical_cores
 
 # LLVM feature name -> /proc/cpuinfo flag, for the vector ISA features whose absence makes code
@@ -56,6 +59,17 @@ def _host_cpu() -> tuple[str, str]:
         candidates = (mcpu, *_X86_LEVELS)
         mcpu = next(c for c in candidates if _cpu_is_safe(tvm, c, mtriple, flags))
     return mtriple, mcpu
+
+
+TARGET_KINDS = {"llvm": "cpu", "cuda": "cuda"}  # TVM target kind -> graphllm's kernel folder
+
+
+def target_kind(target: Mapping[str, Any]) -> str:
+    """Which kernels a TVM target dict gets ('cpu' for llvm); an unknown kind is a clear error."""
+    kind = str(target.get("kind"))
+    if kind not in TARGET_KINDS:
+        raise GraphLLMError(f"TVM target kind {kind!r} has no graphllm kernels (known: {', '.join(TARGET_KINDS)})")
+    return TARGET_KINDS[kind]
 
 
 def detect_target() -> dict[str, object]:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..errors import GraphLLMError
+from ..io.output import check_output_folder
 from ..pipeline import build
+from ..plan import ARTIFACT
 from .common import add_graph_args, add_model_arg, graph_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `compile` to the subcommands."""
     p = sub.add_parser("compile", help="build the model's kernels with TVM into a folder")
-    p.add_argument("-o", "--output", required=True, help="artifact folder to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="artifact folder to write (new, empty or an earlier artifact, which is replaced)")
+    p.add_argument("--force", action="store_true",
+                   help="write into a folder that holds other files, beside them (nothing of yours is removed)")
     p.add_argument("--target", default="cpu", help="cpu (this host's ISA)")
     p.add_argument("--ir", default=None,
                    help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's description")
@@ -29,7 +35,8 @@ def compile_command(a: argparse.Namespace) -> int:
 
     if a.target != "cpu":
         raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
+    check_output_folder(Path(a.output).expanduser().absolute(), ARTIFACT, force=a.force)  # before the slow part
     built = build(a.model, graph_options(a, ir=a.ir), need_model=False)
-    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty())
+    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty(), force=a.force)
     print(f"run it with: graphllm run --artifact {out} -m {a.model or 'MODEL'} \"PROMPT\"")
     return 0

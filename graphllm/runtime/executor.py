@@ -23,7 +23,7 @@ from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
 from ..io.weights import NUMPY_FLOATS
-from ..layouts import aligned_empty
+from ..layouts import aligned_empty, get_packer
 from ..plan import (LIB_FILE, Arg, HostStep, InputValue, KVCacheArg, PackedWeightValue, Plan, Step, ValueArg,
                     ViewValue, WeightValue)
 from .memory_plan import plan_memory
@@ -115,7 +115,7 @@ class CompiledExecutor:
             t = weight.type
             stored = np.uint8 if t.quantized else NUMPY_FLOATS.get(t.dtype, np.float32)  # 16-bit weights stay 16-bit
             arr = np.asarray(weights[weight.name], dtype=stored)
-            out[v] = _relayout(layout, arr) if layout else _aligned(arr)
+            out[v] = get_packer(layout)(arr) if layout else _aligned(arr)
             if cached is not None:
                 _save_packed(cached, out[v])
         return out
@@ -300,14 +300,6 @@ def _value_name(plan: Plan, v: str) -> str:
     """A value's name as the user wrote it (inputs and weights), else its id."""
     value = plan.values[v]
     return value.name if isinstance(value, (InputValue, WeightValue)) else v
-
-
-def _relayout(layout: str, arr: np.ndarray) -> np.ndarray:
-    """A weight re-laid out by the packer the plan names."""
-    from ..codegen.lower import get_packer, load_kernel_modules
-
-    load_kernel_modules()
-    return get_packer(layout)(arr)
 
 
 def _aligned(arr: np.ndarray) -> np.ndarray:

@@ -94,14 +94,14 @@ def test_artifact_for_another_model_is_a_clear_error(tmp_path):
 
 
 def test_packed_weights_are_reused_on_the_next_start(tmp_path, monkeypatch):
-    from graphllm.codegen import lower
+    from graphllm import layouts
 
     monkeypatch.setenv("GRAPHLLM_HOME", str(tmp_path))
     first = LLM.load(FIXTURES / "tiny_llama", max_context=32)
     ids = [5, 9, 33]
     expected = first.step(ids, range(3), [3], [0])
     assert list((tmp_path / "builds").glob("*/packed/*/*.npy"))
-    monkeypatch.setattr(lower, "PACKERS", {})  # a second start must not pack again
+    monkeypatch.setattr(layouts, "PACKERS", {})  # a second start must not pack again
     again = LLM.load(FIXTURES / "tiny_llama", max_context=32)
     np.testing.assert_array_equal(again.step(ids, range(3), [3], [0]), expected)
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import build_module
-from graphllm.layouts import aligned_empty
+
 from graphllm.runtime.tvm import as_tensor
-from graphllm.codegen.kernels.attention import KEY_BLOCK, attention_func, kv_write_func
+from graphllm.codegen.kernels.cpu.attention import DEFAULTS, attention_func, kv_write_func
+from graphllm.layouts import aligned_empty
 
 # (Hq, Hk, D): a small GQA config and SmolLM2-135M's
 CONFIGS = [(6, 2, 16), (9, 3, 64)]
-SLOTS, CONTEXT = 2, 3 * KEY_BLOCK + 5  # several key blocks, the last one partial
+SLOTS, CONTEXT = 2, 3 * DEFAULTS["key_block"] + 5  # several key blocks, the last one partial
 
 
 def _name(hq: int, hk: int, d: int) -> str:

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import build_module
-from graphllm.layouts import aligned_empty
+
 from graphllm.runtime.tvm import as_tensor
-from graphllm.codegen.kernels.attention import KEY_BLOCK, attention_func
+from graphllm.codegen.kernels.cpu.attention import DEFAULTS, attention_func
+from graphllm.layouts import aligned_empty
 
 HQ, HK, D = 4, 2, 16
-CONTEXT = 3 * KEY_BLOCK + 5
+CONTEXT = 3 * DEFAULTS["key_block"] + 5
 # (window, softcap): windows inside one key block and across blocks, with and without a cap
-VARIANTS = [(5, 0.0), (2 * KEY_BLOCK + 3, 2.5), (0, 2.5)]
+VARIANTS = [(5, 0.0), (2 * DEFAULTS["key_block"] + 3, 2.5), (0, 2.5)]
 
 
 @pytest.fixture(scope="module")

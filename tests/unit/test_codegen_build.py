@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import build_module, export_module
-from graphllm.layouts import aligned_empty
+
 from graphllm.runtime.tvm import as_tensor, bind, load_module
-from graphllm.codegen.kernels.linear import linear_kernels, pack_weight
+from graphllm.codegen.kernels.cpu.linear import linear_kernels
+from graphllm.layouts import aligned_empty, pack_weight
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,8 +65,9 @@ def test_thin_runtime_runs_without_tvm_compiler(library: Path) -> None:
     code = f"""
         import sys
         import numpy as np
+        from graphllm.runtime.tvm import bind, load_module
         from graphllm.layouts import aligned_empty
-        from graphllm.runtime.tvm import bind, configure_threads, load_module
+        from graphllm.runtime.tvm import configure_threads
         configure_threads(2)
         mod = load_module({str(library)!r})
         x, w, b, y = aligned_empty((7, 32)), aligned_empty((1, 32, 16)), aligned_empty(16), aligned_empty((7, 16))

@@ -6,15 +6,10 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import build_module
-from graphllm.layouts import aligned_empty
+
 from graphllm.runtime.tvm import as_tensor
-from graphllm.codegen.kernels.linear import (
-    GEMM_MIN_T,
-    linear_entry,
-    linear_kernels,
-    pack_block,
-    pack_weight,
-)
+from graphllm.codegen.kernels.cpu.linear import DEFAULTS, linear_entry, linear_kernels
+from graphllm.layouts import aligned_empty, pack_block, pack_weight
 
 # (K, N, bias): nb = 16, 8 and 2 column blocks; one SmolLM2 shape (hidden -> intermediate)
 SHAPES = [(64, 48, True), (40, 24, False), (24, 6, True), (576, 1536, False)]
@@ -64,8 +59,8 @@ def test_linear_matches_numpy(module, k: int, n: int, bias: bool, t: int, kind: 
 def test_linear_entry_dispatch() -> None:
     """Few tokens go to the GEMV, the rest to the GEMM."""
     assert linear_entry("l", 1) == "l_gemv"
-    assert linear_entry("l", GEMM_MIN_T - 1) == "l_gemv"
-    assert linear_entry("l", GEMM_MIN_T) == "l_gemm"
+    assert linear_entry("l", DEFAULTS["large_from"] - 1) == "l_gemv"
+    assert linear_entry("l", DEFAULTS["large_from"]) == "l_gemm"
 
 
 def test_pack_weight_layout() -> None:

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import build_module
-from graphllm.layouts import aligned_empty
+
 from graphllm.runtime.tvm import as_tensor
-from graphllm.codegen.kernels.linear import linear_kernels, pack_weight
-from graphllm.codegen.lower import LowerRequest, get_packer, lower
+from graphllm.codegen.kernels.cpu.linear import linear_kernels
+from graphllm.codegen.lower import LowerRequest, lower
 from graphllm.dsl.types import TensorType
+from graphllm.layouts import aligned_empty, get_packer, pack_weight
 
 DTYPES = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
 SHAPES = [(64, 48, True), (40, 24, False), (24, 6, True), (576, 1536, False)]  # nb = 16, 8, 2; a SmolLM2 shape

@@ -14,12 +14,13 @@ import pytest
 
 from graphllm.codegen import lower as lowering_api
 from graphllm.codegen.build import build_module
-from graphllm.layouts import aligned_empty
 from graphllm.runtime.tvm import as_tensor
-from graphllm.codegen.lower import EXTRAS, HOST_OPS, LOWERINGS, VIEW_OPS, Kernel, LowerRequest, lower
+from graphllm.codegen.knobs import defaults
+from graphllm.codegen.lower import EXTRAS, HOST_OPS, LOWERINGS, VIEW_OPS, Kernel, LowerRequest, knobs_of, lower
 from graphllm.runtime.tvm import configure_threads
 from graphllm.dsl.ops import REGISTRY, RefContext, get_spec
 from graphllm.dsl.types import TensorType
+from graphllm.layouts import aligned_empty
 
 TOKENS = (1, 7, 128)
 LOWERED_ELSEWHERE = {"Linear", "FusedAttention"}
@@ -110,6 +111,21 @@ def cases() -> list[Case]:
 
 
 CASES = cases()
+ATTENTION = {"q": "f32[T,9,64]", "k": "f32[1]", "v": "f32[1]", "curk": "f32[T,3,64]", "curv": "f32[T,3,64]",
+             "seqLens": "i32[B]"}
+# every kernel family's requests (the table above, plus the families test_codegen_linear/qlinear/attention build)
+KNOB_SAMPLES = CASES + [
+    case("FusedElementwise", {"input": "f32[T,576]", "input1": "f32[T,576]"}, chain=[{"op": "Silu"}, {"op": "MulTo"}]),
+    case("Linear", {"input": "f32[T,576]", "weight": "f32[192,576]"}),
+    case("Linear", {"input": "f32[T,576]", "weight": "q4_1[192,576]"}),
+    case("FusedLinear", {"input": "f32[T,576]", "weight": "bf16[192,576]", "norm": "f32[576]"}, prologue="rmsnorm", eps=1e-6),
+    case("FusedLinear", {"input": "f32[T,1152]", "weight": "q8_0[576,576]", "residual": "f32[T,576]"}, prologue="swiglu"),
+    case("Embedding", {"input": "i32[T]", "weight": "f16[100,576]"}),
+    case("Embedding", {"input": "i32[T]", "weight": "q8_0[100,576]"}),
+    case("FusedAttention", ATTENTION, scale=0.125),
+    case("QKVAttention", {"qkv": "f32[T,960]", "k": "f32[1]", "v": "f32[1]", "seqLens": "i32[B]"},
+         numHeads=9, numKVHeads=3, scale=0.125),
+]
 
 
 @pytest.fixture(scope="module")
@@ -176,5 +192,17 @@ def test_every_op_is_lowered() -> None:
     """Each registry op has a lowering, is a view or host op, or is Linear/FusedAttention (lowered elsewhere)."""
     lowering_api.load_kernel_modules()  # what lower() does first: import every kernel module
     exempt = VIEW_OPS | HOST_OPS | LOWERED_ELSEWHERE
-    missing = sorted(op for op in REGISTRY if op not in LOWERINGS and op not in exempt)
+    missing = sorted(op for op in REGISTRY if (op, "cpu") not in LOWERINGS and op not in exempt)
     assert not missing, f"ops without a TVM lowering: {missing}"
+
+
+def test_every_lowering_declares_its_knobs() -> None:
+    """Each CPU lowering's knobs have unique names, a meaning and an allowed default; lowering records the defaults."""
+    lowering_api.load_kernel_modules("cpu")
+    sampled = {c.op for c in KNOB_SAMPLES}
+    assert not sorted(op for op, target in LOWERINGS if target == "cpu" and op not in sampled)
+    for c in KNOB_SAMPLES:
+        knobs = knobs_of(c.request(), "cpu")
+        assert len({k.name for k in knobs}) == len(knobs), c
+        assert all(k.default in k.values and k.meaning for k in knobs), c
+        assert lower(c.request(), "cpu").knobs == defaults(knobs), c

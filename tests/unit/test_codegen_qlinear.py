@@ -8,21 +8,20 @@ import numpy as np
 import pytest
 
 from graphllm.codegen.build import build_module
-from graphllm.layouts import aligned_empty
+
 from graphllm.runtime.tvm import as_tensor
-from graphllm.codegen.kernels.qlinear import (
-    GEMM_MIN_T,
+from graphllm.codegen.kernels.cpu.qlinear import (
+    DEFAULTS,
     lower_qembedding,
     lower_qlinear,
-    pack_qweight,
     qembedding,
-    qlayout,
     qlinear_gemm,
     qlinear_gemv,
 )
-from graphllm.codegen.lower import LowerRequest, get_packer
+from graphllm.codegen.lower import LowerRequest
 from graphllm.dsl.qformats import dequantize, quantize
 from graphllm.dsl.types import TensorType
+from graphllm.layouts import aligned_empty, get_packer, pack_qweight, qlayout
 
 FORMATS = ["q8_0", "q4_0", "q4_1", "q4_1g128", "q8_0g64"]
 # (K, N, bias): SmolLM2's hidden/intermediate shapes and a small N that fills no 16-row block exactly;
@@ -141,12 +140,12 @@ def test_correct_with_denormals_are_zero(module, kind: str) -> None:
 def test_lowering_and_packers() -> None:
     """Linear and Embedding with a q weight lower to these kernels; packers are registered per format."""
     x, w = TensorType(("T", 576)), TensorType((1536, 576), "q4_1g64")
-    kernel = lower_qlinear(LowerRequest("Linear", (), (("input", x), ("weight", w)), TensorType(("T", 1536))))
-    assert kernel.params == ("input", "weight", "out") and kernel.large_from == GEMM_MIN_T
+    kernel = lower_qlinear(LowerRequest("Linear", (), (("input", x), ("weight", w)), TensorType(("T", 1536))), DEFAULTS)
+    assert kernel.params == ("input", "weight", "out") and kernel.large_from == DEFAULTS["large_from"]
     assert kernel.packs == {"weight": "qlinear:q4_1g64"}
     ids, table = TensorType(("T",), "int32"), TensorType((49152, 576), "q8_0")
     emb = lower_qembedding(LowerRequest("Embedding", (), (("input", ids), ("weight", table)), TensorType(("T", 576))))
-    head = lower_qlinear(LowerRequest("Linear", (), (("input", x), ("weight", table)), TensorType(("T", 49152))))
+    head = lower_qlinear(LowerRequest("Linear", (), (("input", x), ("weight", table)), TensorType(("T", 49152))), DEFAULTS)
     assert emb.packs == head.packs == {"weight": "qlinear:q8_0"}  # a tied lm_head shares the packed copy
     raw = quantize(np.random.default_rng(0).standard_normal((20, 64), dtype=np.float32), "q8_0")
     packed = get_packer("qlinear:q8_0")(raw)

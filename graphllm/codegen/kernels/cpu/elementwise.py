@@ -13,12 +13,13 @@ x * sigmoid(2u), which equals 0.5 * x * (1 + tanh(u)) and needs one exp; Tanh li
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from graphllm.codegen.kernels.sched import attrs_of, f32, require_float32, row_kernel
-from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.codegen.kernels.common import f32
+from graphllm.codegen.kernels.cpu.sched import ROW_KNOBS, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering, require_float32
 from graphllm.dsl.ops import BINARY_ELEMENTWISE, get_spec
 
 # Abramowitz & Stegun 7.1.26, as in ops._erf: erf(z) = 1 - t * poly(t) * exp(-z^2), t = 1/(1 + P z).
@@ -29,10 +30,10 @@ _SQRT2_PI = 0.7978845608028654
 _GELU_TANH_C = 0.044715
 
 
-def _elementwise(req: LowerRequest, ports: tuple[str, ...], body: Callable[..., Any]) -> Kernel:
+def _elementwise(req: LowerRequest, knobs: Mapping[str, Any], ports: tuple[str, ...], body: Callable[..., Any]) -> Kernel:
     """Lower out = body(*inputs) (float32 ports, a TE tensor named "out") to a row Kernel."""
     require_float32(req, *ports)
-    return row_kernel(req, [(p, req.types[p]) for p in ports], body)
+    return row_kernel(req, [(p, req.types[p]) for p in ports], body, knobs)
 
 
 def _with_exp(shape: tuple[Any, ...], arg: Callable[..., Any], combine: Callable[..., Any], name: str = "out") -> Any:
@@ -92,56 +93,57 @@ def stage_builder(op: str, attrs: dict[str, Any]) -> Callable[..., Any]:
     raise NotImplementedError(f"{op} is not an elementwise op")
 
 
-def _lower_single(req: LowerRequest, ports: tuple[str, ...], inplace: str | None = None) -> Kernel:
+def _lower_single(req: LowerRequest, knobs: Mapping[str, Any], ports: tuple[str, ...],
+                  inplace: str | None = None) -> Kernel:
     """One elementwise op as a row kernel."""
     stage = stage_builder(req.op, attrs_of(req))
-    return replace(_elementwise(req, ports, lambda *xs: stage(*xs)), inplace=inplace)
+    return replace(_elementwise(req, knobs, ports, lambda *xs: stage(*xs)), inplace=inplace)
 
 
-@lowering("AddTo")
-def lower_add_to(req: LowerRequest) -> Kernel:
+@lowering("AddTo", knobs=ROW_KNOBS)
+def lower_add_to(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """input0 + input1 * alpha (alpha == 1: a plain add, as in the reference); in place over input0 when it dies here."""
-    return _lower_single(req, ("input0", "input1"), inplace="input0")
+    return _lower_single(req, knobs, ("input0", "input1"), inplace="input0")
 
 
-@lowering("MulTo")
-def lower_mul_to(req: LowerRequest) -> Kernel:
+@lowering("MulTo", knobs=ROW_KNOBS)
+def lower_mul_to(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """input0 * input1 (in place over input0 when it dies here)."""
-    return _lower_single(req, ("input0", "input1"), inplace="input0")
+    return _lower_single(req, knobs, ("input0", "input1"), inplace="input0")
 
 
-@lowering("Add")
-def lower_add(req: LowerRequest) -> Kernel:
+@lowering("Add", knobs=ROW_KNOBS)
+def lower_add(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """input + v (a constant)."""
-    return _lower_single(req, ("input",))
+    return _lower_single(req, knobs, ("input",))
 
 
-@lowering("Mul")
-def lower_mul(req: LowerRequest) -> Kernel:
+@lowering("Mul", knobs=ROW_KNOBS)
+def lower_mul(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """input * v (a constant)."""
-    return _lower_single(req, ("input",))
+    return _lower_single(req, knobs, ("input",))
 
 
-@lowering("Silu")
-def lower_silu(req: LowerRequest) -> Kernel:
+@lowering("Silu", knobs=ROW_KNOBS)
+def lower_silu(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """input / (1 + exp(-input))."""
-    return _lower_single(req, ("input",))
+    return _lower_single(req, knobs, ("input",))
 
 
-@lowering("Tanh")
-def lower_tanh(req: LowerRequest) -> Kernel:
+@lowering("Tanh", knobs=ROW_KNOBS)
+def lower_tanh(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """tanh(input) = 1 - 2 / (1 + exp(2 * input))."""
-    return _lower_single(req, ("input",))
+    return _lower_single(req, knobs, ("input",))
 
 
-@lowering("Gelu")
-def lower_gelu(req: LowerRequest) -> Kernel:
+@lowering("Gelu", knobs=ROW_KNOBS)
+def lower_gelu(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """GELU: exact (erf, approximate="none") or the tanh form (approximate="tanh")."""
-    return _lower_single(req, ("input",))
+    return _lower_single(req, knobs, ("input",))
 
 
-@lowering("FusedElementwise")
-def lower_fused_elementwise(req: LowerRequest) -> Kernel:
+@lowering("FusedElementwise", knobs=ROW_KNOBS)
+def lower_fused_elementwise(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """A chain of elementwise ops as one kernel: each step's stage reads the previous one (all inlined into "out")."""
     chain = attrs_of(req)["chain"]
     ports = ("input", "input1") if "input1" in req.types else ("input",)
@@ -156,13 +158,13 @@ def lower_fused_elementwise(req: LowerRequest) -> Kernel:
             x = stage_builder(step["op"], attrs)(x, *(extra if binary else ()), name=name)
         return x
 
-    return _elementwise(req, ports, body)
+    return _elementwise(req, knobs, ports, body)
 
 
-@lowering("Swiglu")
-def lower_swiglu(req: LowerRequest) -> Kernel:
+@lowering("Swiglu", knobs=ROW_KNOBS)
+def lower_swiglu(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """silu(input[..., :n]) * input[..., n:], n = half the last dim."""
-    return _elementwise(req, ("input",), swiglu_stage)
+    return _elementwise(req, knobs, ("input",), swiglu_stage)
 
 
 def swiglu_stage(v: Any, name: str = "out") -> Any:

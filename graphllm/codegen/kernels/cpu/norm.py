@@ -8,17 +8,20 @@ makes two passes (mean, then the mean of squared deviations) exactly as its refe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from graphllm.codegen.kernels.sched import attrs_of, f32, require_float32, row_kernel
-from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.codegen.kernels.common import f32, inv_root_mean
+from graphllm.codegen.kernels.cpu.sched import REDUCE_KNOBS, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering, require_float32
 
 
-def _norm_kernel(req: LowerRequest, ports: tuple[str, ...], reductions: tuple[str, ...], body: Any) -> Kernel:
+def _norm_kernel(req: LowerRequest, knobs: Mapping[str, Any], ports: tuple[str, ...], reductions: tuple[str, ...],
+                 body: Any) -> Kernel:
     """Lower out = body(*inputs) (TE stages whose `reductions` are row sums) to a row Kernel."""
     require_float32(req, *ports)
     args = [(p, req.types[p]) for p in ports]
-    return row_kernel(req, args, body, axis=req.output.rank - 1, reductions=reductions)
+    return row_kernel(req, args, body, knobs, axis=req.output.rank - 1, reductions=reductions)
 
 
 def _row_sum(shape: tuple[Any, ...], term: Any, name: str) -> Any:
@@ -27,13 +30,6 @@ def _row_sum(shape: tuple[Any, ...], term: Any, name: str) -> Any:
 
     k = te.reduce_axis((0, shape[-1]), name="k")
     return te.compute(shape[:-1], lambda *r: te.sum(term(*r, k), axis=k), name=name)
-
-
-def inv_root_mean(total: Any, n: int, eps: float) -> Any:
-    """1 / sqrt(total / n + eps): the reference's mean, then eps, then the root (a TIR expression)."""
-    from tvm import tirx
-
-    return f32(1.0) / tirx.sqrt(total / f32(float(n)) + f32(eps))
 
 
 def _rsqrt_mean(total: Any, n: int, eps: float, name: str) -> Any:
@@ -56,16 +52,16 @@ def rmsnorm_stages(x: Any, w: Any, eps: float, offset: float = 0.0, name: str = 
     return te.compute(x.shape, lambda *i: x(*i) * inv(*i[:-1]) * scale(i[-1]), name=name)
 
 
-@lowering("RMSNorm")
-def lower_rmsnorm(req: LowerRequest) -> Kernel:
+@lowering("RMSNorm", knobs=REDUCE_KNOBS)
+def lower_rmsnorm(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """(x * (1 / sqrt(mean(x^2) + eps))) * (weight + weightOffset) over the last axis."""
     attrs = attrs_of(req)
     eps, offset = float(attrs["eps"]), float(attrs.get("weightOffset") or 0.0)
-    return _norm_kernel(req, ("input", "weight"), ("sumsq",), lambda x, w: rmsnorm_stages(x, w, eps, offset))
+    return _norm_kernel(req, knobs, ("input", "weight"), ("sumsq",), lambda x, w: rmsnorm_stages(x, w, eps, offset))
 
 
-@lowering("LayerNorm")
-def lower_layernorm(req: LowerRequest) -> Kernel:
+@lowering("LayerNorm", knobs=REDUCE_KNOBS)
+def lower_layernorm(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """(x - mean) / sqrt(var + eps) * weight (+ bias) over the last axis; bias if the node has one."""
     eps, n = float(attrs_of(req)["eps"]), int(req.output.shape[-1])
     has_bias = "bias" in req.types
@@ -92,4 +88,4 @@ def lower_layernorm(req: LowerRequest) -> Kernel:
         return te.compute(x.shape, out, name="out")
 
     ports = ("input", "weight", "bias") if has_bias else ("input", "weight")
-    return _norm_kernel(req, ports, ("sum", "sumsq"), body)
+    return _norm_kernel(req, knobs, ports, ("sum", "sumsq"), body)

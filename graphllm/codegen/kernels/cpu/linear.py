@@ -1,82 +1,52 @@
 """float32 Linear y[T, N] = x[T, K] @ W[N, K]^T (+ b[N]) with symbolic T, as TVM PrimFuncs.
 
-Weight layout: W is packed once at load (`pack_weight`) from HF [N, K] into [N/nb, K, nb]
+Weight layout (`graphllm.layouts.pack_weight`, once at load): HF [N, K] -> [N/nb, K, nb]
 (nb = 16 when N allows: two AVX2 vectors), stored as float32, float16 or bfloat16 (weight-only:
 16-bit weights are widened to float32 in the inner loop, `vcvtph2ps` for float16, a 16-bit shift
 for bfloat16, which is held as its uint16 bits because numpy and DLPack have no bfloat16 array).
 One packed copy serves both kernels:
-- GEMV (`*_gemv`, T < GEMM_MIN_T): per nb-column block, stream its K x nb panel contiguously
+- GEMV (`*_gemv`, T < large_from): per nb-column block, stream its K x nb panel contiguously
   and accumulate nb outputs in vector registers (no horizontal sums); parallel over blocks.
-- GEMM (`*_gemm`, T >= GEMM_MIN_T): a 6 x 16 register tile (12 ymm accumulators) per
+- GEMM (`*_gemm`, T >= large_from): a 6 x 16 register tile (12 ymm accumulators) per
   (row tile, column block), broadcast x[t, k] times the panel row; parallel over blocks.
 Both kernels compute into a local accumulator and then write y = acc (+ b) (+ residual) in an
 epilogue; a FusedLinear's RMSNorm or Swiglu prologue is a stage "xn" over all tokens that the
 accumulator reads instead of x.
 The GEMM pads T up to a multiple of its row tile by re-reading the last row (clamped index),
 so its inner loop has no predicate; only the epilogue store is guarded.
+Knobs (KNOBS): the GEMV/GEMM crossover and the GEMM tile's rows.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from graphllm.layouts import aligned_empty
-from graphllm.codegen.kernels.fused_linear import PLAIN, Fusion
-from graphllm.codegen.kernels.qlinear import lower_qlinear
-from graphllm.codegen.lower import Kernel, LowerRequest, lowering, packer
+from graphllm.codegen.fusion import PLAIN, Fusion
+from graphllm.codegen.kernels.common import widen
+from graphllm.codegen.kernels.cpu import qlinear
+from graphllm.codegen.kernels.cpu.elementwise import swiglu_stage
+from graphllm.codegen.kernels.cpu.norm import rmsnorm_stages
+from graphllm.codegen.kernels.cpu.sched import lanes
+from graphllm.codegen.knobs import Knob, defaults
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.layouts import STORAGE, pack_block, packer_name
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
 
-GEMM_ROWS = 6  # rows of the GEMM register tile (6 x 16 floats = 12 ymm accumulators)
-GEMM_MIN_T = 3  # token counts below this use the GEMV kernel (measured crossover, cold W)
-_BLOCKS = (16, 8, 4, 2, 1)
-STORAGE = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}  # weight dtype -> stored array dtype
-
-
-def pack_block(n: int) -> int:
-    """Return the column block nb used for N = n outputs: the largest of 16, 8, 4, 2, 1 dividing n."""
-    return next(b for b in _BLOCKS if n % b == 0)
-
-
-def stored_values(w: np.ndarray, dtype: str) -> np.ndarray:
-    """Return w as the kernels store `dtype` (float16 rounds to nearest even; bfloat16 as its uint16 bits)."""
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return np.asarray(w, dtype=ml_dtypes.bfloat16).view(np.uint16)
-    return np.asarray(w, dtype=STORAGE[dtype])
-
-
-def pack_weight(w: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """Repack an HF Linear weight [N, K] into the kernels' 64-byte-aligned [N/nb, K, nb] of `dtype`."""
-    if w.ndim != 2:
-        raise ValueError(f"Linear weight must be [N, K], got shape {w.shape}")
-    n, k = w.shape
-    nb = pack_block(n)
-    out = aligned_empty((n // nb, k, nb), STORAGE[dtype])
-    out[...] = stored_values(w, dtype).reshape(n // nb, nb, k).transpose(0, 2, 1)
-    return out
-
-
-def widen(value: Any, dtype: str) -> Any:
-    """Return a stored weight element of `dtype` as float32 (bfloat16: its bits shifted into a float32's top half)."""
-    from tvm import tirx
-
-    if dtype == "bfloat16":
-        return tirx.reinterpret("float32", value.astype("uint32") << tirx.const(16, "uint32"))
-    return value.astype("float32")
+KNOBS = (
+    Knob("large_from", (1, 2, 3, 4, 6, 8, 16), 3,
+         "token count from which the GEMM runs instead of the GEMV (measured crossover with cold weights)"),
+    Knob("gemm_rows", (2, 3, 4, 6, 8), 6, "token rows of the GEMM register tile (6 x 16 floats = 12 ymm accumulators)"),
+)
+DEFAULTS = defaults(KNOBS)
 
 
 def _prologue(x: Any, k: int, fusion: Fusion) -> tuple[Any, list[Any]]:
     """Return (the matmul's input stage, its extra placeholders): x itself, or the RMSNorm / Swiglu
     kernels' own TE stages over x, ending in a stage named "xn"."""
     from tvm import te
-
-    from graphllm.codegen.kernels.elementwise import swiglu_stage
-    from graphllm.codegen.kernels.norm import rmsnorm_stages
 
     if fusion.prologue == "rmsnorm":
         g = te.placeholder((k,), "float32", name="g")
@@ -137,7 +107,7 @@ def _schedule(func: PrimFunc, n: int, rows: int, fusion: Fusion = PLAIN) -> Prim
         if fusion.prologue == "rmsnorm":
             sch.compute_at(sch.get_sblock("inv_rms"), xt)
             sch.compute_at(sch.get_sblock("sumsq"), xt)
-        _, xv = sch.split(xj, [None, _lanes_of(int(sch.get(xj).extent))])
+        _, xv = sch.split(xj, [None, lanes(int(sch.get(xj).extent))])
         sch.vectorize(xv)
         if rows > 1:
             sch.parallel(xt)
@@ -159,19 +129,15 @@ def _schedule(func: PrimFunc, n: int, rows: int, fusion: Fusion = PLAIN) -> Prim
     return sch.mod["main"]
 
 
-def _lanes_of(k: int) -> int:
-    """Vector width of the prologue's row loop: 8, or the largest power of two dividing k."""
-    return next(v for v in (8, 4, 2, 1) if k % v == 0)
-
-
 def linear_gemv(k: int, n: int, bias: bool = False, dtype: str = "float32", fusion: Fusion = PLAIN) -> PrimFunc:
     """Return the scheduled GEMV PrimFunc (x, w_packed, [b,] [g,] [res,] y) for small T, memory-bound."""
     return _schedule(_linear_prim_func(k, n, bias, 1, dtype, fusion), n, 1, fusion)
 
 
-def linear_gemm(k: int, n: int, bias: bool = False, dtype: str = "float32", fusion: Fusion = PLAIN) -> PrimFunc:
+def linear_gemm(k: int, n: int, bias: bool = False, dtype: str = "float32", fusion: Fusion = PLAIN,
+                rows: int = DEFAULTS["gemm_rows"]) -> PrimFunc:
     """Return the scheduled GEMM PrimFunc (x, w_packed, [b,] [g,] [res,] y) for large T, compute-bound."""
-    return _schedule(_linear_prim_func(k, n, bias, GEMM_ROWS, dtype, fusion), n, GEMM_ROWS, fusion)
+    return _schedule(_linear_prim_func(k, n, bias, rows, dtype, fusion), n, rows, fusion)
 
 
 def linear_kernels(k: int, n: int, bias: bool = False, name: str = "linear",
@@ -184,27 +150,21 @@ def linear_kernels(k: int, n: int, bias: bool = False, name: str = "linear",
 
 
 def linear_entry(name: str, t: int) -> str:
-    """Return the function name of `linear_kernels(name=...)` to call for t tokens."""
-    return f"{name}_gemv" if t < GEMM_MIN_T else f"{name}_gemm"
+    """Return the function name of `linear_kernels(name=...)` to call for t tokens (default crossover)."""
+    return f"{name}_gemv" if t < DEFAULTS["large_from"] else f"{name}_gemm"
 
 
-def packer_name(dtype: str) -> str:
-    """Return the plan's name of the packing a `dtype` Linear weight needs (linear_blocks[:dtype])."""
-    return "linear_blocks" if dtype == "float32" else f"linear_blocks:{dtype}"
+def linear_knobs(req: LowerRequest) -> tuple[Knob, ...]:
+    """The knobs of a (Fused)Linear's kernels: the block-quantized family's for a quantized weight, else the float one's."""
+    return qlinear.KNOBS if req.types["weight"].quantized else KNOBS
 
 
-@packer("linear_blocks")
-def _pack(w: np.ndarray, dtype: str = "float32") -> np.ndarray:
-    """The registered name of pack_weight, so plans can say which re-layout a weight needs."""
-    return pack_weight(w, dtype)
-
-
-@lowering("Linear")
-def lower_linear(req: LowerRequest, fusion: Fusion = PLAIN) -> Kernel:
-    """(Fused)Linear over a 2-D input: GEMV below GEMM_MIN_T tokens, register-tiled GEMM from there."""
+@lowering("Linear", knobs=linear_knobs)
+def lower_linear(req: LowerRequest, knobs: Mapping[str, Any], fusion: Fusion = PLAIN) -> Kernel:
+    """(Fused)Linear over a 2-D input: GEMV below `large_from` tokens, register-tiled GEMM from there."""
     t = req.types
     if t["weight"].quantized:  # block formats (dsl/qformats): kernels that decode inside the loop
-        return lower_qlinear(req, fusion)
+        return qlinear.lower_qlinear(req, knobs, fusion)
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
     dtype = t["weight"].dtype
@@ -213,5 +173,5 @@ def lower_linear(req: LowerRequest, fusion: Fusion = PLAIN) -> Kernel:
     n, k = t["weight"].shape
     bias = "bias" in t
     return Kernel(linear_gemv(k, n, bias, dtype, fusion), fusion.params(bias),
-                  large=linear_gemm(k, n, bias, dtype, fusion), large_from=GEMM_MIN_T,
+                  large=linear_gemm(k, n, bias, dtype, fusion, knobs["gemm_rows"]), large_from=knobs["large_from"],
                   packs={"weight": packer_name(dtype)})

@@ -8,10 +8,11 @@ inner loops are plain vector copies without per-element tests or modulos.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
-from graphllm.codegen.kernels.sched import attrs_of, row_kernel
-from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.codegen.kernels.cpu.sched import ROW_KNOBS, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering
 
 
 def _axis(req: LowerRequest, port: str) -> int:
@@ -24,8 +25,8 @@ def _at(index: tuple[Any, ...], axis: int, value: Any) -> tuple[Any, ...]:
     return (*index[:axis], value, *index[axis + 1 :])
 
 
-@lowering("Cat")
-def lower_cat(req: LowerRequest) -> Kernel:
+@lowering("Cat", knobs=ROW_KNOBS)
+def lower_cat(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """out = concatenate(input0, input1) along axis."""
     axis = _axis(req, "input0")
     first = int(req.types["input0"].shape[axis])
@@ -43,11 +44,11 @@ def lower_cat(req: LowerRequest) -> Kernel:
         return te.compute(shape, value, name="out")
 
     args = [(p, req.types[p]) for p in ("input0", "input1")]
-    return row_kernel(req, args, body, axis=axis, cuts=(first * inner,))
+    return row_kernel(req, args, body, knobs, axis=axis, cuts=(first * inner,))
 
 
-@lowering("Split")
-def lower_split(req: LowerRequest) -> Kernel:
+@lowering("Split", knobs=ROW_KNOBS)
+def lower_split(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """out = input[start:end] along axis."""
     attrs = attrs_of(req)
     axis, start, end = _axis(req, "input"), int(attrs["start"]), int(attrs["end"])
@@ -59,11 +60,11 @@ def lower_split(req: LowerRequest) -> Kernel:
         shape = _at(tuple(x.shape), axis, end - start)
         return te.compute(shape, lambda *i: x(*_at(i, axis, i[axis] + start)), name="out")
 
-    return row_kernel(req, [("input", req.types["input"])], body, axis=axis)
+    return row_kernel(req, [("input", req.types["input"])], body, knobs, axis=axis)
 
 
-@lowering("Repeat")
-def lower_repeat(req: LowerRequest) -> Kernel:
+@lowering("Repeat", knobs=ROW_KNOBS)
+def lower_repeat(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """out = repeatTimes copies of input one after another along axis (numpy.tile semantics)."""
     axis, times = _axis(req, "input"), int(attrs_of(req)["repeatTimes"])
     size = int(req.types["input"].shape[axis])
@@ -75,11 +76,11 @@ def lower_repeat(req: LowerRequest) -> Kernel:
         shape = _at(tuple(x.shape), axis, size * times)
         return te.compute(shape, lambda *i: x(*_at(i, axis, i[axis] % size)), name="out")
 
-    return row_kernel(req, [("input", req.types["input"])], body, axis=axis, repeats=times)
+    return row_kernel(req, [("input", req.types["input"])], body, knobs, axis=axis, repeats=times)
 
 
-@lowering("DataTypeAs")
-def lower_datatype_as(req: LowerRequest) -> Kernel:
+@lowering("DataTypeAs", knobs=ROW_KNOBS)
+def lower_datatype_as(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """out = input cast to input1's dtype; input1 only names the dtype, so it is not a parameter."""
     dtype = req.output.dtype
 
@@ -89,4 +90,4 @@ def lower_datatype_as(req: LowerRequest) -> Kernel:
 
         return te.compute(x.shape, lambda *i: x(*i).astype(dtype), name="out")
 
-    return row_kernel(req, [("input", req.types["input"])], body)
+    return row_kernel(req, [("input", req.types["input"])], body, knobs)

@@ -9,14 +9,16 @@ a head are loop-partitioned apart, so each is a branch-free vector loop over i.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from graphllm.codegen.kernels.sched import attrs_of, require_float32, row_kernel
-from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.codegen.kernels.common import rope_rotate
+from graphllm.codegen.kernels.cpu.sched import ROW_KNOBS, row_kernel
+from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering, require_float32
 
 
-@lowering("LlamaRotatePosition2D")
-def lower_rope(req: LowerRequest) -> Kernel:
+@lowering("LlamaRotatePosition2D", knobs=ROW_KNOBS)
+def lower_rope(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """Rotate pairs (i, i + rotaryDim) of every head by the angle tables at each token's position."""
     require_float32(req, "input", "sin", "cos")
     r = int(attrs_of(req)["rotaryDim"])
@@ -29,12 +31,12 @@ def lower_rope(req: LowerRequest) -> Kernel:
         def value(t: Any, h: Any, i: Any) -> Any:
             """out[t, h, i]."""
             p = pos[t]
-            first = x[t, h, i] * cos[p, i] - x[t, h, i + r] * sin[p, i]
-            second = x[t, h, i] * cos[p, i - r] + x[t, h, i - r] * sin[p, i - r]
+            first = rope_rotate(x[t, h, i], x[t, h, i + r], cos[p, i], sin[p, i], second=False)
+            second = rope_rotate(x[t, h, i], x[t, h, i - r], cos[p, i - r], sin[p, i - r], second=True)
             return te.if_then_else(i < r, first, te.if_then_else(i < 2 * r, second, x[t, h, i]))
 
         return te.compute(x.shape, value, name="out")
 
     cuts = (r, 2 * r) if 2 * r < head_dim else (r,)
     args = [(p, req.types[p]) for p in ("input", "positionIds", "sin", "cos")]
-    return row_kernel(req, args, body, axis=2, cuts=cuts)
+    return row_kernel(req, args, body, knobs, axis=2, cuts=cuts)

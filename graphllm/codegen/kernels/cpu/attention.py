@@ -5,7 +5,7 @@ Layouts (T tokens, S sequence slots and C context positions are symbolic int64 d
 Query row t attends to positions 0..pos[t] of cache slot slot[t] (pos[t]-window+1..pos[t] with a
 sliding window); query head h reads kv head h // (Hq / Hk). With soft-capping, each scaled score s
 becomes cap * tanh(s / cap) before the softmax, as in the reference. The softmax is computed online (flash style, running max subtracted) over blocks
-of KEY_BLOCK keys, so any context length runs in fixed-size local buffers.
+of `key_block` keys, so any context length runs in fixed-size local buffers.
 
 The loop nests are written directly in TIR rather than scheduled from TE, because the key loop's
 extent depends on pos[t], which block-based schedules cannot express. The schedule is in the loops:
@@ -13,63 +13,48 @@ extent depends on pos[t], which block-based schedules cannot express. The schedu
   so it streams the [keys, Hk, D] rows of the cache contiguously (each K/V byte is read once, and
   the Hq/Hk query heads of a group reuse it from L1);
 - decode (few tokens): each token's keys are split into threads // T ranges (flash-decoding; the
-  executor passes its thread count: 8 splits on 2 threads ran 1.5-1.7x slower than 2 at 64-256 keys),
-  combined afterwards, so both threads work on one token;
+  executor passes its thread count: 8 splits on 2 threads ran 1.5-1.7x slower than 2 at 64-256 keys;
+  the `key_splits` knob may fix the count instead), combined afterwards, so both threads work on one token;
 - prefill: tokens are visited in zigzag order (0, T-1, 1, T-2, ...) so the pool's contiguous static
   chunks get equal causal work;
-- D is vectorized (8 lanes); KEY_UNROLL keys' dot products are interleaved (independent FMA
+- D is vectorized (8 lanes); `key_unroll` keys' dot products are interleaved (independent FMA
   chains); exp is a vectorizable polynomial (`fast_exp`) instead of a libm call per lane.
+Knobs (KNOBS): key block, key unroll, the key-split policy, the task cap.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from graphllm.codegen.kernels.common import fast_exp, rope_rotate
+from graphllm.codegen.kernels.cpu import sched
+from graphllm.codegen.knobs import Knob, defaults
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
 
 if TYPE_CHECKING:
     from tvm.tirx import Expr, PrimFunc
 
-KEY_BLOCK = 32  # keys per online-softmax block (scores kept in a local buffer)
-KEY_UNROLL = 4  # keys whose dot products are interleaved
-MAX_TASKS = 16  # at most this many (token, key split) tasks when a step has fewer tokens than threads
+KNOBS = (
+    Knob("key_block", (8, 16, 32, 64), 32, "keys per online-softmax block (scores kept in a local buffer)"),
+    Knob("key_unroll", (1, 2, 4, 8), 4, "keys whose dot products are interleaved (independent FMA chains)"),
+    Knob("key_splits", ("threads", 1, 2, 4, 8), "threads",
+         "key ranges per token (of at most max_tasks // T): the executor's thread count (flash-decoding), or fixed"),
+    Knob("max_tasks", (4, 8, 16, 32), 16, "at most this many (token, key split) tasks when a step has fewer tokens than that"),
+)
+DEFAULTS = defaults(KNOBS)
 _NEG = -3.0e38  # "minus infinity" that stays finite through subtraction
 
 
-def _lanes(d: int) -> int:
-    """Return the vector width for the head dim: 8 floats (one ymm) if it divides d."""
-    return next(v for v in (8, 4, 2, 1) if d % v == 0)
-
-
-def fast_exp(x: Expr) -> Expr:
-    """Return a float32 exp(x) PrimExpr that vectorizes (Cephes polynomial, ~2 ulp; x <= -87 -> ~0).
-
-    LLVM lowers tirx.exp to one scalar libm call per lane (25% of attention time); this is FMAs.
-    """
-    from tvm import tirx
-
-    def f32(v: float) -> Expr:
-        """Return a float32 constant."""
-        return tirx.const(v, "float32")
-
-    x = tirx.max(tirx.min(x, f32(88.0)), f32(-87.0))
-    n = tirx.floor(x * f32(1.44269504088896341) + f32(0.5))
-    r = x - n * f32(0.693359375) + n * f32(2.12194440e-4)
-    p = f32(1.9875691500e-4)
-    for c in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
-        p = p * r + f32(c)
-    p = p * r * r + r + f32(1.0)
-    two_n = tirx.reinterpret("float32", tirx.shift_left(tirx.Cast("int32", n) + 127, 23))
-    return p * two_n
-
-
 def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float, window: int = 0,
-                   softcap: float = 0.0, rope: tuple[int, int, int] | None = None, packed: bool = False) -> PrimFunc:
+                   softcap: float = 0.0, rope: tuple[int, int, int] | None = None, packed: bool = False,
+                   knobs: Mapping[str, Any] = DEFAULTS) -> PrimFunc:
     """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, threads, [rope_pos, sin, cos,] out) of the module doc.
 
     window > 0 limits each query to its last `window` keys; softcap > 0 soft-caps the scores;
     rope = (rotaryDim, table rows, table cols) rotates each query row as it is loaded (fuse_rope);
     packed: q is the packed qkv [T, Hq + 2 Hk, D] (QKVAttention), whose first Hq heads are the queries.
+    `knobs` holds the values of KNOBS.
     """
     from tvm import tirx
     from tvm.script import tirx as T
@@ -83,10 +68,16 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
         e = fast_exp(s * T.float32(2.0 / softcap))
         return T.float32(softcap) * (T.float32(1) - T.float32(2) / (T.float32(1) + e))
 
+    def split_budget(threads: Any) -> Expr:
+        """(token, key split) tasks a step may spread its tokens over: the thread count or the fixed split, capped."""
+        splits = knobs["key_splits"]
+        return T.min(threads[0] if splits == "threads" else T.int32(splits), max_tasks)
+
     hq, hk, d = num_q_heads, num_kv_heads, head_dim
     if hq % hk:
         raise ValueError(f"query heads {hq} must be a multiple of kv heads {hk}")
-    group, lanes, kb, unroll, max_tasks = hq // hk, _lanes(d), KEY_BLOCK, KEY_UNROLL, MAX_TASKS
+    group, lanes, kb, unroll = hq // hk, sched.lanes(d), knobs["key_block"], knobs["key_unroll"]
+    max_tasks = knobs["max_tasks"]
     has_cap = bool(softcap)
     chunks = d // lanes
     scale = float(scale)
@@ -98,7 +89,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
 
     @T.macro
     def attend(q, k_cache, v_cache, pos, slot, threads, rope_pos, sin, cos, out):
-        n_split = T.max(T.int64(1), T.Cast("int64", T.min(threads[0], max_tasks)) // t_len)
+        n_split = T.max(T.int64(1), T.Cast("int64", split_budget(threads)) // t_len)
         # Partial results of each (token, head, split): acc[d], running max, running sum. Splits
         # exist only while t_len * n_split <= max_tasks, hence the fixed size.
         partial = T.alloc_buffer((max_tasks * hq * (d + 2),), "float32")
@@ -124,11 +115,11 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
             for h in range(hq):
                 if has_rope:  # a Python bool: RoPE (pairs i, i + rot) is emitted only when fused in
                     for i in T.vectorized(rot):
-                        qs[h * d + i] = (q[t, h, i] * cos[rope_pos[t], i]
-                                         - q[t, h, i + rot] * sin[rope_pos[t], i]) * T.float32(scale)
+                        qs[h * d + i] = rope_rotate(q[t, h, i], q[t, h, i + rot], cos[rope_pos[t], i],
+                                                    sin[rope_pos[t], i], False) * T.float32(scale)
                     for i in T.vectorized(rot):
-                        qs[h * d + rot + i] = (q[t, h, i + rot] * cos[rope_pos[t], i]
-                                               + q[t, h, i] * sin[rope_pos[t], i]) * T.float32(scale)
+                        qs[h * d + rot + i] = rope_rotate(q[t, h, i + rot], q[t, h, i], cos[rope_pos[t], i],
+                                                          sin[rope_pos[t], i], True) * T.float32(scale)
                     for i in range(d - 2 * rot):
                         qs[h * d + 2 * rot + i] = q[t, h, 2 * rot + i] * T.float32(scale)
                 else:
@@ -143,7 +134,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                 nb = T.min(T.int64(kb), k_end - j0)
                 for h in range(hq):
                     kvh = h // group
-                    # scores of keys j0 .. j0+nb for head h, KEY_UNROLL keys at a time
+                    # scores of keys j0 .. j0+nb for head h, `unroll` keys at a time
                     for jq in range(nb // unroll):
                         for u2, i in T.grid(unroll, lanes):
                             part[u2 * lanes + i] = T.float32(0)
@@ -285,11 +276,11 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
             if has_rope:  # a Python bool: k rotated (pairs i, i + rot) as it is stored
                 p = rope_pos[t]
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i] = (k_cur[t, k0 + h, i] * cos[p, i]
-                                                      - k_cur[t, k0 + h, i + rot] * sin[p, i])
+                    k_cache[slot[t], pos[t], h, i] = rope_rotate(k_cur[t, k0 + h, i], k_cur[t, k0 + h, i + rot],
+                                                                 cos[p, i], sin[p, i], False)
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i + rot] = (k_cur[t, k0 + h, i + rot] * cos[p, i]
-                                                            + k_cur[t, k0 + h, i] * sin[p, i])
+                    k_cache[slot[t], pos[t], h, i + rot] = rope_rotate(k_cur[t, k0 + h, i + rot], k_cur[t, k0 + h, i],
+                                                                       cos[p, i], sin[p, i], True)
                 for i in range(d - 2 * rot):
                     k_cache[slot[t], pos[t], h, i + 2 * rot] = k_cur[t, k0 + h, i + 2 * rot]
             else:
@@ -335,7 +326,8 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
     return kv_write
 
 
-def _attention_kernel(req: LowerRequest, hq: int, hk: int, d: int, ports: tuple[str, str, str]) -> Kernel:
+def _attention_kernel(req: LowerRequest, knobs: Mapping[str, Any], hq: int, hk: int, d: int,
+                      ports: tuple[str, str, str]) -> Kernel:
     """The KV-cache write, then the attention; ports name q, curk, curv (all 'qkv' when packed)."""
     attrs = req.attr
     rot = attrs.get("rotaryDim") or 0
@@ -344,20 +336,21 @@ def _attention_kernel(req: LowerRequest, hq: int, hk: int, d: int, ports: tuple[
     packed = ports[0] == ports[1]
     write = Kernel(kv_write_func(hk, d, rope, hq if packed else 0),
                    (ports[1], ports[2], "positions", "slots", *tables, "kcache", "vcache"))
-    func = attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope, packed)
+    func = attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope, packed,
+                          knobs)
     return Kernel(func, (ports[0], "kcache", "vcache", "positions", "slots", "threads", *tables, "out"), before=(write,))
 
 
-@lowering("FusedAttention")
-def lower_attention(req: LowerRequest) -> Kernel:
+@lowering("FusedAttention", knobs=KNOBS)
+def lower_attention(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """The KV-cache write of this step's k/v, then causal (windowed, soft-capped) attention over the cache."""
     _, hq, d = req.types["q"].shape
-    return _attention_kernel(req, hq, req.types["curk"].shape[1], d, ("q", "curk", "curv"))
+    return _attention_kernel(req, knobs, hq, req.types["curk"].shape[1], d, ("q", "curk", "curv"))
 
 
-@lowering("QKVAttention")
-def lower_qkv_attention(req: LowerRequest) -> Kernel:
+@lowering("QKVAttention", knobs=KNOBS)
+def lower_qkv_attention(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """FusedAttention's kernels reading q, k and v from the one packed projection (no split copies)."""
     hq, hk = req.attr["numHeads"], req.attr["numKVHeads"]
     d = req.types["qkv"].shape[1] // (hq + 2 * hk)
-    return _attention_kernel(req, hq, hk, d, ("qkv", "qkv", "qkv"))
+    return _attention_kernel(req, knobs, hq, hk, d, ("qkv", "qkv", "qkv"))

@@ -12,22 +12,30 @@ A parallel launch costs 2.5 us or more on TVM's thread pool (much more when the 
 far more than one row of an elementwise op (0.05-0.5 us at hidden 576), so each kernel comes in
 two variants: serial for small T (decode) and row-parallel from `large_from` tokens on (prefill);
 the executor picks the parallel one when T >= large_from.
+
+Knobs (ROW_KNOBS, REDUCE_KNOBS): the vector width, the parallel threshold, a reduction's partial sums.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from graphllm.codegen.knobs import Knob
 from graphllm.codegen.lower import Kernel, LowerRequest, Symbols
-from graphllm.dsl.ops import get_spec
 from graphllm.dsl.types import TensorType
 
 VECTOR_LANES = 8  # float32 lanes of an AVX2 register
-REDUCE_LANES = 32  # partial sums of a row reduction: 4 registers, 4 independent add chains
-PARALLEL_MIN_ELEMS = 32768  # output elements per call from which the row-parallel variant pays
+LANES_KNOB = Knob("vector_lanes", (4, 8, 16), VECTOR_LANES,
+                  "widest float32 vector of a row loop (8: one AVX2 register; a row length without that factor gets less)")
+PARALLEL_KNOB = Knob("parallel_min_elems", (4096, 8192, 16384, 32768, 65536, 131072), 32768,
+                     "output elements per call from which the row-parallel variant runs (a launch costs ~2.5 us)")
+SERIAL_ROW_KNOBS = (LANES_KNOB,)  # row kernels without a parallel variant
+ROW_KNOBS = (LANES_KNOB, PARALLEL_KNOB)
+REDUCE_KNOBS = (*ROW_KNOBS, Knob("reduce_lanes", (8, 16, 32, 64), 32,
+                                 "partial sums of a row reduction (32: 4 registers, 4 independent add chains)"))
 
 
 def lanes(*sizes: int, widest: int = VECTOR_LANES) -> int:
@@ -38,34 +46,11 @@ def lanes(*sizes: int, widest: int = VECTOR_LANES) -> int:
     return width
 
 
-def f32(value: float) -> Any:
-    """Return a float32 TIR constant, so that constant arithmetic stays in float32."""
-    from tvm import tirx
-
-    return tirx.const(value, "float32")
-
-
-def attrs_of(req: LowerRequest) -> dict[str, Any]:
-    """Return the node's attributes with the op spec's defaults filled in (nodes may omit them)."""
-    spec = get_spec(req.op)
-    defaults = {p.name: p.default for p in spec.attr_params if p.default is not None}
-    return {**defaults, **req.attr}
-
-
-def require_float32(req: LowerRequest, *ports: str) -> None:
-    """Raise NotImplementedError unless the named ports (and the output) are float32."""
-    types = {p: req.types[p] for p in ports if p in req.types}
-    if req.output is not None:
-        types["output"] = req.output
-    bad = {p: t.dtype for p, t in types.items() if t.dtype != "float32"}
-    if bad:
-        raise NotImplementedError(f"{req.op}: only float32 is lowered so far, got {bad}")
-
-
 def row_kernel(
     req: LowerRequest,
     args: Sequence[tuple[str, TensorType]],
     body: Callable[..., Any],
+    knobs: Mapping[str, Any],
     *,
     axis: int = 1,
     cuts: Sequence[int] = (),
@@ -79,6 +64,7 @@ def row_kernel(
     With `reductions` (names of row-sum stages) the norm schedule is used, otherwise every stage
     is inlined into "out" and `schedule_rows` (with `axis`, `cuts`, `repeats`) schedules it.
     With `parallel`, the Kernel gets a row-parallel variant used from `large_from` tokens on.
+    `knobs` holds the values of ROW_KNOBS (REDUCE_KNOBS with `reductions`; SERIAL_ROW_KNOBS without `parallel`).
     """
 
     def make(in_parallel: bool) -> Any:
@@ -90,18 +76,24 @@ def row_kernel(
         tensors = [symbols.placeholder(t, name) for name, t in args]
         sch = tvm.s_tir.Schedule(te.create_prim_func([*tensors, body(*tensors)]))
         if reductions:
-            schedule_row_reductions(sch, "out", reductions, axis, parallel=in_parallel)
+            schedule_row_reductions(sch, "out", reductions, axis, parallel=in_parallel,
+                                    widest=knobs["vector_lanes"], reduce_lanes=knobs["reduce_lanes"])
         else:
             _inline_into(sch, "out")
-            schedule_rows(sch, sch.get_sblock("out"), axis, parallel=in_parallel, cuts=cuts, repeats=repeats)
+            schedule_rows(sch, sch.get_sblock("out"), axis, parallel=in_parallel, cuts=cuts, repeats=repeats,
+                          widest=knobs["vector_lanes"])
         return sch.mod["main"]
 
     params = (*(name for name, _ in args), "out")
     if not parallel:
         return Kernel(func=make(False), params=params)
-    per_token = math.prod(int(d) for d in req.output.shape[1:])
-    large_from = max(2, -(-PARALLEL_MIN_ELEMS // max(1, per_token)))
-    return Kernel(func=make(False), params=params, large=make(True), large_from=large_from)
+    return Kernel(func=make(False), params=params, large=make(True),
+                  large_from=parallel_from(knobs, math.prod(int(d) for d in req.output.shape[1:])))
+
+
+def parallel_from(knobs: Mapping[str, Any], per_token: int) -> int:
+    """The token count from which the row-parallel variant runs: `parallel_min_elems` output elements, at least 2 tokens."""
+    return max(2, -(-knobs["parallel_min_elems"] // max(1, per_token)))
 
 
 def _inline_into(sch: Any, out: str) -> None:
@@ -117,10 +109,11 @@ def schedule_rows(
     axis: int,
     *,
     parallel: bool,
+    widest: int,
     cuts: Sequence[int] = (),
     repeats: int = 1,
 ) -> Any:
-    """Vectorize the loops from `axis` on (fused) and parallelize the first; return the last row loop.
+    """Vectorize the loops from `axis` on (fused, at most `widest` lanes) and parallelize the first; return the last row loop.
 
     The row loops (before `axis`) stay nested rather than fused: fusing T (int64) with a static
     dim (int32) makes index casts that rfactor-ed reductions cannot be computed under.
@@ -138,7 +131,7 @@ def schedule_rows(
         vec = sch.fuse(*inner)
         if repeats > 1:
             _, vec = sch.split(vec, [repeats, extent])
-        width = lanes(extent, *cuts)
+        width = lanes(extent, *cuts, widest=widest)
         v_outer, v_inner = sch.split(vec, [None, width])
         if cuts:
             bounds = [0, *cuts]
@@ -160,11 +153,11 @@ def _vectorize(sch: Any, loop: Any, width: int) -> None:
 
 
 def schedule_row_reductions(
-    sch: Any, out: str, reductions: Sequence[str], axis: int, *, parallel: bool
+    sch: Any, out: str, reductions: Sequence[str], axis: int, *, parallel: bool, widest: int, reduce_lanes: int
 ) -> None:
     """Schedule a row kernel whose per-row statistics are sums over the row (norms).
 
-    Each reduction block is rfactor-ed into REDUCE_LANES (or fewer) vector partial sums (a row
+    Each reduction block is rfactor-ed into `reduce_lanes` (or fewer) vector partial sums (a row
     length with no factor of two keeps a scalar sum). rfactor must come before compute_at (the
     other order fails inside TVM), then every intermediate block is computed inside the output's
     innermost row loop (one row per task, statistics on the stack) and the output is vectorized
@@ -175,14 +168,14 @@ def schedule_row_reductions(
         block = sch.get_sblock(name)
         k = sch.get_loops(block)[-1]
         extent = int(sch.get(k).extent)
-        width = lanes(extent, widest=REDUCE_LANES)
+        width = lanes(extent, widest=reduce_lanes)
         if width == extent:  # keep two or more outer steps: a unit k_outer loop cannot be reordered
             width //= 2
         if width == 1:
             continue
         _, k_lane = sch.split(k, [None, width])
         factored.append(sch.rfactor(k_lane, len(sch.get(block).iter_vars) - 1))
-    row = schedule_rows(sch, sch.get_sblock(out), axis, parallel=parallel)
+    row = schedule_rows(sch, sch.get_sblock(out), axis, parallel=parallel, widest=widest)
     for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
         if sch.get(block).name_hint != out:
             sch.compute_at(block, row)
