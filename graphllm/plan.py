@@ -2,8 +2,11 @@
 
 A plan lists every value (an input, a weight, a weight re-laid out for a kernel, an activation
 buffer or a view of one), every step (a kernel symbol and what is bound to each of its
-parameters, or a host op run in Python) and the output value. It is written and read only here
-(``Plan.save`` / ``Plan.load``, JSON); a plan of another format version is refused on load.
+parameters, or a host op run in Python) and the output value, with the size and sha256 of the
+kernel library beside it and the model it was compiled for. It is written and read only here
+(``Plan.save`` / ``Plan.load`` / ``read_build``, JSON led by the checksum of its own body); a plan of
+another format version, a damaged plan or a library that is not the one compiled is refused on load
+(``DamagedBuild``), before the library is opened.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -21,9 +24,10 @@ from .dsl.serialize import graph_to_json
 from .dsl.types import TensorType
 from .errors import ModelLoadError
 from .host import tvm_version
+from .io.cache import FileSum, checked_json_text, read_checked_json
 from .io.output import FolderKind
 
-PLAN_VERSION = 5  # 5: typed plan (packed weights, argument kinds, knobs and op per step)
+PLAN_VERSION = 6  # 5: typed plan (packed weights, argument kinds, knobs and op per step); 6: checksums, model
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
 PACKED_DIR = "packed"  # packed weights kept beside a build, per model file (runtime/builds.py)
@@ -36,6 +40,32 @@ def graph_key(graph: Graph) -> str:
     """Identity of a graph's computation (source locations excluded): a plan is for one graph."""
     text = json.dumps(graph_to_json(graph, with_locs=False), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class DamagedBuild(ModelLoadError):
+    """A build folder (an artifact or a cache entry) that cannot be used as it is; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path, self.reason = path, reason
+        super().__init__(f"{path}: {reason}; recompile it with `graphllm compile`")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The model a build was compiled for: its path, and the size and sha256 of its weights
+    (the GGUF file, or the safetensors files of an HF folder in name order)."""
+
+    path: str
+    size: int
+    sha256: str
+
+    @staticmethod
+    def of(path: str | os.PathLike) -> ModelRef:
+        """The reference of the model at ``path`` (a .gguf file or an HF folder), hashed now."""
+        path = Path(path).absolute()
+        files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+        digest = FileSum.of(*files)
+        return ModelRef(str(path), digest.size, digest.sha256)
 
 
 @dataclass(frozen=True)
@@ -172,6 +202,8 @@ class Plan:
     output: str
     graph: dict[str, Any]
     compile: CompileInfo = field(default_factory=CompileInfo)
+    library: FileSum | None = None  # LIB_FILE as written beside the plan (None: not compiled yet)
+    model: ModelRef | None = None  # None: compiled from text IR without a model
     graphllm: str = __version__
     tvm: str = field(default_factory=tvm_version)
     version: int = PLAN_VERSION
@@ -187,26 +219,25 @@ class Plan:
                 "graph_key": self.graph_key, "config": self.config,
                 "values": {v: _value_to_json(value) for v, value in self.values.items()},
                 "steps": [_step_to_json(s) for s in self.steps], "output": self.output, "graph": self.graph,
-                "compile": {"seconds": self.compile.seconds, "kernels": self.compile.kernels}}
+                "compile": {"seconds": self.compile.seconds, "kernels": self.compile.kernels},
+                "library": self.library.to_json() if self.library else None,
+                "model": asdict(self.model) if self.model else None}
 
     @staticmethod
     def from_json(data: Any, source: str | os.PathLike = "plan") -> Plan:
         """The plan of JSON data; another format version or a malformed plan is a ModelLoadError naming `source`."""
-        found = data.get("version") if isinstance(data, dict) else None
-        if found != PLAN_VERSION:
-            raise ModelLoadError(f"{source}: plan format {found}, but this graphllm reads plan format {PLAN_VERSION} "
-                                 f"(the build was written by another graphllm version); recompile it with "
-                                 f"`graphllm compile`")
+        found = _version(data, Path(source))
         try:
             plan = Plan(target=dict(data["target"]), graph_key=str(data["graph_key"]), config=dict(data["config"]),
                         values={str(v): _value_from_json(d) for v, d in data["values"].items()},
                         steps=tuple(_step_from_json(d) for d in data["steps"]), output=str(data["output"]),
                         graph=dict(data["graph"]), compile=CompileInfo(**data["compile"]),
+                        library=FileSum.from_json(data["library"]) if data["library"] is not None else None,
+                        model=ModelRef(**data["model"]) if data["model"] is not None else None,
                         graphllm=str(data["graphllm"]), tvm=str(data["tvm"]), version=found)
             plan.check()
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ModelLoadError(f"{source}: malformed plan ({type(e).__name__}: {e}); recompile it with "
-                                 f"`graphllm compile`") from None
+            raise DamagedBuild(Path(source), f"malformed plan ({type(e).__name__}: {e})") from None
         return plan
 
     def check(self) -> None:
@@ -224,20 +255,49 @@ class Plan:
                 raise ValueError(f"step {step.node} binds a KV cache but has no layer and kv_shape")
 
     def save(self, folder: str | os.PathLike) -> Path:
-        """Write the plan file into an artifact folder."""
+        """Write the plan file (led by the checksum of its body) into an artifact folder."""
         path = Path(folder) / PLAN_FILE
-        path.write_text(json.dumps(self.to_json(), indent=1, default=str))
+        path.write_text(checked_json_text(self.to_json()))
         return path
 
     @staticmethod
     def load(folder: str | os.PathLike) -> Plan:
-        """The plan of an artifact folder; a missing, malformed or other-version plan is a ModelLoadError."""
+        """The plan of an artifact folder; a missing, damaged, malformed or other-version plan is DamagedBuild."""
         path = Path(folder) / PLAN_FILE
         try:
-            data = json.loads(path.read_text())
+            text = path.read_text()
+            data = json.loads(text)
         except (OSError, ValueError) as e:
-            raise ModelLoadError(f"{path}: not a graphllm build ({e})") from None
+            raise DamagedBuild(path, f"not a graphllm plan ({type(e).__name__}: {str(e)[:80]})") from None
+        _version(data, path)  # first: an older graphllm's plan has no checksum, and deserves the clearer message
+        try:
+            read_checked_json(text)
+        except ValueError as e:
+            raise DamagedBuild(path, f"the plan is damaged: {e}") from None
         return Plan.from_json(data, path)
+
+
+def read_build(folder: str | os.PathLike) -> Plan:
+    """The plan of a build folder whose library is checked against the size and sha256 the plan recorded
+    (before anything opens it); DamagedBuild names what does not match."""
+    plan = Plan.load(folder)
+    lib = Path(folder) / LIB_FILE
+    if plan.library is None:
+        raise DamagedBuild(Path(folder) / PLAN_FILE, "the plan records no kernel library")
+    problem = plan.library.mismatch(lib)
+    if problem is not None:
+        raise DamagedBuild(Path(folder), problem)
+    return plan
+
+
+def _version(data: Any, path: Path) -> int:
+    """The plan format of plan data: PLAN_VERSION, else DamagedBuild (not a plan, or another graphllm's)."""
+    if not isinstance(data, dict) or "version" not in data:
+        raise DamagedBuild(path, "not a graphllm plan (no format version)")
+    if data["version"] != PLAN_VERSION:
+        raise DamagedBuild(path, f"plan format {data['version']}, but this graphllm reads plan format {PLAN_VERSION} "
+                                 f"(the build was written by another graphllm version)")
+    return PLAN_VERSION
 
 
 def _check_one_of(name: str, allowed: tuple[str, ...], what: str) -> None:

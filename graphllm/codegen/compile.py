@@ -17,9 +17,10 @@ from ..dsl.inputs import OUTPUT
 from ..dsl.ops import get_spec
 from ..dsl.serialize import graph_to_json
 from ..errors import GraphLLMError
-from ..io.output import output_folder
+from ..io.cache import FileSum
+from ..io.output import FolderKind, output_folder
 from ..plan import (ARTIFACT, LIB_FILE, Arg, BufferValue, CompileInfo, ExtraArg, HostStep, InputValue, KVCacheArg,
-                    PackedWeightValue, Plan, Step, Value, ValueArg, ViewValue, WeightValue, graph_key)
+                    ModelRef, PackedWeightValue, Plan, Step, Value, ValueArg, ViewValue, WeightValue, graph_key)
 from .lower import EXTRAS, HOST_OPS, KV_CACHE_PARAMS, RUNTIME_ATTRS, Kernel, LowerRequest, is_view, lower
 from .target import target_kind
 
@@ -117,11 +118,14 @@ def _bind_args(kernel: Kernel, node: str, ports: dict[str, str], values: dict[st
 
 
 def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, Any] | None = None,
-                  show_progress: bool = True, force: bool = False) -> Path:
+                  show_progress: bool = True, force: bool = False, model: ModelRef | None = None,
+                  kind: FolderKind = ARTIFACT) -> Path:
     """Build the graph's kernels with TVM and publish the library + plan as the folder out_dir.
 
-    An earlier artifact there is replaced whole; a folder of the user's is refused, or with ``force``
-    gets the artifact's files beside its own (graphllm/io/output.py): nothing of the user's is lost.
+    The plan records the library's size and sha256 and the ``model`` compiled for (None: none). An earlier
+    artifact there is replaced whole; a folder of the user's is refused, or with ``force`` gets the artifact's
+    files beside its own (graphllm/io/output.py): nothing of the user's is lost. A ``kind`` that is
+    graphllm's own whole (a cache entry) is replaced whatever it holds.
     """
     from .build import build_module, export_module
     from .target import detect_target
@@ -136,10 +140,10 @@ def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, An
     except Exception as e:  # TVM raises its own error types; the user needs the op, not TVM's stack
         raise GraphLLMError(f"TVM failed to build the kernels: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     out = Path(out_dir)
-    with output_folder(out, ARTIFACT, force=force) as tmp:
-        export_module(executable, tmp / LIB_FILE)
+    with output_folder(out, kind, force=force) as tmp:
+        library = export_module(executable, tmp / LIB_FILE)
         seconds = round(time.perf_counter() - start, 2)
-        replace(plan, compile=CompileInfo(seconds, len(funcs))).save(tmp)
+        replace(plan, compile=CompileInfo(seconds, len(funcs)), library=FileSum.of(library), model=model).save(tmp)
     bar(f"compiled {len(funcs)} kernels in {seconds} s -> {out}", done=True)
     return out
 

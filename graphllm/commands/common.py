@@ -120,7 +120,8 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """How the model runs: executor and threads, compiled artifact, context length."""
     add_executor_args(p)
     p.add_argument("--max-context", type=context_arg, default=None, help="KV cache length in tokens (default: min(model, 4096))")
-    p.add_argument("--artifact", default=None, help="a folder written by `graphllm compile` (skips compiling)")
+    p.add_argument("--artifact", default=None,
+                   help="a folder written by `graphllm compile` (skips compiling; without -m: its model)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -162,13 +163,18 @@ def print_notes(notes: list[str]) -> None:
 
 
 def load_llm(a: argparse.Namespace, num_slots: int = 1, **overrides: object) -> LLM:
-    """Load the model the flags name (with num_slots KV-cache slots), printing the loader's notes."""
+    """Load the model the flags name (with num_slots KV-cache slots), printing the loader's notes.
+
+    With --artifact and no -m, the model is the one the artifact was compiled for.
+    """
+    from ..runtime.builds import artifact_model
     from ..runtime.llm import LLM
 
     kwargs = dict(custom=a.custom, executor=a.executor, max_context=a.max_context, artifact=a.artifact,
                   threads=a.threads, dtype=a.dtype, passes=graph_options(a).pipeline(), num_slots=num_slots,
                   show_progress=sys.stderr.isatty())
-    llm = LLM.load(a.model, **{**kwargs, **overrides})
+    model = artifact_model(a.artifact) if a.model is None and a.artifact is not None else a.model
+    llm = LLM.load(model, **{**kwargs, **overrides})
     print_notes(llm.notes)
     return llm
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import GraphLLMError
 from ..io.output import check_output_folder
 from ..pipeline import build
-from ..plan import ARTIFACT
+from ..plan import ARTIFACT, ModelRef
 from .common import add_graph_args, add_model_arg, graph_options
 
 
@@ -37,6 +37,11 @@ def compile_command(a: argparse.Namespace) -> int:
         raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
     check_output_folder(Path(a.output).expanduser().absolute(), ARTIFACT, force=a.force)  # before the slow part
     built = build(a.model, graph_options(a, ir=a.ir), need_model=False)
-    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty(), force=a.force)
-    print(f"run it with: graphllm run --artifact {out} -m {a.model or 'MODEL'} \"PROMPT\"")
+    model = ModelRef.of(built.model.path) if built.model is not None else None  # run --artifact finds it there
+    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty(), force=a.force,
+                        model=model)
+    flags = [*(["-m", "MODEL"] if model is None else []), *(["--dtype", a.dtype] if a.dtype else []),
+             *(["--custom", a.custom] if a.custom else []), *(["--passes", ",".join(a.passes)] if a.passes else []),
+             *(["--no-fuse"] if a.no_fuse else [])]
+    print(f"run it with: graphllm run --artifact {' '.join([str(out), *flags])} \"PROMPT\"")
     return 0

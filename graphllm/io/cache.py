@@ -1,12 +1,21 @@
-"""Cross-process safety for graphllm's cache: an advisory file lock held while an entry is written."""
+"""Cross-process safety and integrity for graphllm's cache: a file lock held while an entry is written,
+file checksums (size + sha256) recorded at write time, and JSON files that carry a checksum of their own body."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+_HEAD = '{"checksum": "'  # a checked JSON file starts with its body's sha256 (see write_checked_json)
+_HEX = 64
 
 
 @contextmanager
@@ -22,3 +31,77 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class FileSum:
+    """A file's size and sha256, recorded when it is written and checked before it is used."""
+
+    size: int
+    sha256: str
+
+    @staticmethod
+    def of(*paths: Path) -> FileSum:
+        """The size and sha256 of one file, or of several files read one after the other."""
+        h = hashlib.sha256()
+        size = 0
+        for path in paths:
+            with path.open("rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+                    size += len(chunk)
+        return FileSum(size, h.hexdigest())
+
+    def mismatch(self, path: Path) -> str | None:
+        """Why ``path`` is not the file recorded (missing, another size, other bytes), or None when it is."""
+        try:
+            size = path.stat().st_size
+        except OSError as e:
+            return f"{path.name} cannot be read ({e.strerror or e})"
+        if size != self.size:
+            return f"{path.name} is {size} bytes, {self.size} were written"
+        if FileSum.of(path).sha256 != self.sha256:
+            return f"{path.name} does not match the checksum recorded when it was written"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The checksum as JSON-able data."""
+        return {"size": self.size, "sha256": self.sha256}
+
+    @staticmethod
+    def from_json(data: Any) -> FileSum:
+        """The checksum of JSON data (ValueError when it is not one)."""
+        if not isinstance(data, dict) or not isinstance(data.get("size"), int) or not isinstance(data.get("sha256"), str):
+            raise ValueError(f"not a file checksum: {str(data)[:60]}")
+        return FileSum(data["size"], data["sha256"])
+
+
+def checked_json_text(data: dict[str, Any]) -> str:
+    """``data`` (a non-empty JSON object without a "checksum" key) as JSON text led by the sha256 of the rest.
+
+    The text is ``{"checksum": "<sha256 of BODY>",`` followed by BODY less its opening brace, where BODY
+    is the indented JSON of ``data``: the check needs one hash of the text, not a second serialization.
+    """
+    if not data or "checksum" in data:
+        raise ValueError("a checked JSON file holds a non-empty object without a 'checksum' key")
+    body = json.dumps(data, indent=1, default=str)
+    return f'{_HEAD}{hashlib.sha256(body.encode()).hexdigest()}",{body[1:]}'
+
+
+def write_checked_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` with its checksum (see checked_json_text), atomically."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(checked_json_text(data))
+    os.replace(tmp, path)
+
+
+def read_checked_json(text: str) -> dict[str, Any]:
+    """The object of a checked JSON text; ValueError when it has no checksum or its body does not match it."""
+    checksum, rest = text[len(_HEAD):len(_HEAD) + _HEX], text[len(_HEAD) + _HEX:]
+    if not text.startswith(_HEAD) or not rest.startswith('",'):
+        raise ValueError("it carries no checksum")
+    if hashlib.sha256(("{" + rest[2:]).encode()).hexdigest() != checksum:
+        raise ValueError("it does not match its checksum")
+    data = json.loads(text)
+    del data["checksum"]
+    return data

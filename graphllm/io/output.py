@@ -6,8 +6,10 @@ The files are written into a temporary folder first and published at the end:
   aside, the new one renamed into place, then the old one's known files removed), for kinds that
   replace without asking (artifacts), else only with ``force`` (exports);
 - a folder holding anything else is refused, unless ``force``: then the generated files are written
-  beside the user's (each file replaced atomically), and nothing else in the folder is touched.
-Nothing that this module did not write is ever deleted, and its temporary folder never outlives a call.
+  beside the user's (each file replaced atomically), and nothing else in the folder is touched;
+- a folder of a kind that is graphllm's own whole (a build cache entry) is replaced whole, whatever it holds.
+Nothing that this module did not write is ever deleted (beyond such a folder of its own), and its temporary
+folder never outlives a call.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class FolderKind:
     owned: frozenset[str]
     marker: str  # present in every such folder: without it, nothing in a folder is taken for ours
     replaces: bool = True  # an earlier write is replaced without --force (False: it needs --force too)
+    whole: bool = False  # the folder is graphllm's own (a cache entry): replaced whole, unknown entries too
 
 
 @contextmanager
@@ -67,7 +70,7 @@ def check_output_folder(out: Path, kind: FolderKind, *, force: bool) -> bool:
 
 def _foreign(out: Path, kind: FolderKind) -> list[str]:
     """Entries of ``out`` that no earlier write of this kind made (all of them when its marker is absent)."""
-    if not out.is_dir():
+    if not out.is_dir() or kind.whole:
         return []
     names = [p.name for p in out.iterdir() if not p.name.startswith(".graphllm-tmp-")]
     if names and kind.marker not in names:
@@ -85,6 +88,9 @@ def _publish(tmp: Path, out: Path, kind: FolderKind, beside: bool) -> None:
         old = Path(tempfile.mkdtemp(prefix=".graphllm-tmp-old-", dir=out.parent))
         os.replace(out, old / out.name)
         os.replace(tmp, out)
+        if kind.whole:
+            shutil.rmtree(old)  # our temporary folder, holding the replaced folder (links in it are not followed)
+            return
         _remove_owned(old / out.name, kind.owned)
         _remove_if_empty(old)
         return

@@ -1,11 +1,20 @@
-"""The build cache: find, load or make the compiled build of a graph (GRAPHLLM_HOME/builds/<key>)."""
+"""The build cache: find, load or make the compiled build of a graph (GRAPHLLM_HOME/builds/<key>).
+
+An entry is compiled into a temporary folder and renamed into place under a per-key file lock, so a second
+process waits for the first one's build and then uses it. Every file of an entry is checked against the
+checksum recorded when it was written before it is used (graphllm/plan.py); an entry that fails to load in
+any way is replaced whole with a one-line warning. Nothing outside GRAPHLLM_HOME/builds/<key> is deleted.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,11 +24,13 @@ from .. import __version__
 from ..dsl.graph import Graph
 from ..errors import ModelLoadError
 from ..host import cpu_flags, tvm_version
+from ..io.cache import file_lock, read_checked_json, write_checked_json
 from ..io.download import graphllm_home
-from ..plan import LIB_FILE, PLAN_FILE, PLAN_VERSION, graph_key
-from .executor import CompiledExecutor, read_plan
+from ..plan import ARTIFACT, PLAN_VERSION, DamagedBuild, ModelRef, Plan, graph_key, read_build
+from .executor import CompiledExecutor
 
 CODEGEN_SOURCES = Path(__file__).parents[1] / "codegen"
+CACHE_ENTRY = dataclasses.replace(ARTIFACT, what="cached build", whole=True)  # graphllm's own: replaced whole
 
 
 @functools.lru_cache(maxsize=1)
@@ -39,20 +50,33 @@ def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32") -> s
 
 
 def host_target() -> dict[str, Any]:
-    """The host's TVM target, remembered on disk per CPU and TVM version (detecting it imports TVM)."""
-    ident = hashlib.sha256(" ".join(sorted(cpu_flags())).encode() + tvm_version().encode()).hexdigest()[:16]
-    path = graphllm_home() / "targets" / f"{ident}.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        from ..codegen.target import detect_target
+    """The host's TVM target, remembered on disk per CPU and TVM version (detecting it imports TVM).
 
-        target = detect_target()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(target))
-        os.replace(tmp, path)
-        return target
+    The file carries a checksum of its body; a damaged or implausible one is detected again (with a
+    warning), never handed to LLVM.
+    """
+    ident = hashlib.sha256(" ".join(sorted(cpu_flags())).encode() + tvm_version().encode()).hexdigest()[:16]
+    path = graphllm_home() / "targets" / f"{ident}.checked.json"  # not <ident>.json: older graphllms read that
+    try:
+        return _checked_target(read_checked_json(path.read_text())["target"])
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warnings.warn(f"the remembered target {path} is damaged ({e}); detecting this CPU again")
+    from ..codegen.target import detect_target
+
+    target = detect_target()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_checked_json(path, {"target": target})
+    return target
+
+
+def _checked_target(target: Any) -> dict[str, Any]:
+    """``target`` if it has the form detect_target writes (an LLVM target naming its triple and CPU), else ValueError."""
+    if not (isinstance(target, dict) and target.get("kind") == "llvm"
+            and all(isinstance(target.get(k), str) and target[k].strip() for k in ("mtriple", "mcpu"))):
+        raise ValueError(f"not an LLVM target: {json.dumps(target)[:80]}")
+    return target
 
 
 def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
@@ -73,26 +97,61 @@ def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
                max_context: int, num_slots: int, threads: int | None, notes: list[str],
                show_progress: bool = False, max_seqs: int | None = None) -> CompiledExecutor:
-    """A CompiledExecutor from an explicit artifact, else from the cache; a bad cache entry is rebuilt."""
-    kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
+    """A CompiledExecutor from an explicit artifact, else from the cache (see the module doc)."""
+    kwargs: dict[str, Any] = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
     if artifact is not None:
-        kwargs["pack_cache"] = packed_dir(Path(artifact), weights)
-        if read_plan(artifact).graph_key != graph_key(graph):
-            raise ModelLoadError(f"the build in {artifact} was compiled for another model or model file; "
-                                 f"recompile it with `graphllm compile` for this one")
-        return CompiledExecutor(artifact, weights, **kwargs)
+        plan = read_build(artifact)
+        if plan.graph_key != graph_key(graph):
+            raise ModelLoadError(_another_model(Path(artifact), plan))
+        return CompiledExecutor(artifact, weights, pack_cache=packed_dir(Path(artifact), weights), **kwargs)
     target = host_target()
     folder = build_dir(graph, target)
     kwargs["pack_cache"] = packed_dir(folder, weights)
-    if (folder / PLAN_FILE).is_file() and (folder / LIB_FILE).is_file():
-        try:
-            executor = CompiledExecutor(folder, weights, **kwargs)
-            notes.append(f"loaded the build from {folder}")
-            return executor
-        except (ModelLoadError, OSError, ValueError, KeyError, RuntimeError) as e:
-            notes.append(f"the cached build {folder} is unusable ({e}); rebuilding")
-    from ..codegen.compile import compile_graph
+    if folder.exists():  # the usual start: a good entry, used without waiting for a lock
+        with contextlib.suppress(Exception):  # looked at again under the lock: it may be being replaced
+            return _load_entry(folder, weights, kwargs, notes)
+    with file_lock(graphllm_home() / "locks" / f"build-{folder.name}.lock"):
+        if folder.exists():  # another process may have built it while this one waited
+            try:
+                return _load_entry(folder, weights, kwargs, notes)
+            except Exception as e:  # any failure to load an entry of the cache rebuilds it
+                reason = e.reason if isinstance(e, DamagedBuild) else f"{type(e).__name__}: {e}"
+                warnings.warn(f"the cached build {folder} is unusable ({reason}); rebuilding it")
+        from ..codegen.compile import compile_graph
 
-    compile_graph(graph, folder, target, show_progress=show_progress)
+        compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY)
     notes.append(f"compiled the model's kernels into {folder}")
     return CompiledExecutor(folder, weights, **kwargs)
+
+
+def _load_entry(folder: Path, weights: Mapping[str, np.ndarray], kwargs: dict[str, Any],
+                notes: list[str]) -> CompiledExecutor:
+    """The executor of a cache entry (its files checked first), noted as loaded."""
+    executor = CompiledExecutor(folder, weights, **kwargs)
+    notes.append(f"loaded the build from {folder}")
+    return executor
+
+
+def _another_model(artifact: Path, plan: Plan) -> str:
+    """The message for an artifact whose graph is not the one the model and flags give."""
+    what = "compiled for another model or other --dtype/--custom/--passes flags"
+    if plan.model is None:
+        return f"the build in {artifact} was {what} (from a text IR); recompile it with `graphllm compile` for this model"
+    return (f"the build in {artifact} was {what} (its model: {plan.model.path}); pass -m {plan.model.path} with the "
+            f"flags given to `graphllm compile`, or recompile it with `graphllm compile` for this model")
+
+
+def artifact_model(artifact: str | os.PathLike) -> Path:
+    """The model an artifact was compiled for, checked to be there and unchanged; else a ModelLoadError naming it."""
+    ref = Plan.load(artifact).model
+    if ref is None:
+        raise ModelLoadError(f"the build in {artifact} was compiled from a text IR without a model: "
+                             f"pass the model with -m")
+    path = Path(ref.path)
+    if not path.exists():
+        raise ModelLoadError(f"the build in {artifact} was compiled for {path}, which is not there any more: "
+                             f"pass the model with -m, or recompile it with `graphllm compile`")
+    if ModelRef.of(path) != ref:
+        raise ModelLoadError(f"the build in {artifact} was compiled for {path}, which has changed since: "
+                             f"pass the model with -m, or recompile it with `graphllm compile`")
+    return path

@@ -12,33 +12,30 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
+from ..io.cache import FileSum, read_checked_json, write_checked_json
 from ..io.weights import NUMPY_FLOATS
 from ..layouts import aligned_empty, get_packer
 from ..plan import (LIB_FILE, Arg, HostStep, InputValue, KVCacheArg, PackedWeightValue, Plan, Step, ValueArg,
-                    ViewValue, WeightValue)
+                    ViewValue, WeightValue, read_build)
 from .memory_plan import plan_memory
 from .tvm import as_tensor, configure_threads, load_module, load_runtime
 
 _NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 MAX_BINDINGS = 8
-
-
-def read_plan(artifact: str | Path) -> Plan:
-    """The plan of an artifact folder; a missing, corrupt or other-version one (or no library) is a ModelLoadError."""
-    plan = Plan.load(artifact)
-    if not (Path(artifact) / LIB_FILE).is_file():
-        raise ModelLoadError(f"{Path(artifact) / LIB_FILE} is missing: recompile with `graphllm compile`")
-    return plan
+_HASH_CHUNK = 1 << 18  # packed weights are hashed in pieces that are still in the CPU cache after reading
 
 
 def _size(t: TensorType, tokens: int, seqs: int) -> int:
@@ -51,7 +48,7 @@ class CompiledExecutor:
     def __init__(self, artifact: str | Path, weights: Mapping[str, np.ndarray], *, max_context: int,
                  num_slots: int = 1, chunk: int = 128, threads: int | None = None,
                  max_seqs: int | None = None, pack_cache: Path | None = None) -> None:
-        self.plan = plan = read_plan(artifact)
+        self.plan = plan = read_build(artifact)  # the library is checked before it is opened
         self.threads = configure_threads(threads)
         self.lib = load_module(Path(artifact) / LIB_FILE)
         self.max_context, self.num_slots, self.chunk = max_context, num_slots, chunk
@@ -103,21 +100,29 @@ class CompiledExecutor:
     def _load_weights(self, weights: Mapping[str, np.ndarray], pack_cache: Path | None) -> dict[str, np.ndarray]:
         """Each used weight read once from the model, re-laid out if a kernel asks, 64-byte aligned.
 
-        Re-laid-out weights are kept in ``pack_cache`` (when given) and read back on later loads, so a
-        cached start skips decoding and packing.
+        Re-laid-out weights are kept in ``pack_cache`` (when given) and read back on later loads (checked on
+        the executor's threads), so a cached start skips decoding and packing; one whose checksum does not
+        match is packed again (one warning for all).
         """
+        used = self._used_weights()
+        paths = {v: pack_cache / f"{hashlib.sha1(v.encode()).hexdigest()[:20]}.npy"
+                 for v, (_, layout) in used.items() if pack_cache and layout}
+        with ThreadPoolExecutor(self.threads) as pool:
+            found = dict(zip(paths, pool.map(_try_load_packed, paths.values())))
         out: dict[str, np.ndarray] = {}
-        for v, (weight, layout) in self._used_weights().items():
-            cached = pack_cache / f"{hashlib.sha1(v.encode()).hexdigest()[:20]}.npy" if pack_cache and layout else None
-            if cached is not None and (arr := _load_packed(cached)) is not None:
-                out[v] = arr
+        damaged = [why for why in found.values() if isinstance(why, str)]
+        for v, (weight, layout) in used.items():
+            if isinstance(found.get(v), np.ndarray):
+                out[v] = found[v]
                 continue
             t = weight.type
             stored = np.uint8 if t.quantized else NUMPY_FLOATS.get(t.dtype, np.float32)  # 16-bit weights stay 16-bit
             arr = np.asarray(weights[weight.name], dtype=stored)
             out[v] = get_packer(layout)(arr) if layout else _aligned(arr)
-            if cached is not None:
-                _save_packed(cached, out[v])
+            if v in paths:
+                _save_packed(paths[v], out[v])
+        if damaged:
+            warnings.warn(f"{len(damaged)} packed weight(s) in {pack_cache} were damaged ({damaged[0]}); packed them again")
         return out
 
     def _allocate_caches(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -276,24 +281,63 @@ class CompiledExecutor:
                 "ffi_call_s": ffi}
 
 
-def _load_packed(path: Path) -> np.ndarray | None:
-    """A packed weight saved earlier (None if absent or corrupt), copied from the page cache into
-    aligned anonymous memory, where the kernels read it as they read freshly packed weights."""
-    try:
-        return _aligned(np.load(path, mmap_mode="r"))
-    except (OSError, ValueError):
+def _try_load_packed(path: Path) -> np.ndarray | str | None:
+    """A packed weight saved earlier (see _load_packed); None when there is none, why when it is damaged."""
+    if not path.exists():
         return None
+    try:
+        return _load_packed(path)
+    except (OSError, ValueError) as e:
+        return str(e)
+
+
+def _load_packed(path: Path) -> np.ndarray:
+    """A packed weight saved earlier, read once into aligned anonymous memory (where the kernels read it as
+    they read freshly packed weights) and used only if its bytes match the size and sha256 of its sidecar.
+
+    The .npy header is parsed by numpy's format module (no pickle: object arrays are refused); the data is
+    hashed chunk by chunk as it is read. Any mismatch or unreadable file is a ValueError or OSError.
+    """
+    expected = FileSum.from_json(read_checked_json(_sum_path(path).read_text()))
+    if path.stat().st_size != expected.size:
+        raise ValueError(f"{path.name} is {path.stat().st_size} bytes, {expected.size} were written")
+    with path.open("rb") as f:
+        version = npy_format.read_magic(f)
+        shape, fortran, dtype = (npy_format.read_array_header_1_0 if version == (1, 0)
+                                 else npy_format.read_array_header_2_0)(f)
+        if dtype.hasobject or fortran:
+            raise ValueError(f"{path.name} is not a packed weight ({dtype}, fortran order {fortran})")
+        header = f.tell()
+        f.seek(0)
+        digest = hashlib.sha256(f.read(header))
+        arr = aligned_empty(shape, dtype)
+        data = memoryview(arr.reshape(-1).view(np.uint8))
+        for start in range(0, len(data), _HASH_CHUNK):
+            part = data[start:start + _HASH_CHUNK]
+            if f.readinto(part) != len(part):
+                raise ValueError(f"{path.name} is shorter than the {shape} {dtype} array its header says")
+            digest.update(part)
+    if digest.hexdigest() != expected.sha256:
+        raise ValueError(f"{path.name} does not match the checksum recorded when it was written")
+    return arr
 
 
 def _save_packed(path: Path, arr: np.ndarray) -> None:
-    """Keep a packed weight for the next start (atomically; a read-only cache only costs speed)."""
+    """Keep a packed weight for the next start with its size and sha256 beside it (each written atomically,
+    the checksum first; a read-only cache only costs speed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, arr)
+        np.save(tmp, arr, allow_pickle=False)
+        write_checked_json(_sum_path(path), FileSum.of(tmp).to_json())
         os.replace(tmp, path)
     except OSError:
-        pass
+        tmp.unlink(missing_ok=True)
+
+
+def _sum_path(path: Path) -> Path:
+    """The sidecar holding a packed weight's size and sha256."""
+    return path.with_name(f"{path.name}.sum")
 
 
 def _value_name(plan: Plan, v: str) -> str:

@@ -90,7 +90,10 @@ def test_artifact_for_another_model_is_a_clear_error(tmp_path):
     out = tmp_path / "artifact"
     assert _run(tmp_path / "home", "compile", "-m", str(FIXTURES / "tiny_llama"), "-o", str(out)).returncode == 0
     r = _run(tmp_path / "home", "run", "-m", str(FIXTURES / "tiny_qwen2"), "x", "--artifact", str(out))
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "another model" in r.stderr
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr == (
+        f"error: the build in {out} was compiled for another model or other --dtype/--custom/--passes flags (its "
+        f"model: {FIXTURES / 'tiny_llama'}); pass -m {FIXTURES / 'tiny_llama'} with the flags given to `graphllm "
+        f"compile`, or recompile it with `graphllm compile` for this model\n")
 
 
 def test_packed_weights_are_reused_on_the_next_start(tmp_path, monkeypatch):

@@ -19,8 +19,9 @@ from graphllm.codegen.compile import compile_graph, make_plan
 from graphllm.dsl.reference import ReferenceExecutor
 from graphllm.dsl.types import TensorType
 from graphllm.errors import ModelLoadError
-from graphllm.plan import (PLAN_FILE, PLAN_VERSION, ExtraArg, HostStep, KVCacheArg, PackedWeightValue, Plan, Step,
-                           ValueArg, WeightValue)
+from graphllm.io.cache import FileSum, checked_json_text
+from graphllm.plan import (LIB_FILE, PLAN_FILE, PLAN_VERSION, DamagedBuild, ExtraArg, HostStep, KVCacheArg, PackedWeightValue, Plan, Step,
+                           ValueArg, WeightValue, read_build)
 from graphllm.pipeline import build_graph
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,17 +103,46 @@ def test_another_version_is_a_clear_error(plan: Plan, tmp_path: Path) -> None:
 @pytest.mark.parametrize("corrupt", [
     lambda d: "{not json",
     lambda d: json.dumps([1, 2]),
-    lambda d: json.dumps({k: v for k, v in d.items() if k != "steps"}),
-    lambda d: json.dumps({**d, "steps": [{**d["steps"][0], "kind": "gpu"}]}),
-    lambda d: json.dumps({**d, "steps": [{**d["steps"][0], "args": [{"extra": "nonsense"}]}]}),
-    lambda d: json.dumps({**d, "steps": [{**d["steps"][0], "args": [{"value": "%nowhere"}]}]}),
-    lambda d: json.dumps({**d, "values": {**d["values"], "%x": {"kind": "buffer", "type": "x99[T,4]"}}}),
-], ids=["not_json", "not_object", "no_steps", "step_kind", "extra_name", "dangling_value", "bad_type"])
+    lambda d: checked_json_text({k: v for k, v in d.items() if k != "steps"}),
+    lambda d: checked_json_text({**d, "steps": [{**d["steps"][0], "kind": "gpu"}]}),
+    lambda d: checked_json_text({**d, "steps": [{**d["steps"][0], "args": [{"extra": "nonsense"}]}]}),
+    lambda d: checked_json_text({**d, "steps": [{**d["steps"][0], "args": [{"value": "%nowhere"}]}]}),
+    lambda d: checked_json_text({**d, "values": {**d["values"], "%x": {"kind": "buffer", "type": "x99[T,4]"}}}),
+    lambda d: checked_json_text({**d, "library": {"size": "big"}}),
+    lambda d: json.dumps(d),
+], ids=["not_json", "not_object", "no_steps", "step_kind", "extra_name", "dangling_value", "bad_type", "bad_library",
+        "no_checksum"])
 def test_malformed_plan_is_a_clear_error(plan: Plan, tmp_path: Path, corrupt) -> None:
-    """A malformed plan file is a ModelLoadError naming the file, never a KeyError or a traceback."""
+    """A malformed plan file (written with a valid checksum, to reach the parser) or one without a checksum is a
+    ModelLoadError naming the file, never a KeyError or a traceback."""
     (tmp_path / PLAN_FILE).write_text(corrupt(plan.to_json()))
     with pytest.raises(ModelLoadError, match=str(tmp_path / PLAN_FILE)):
         Plan.load(tmp_path)
+
+
+def test_a_damaged_plan_names_its_checksum(plan: Plan, tmp_path: Path) -> None:
+    """A plan edited after it was written is refused for its checksum, before its content is trusted."""
+    (tmp_path / PLAN_FILE).write_text(checked_json_text(plan.to_json()).replace('"output": "', '"output": "%', 1))
+    with pytest.raises(DamagedBuild, match="the plan is damaged: it does not match its checksum"):
+        Plan.load(tmp_path)
+
+
+def test_the_library_is_checked_before_it_is_opened(tmp_path: Path) -> None:
+    """The plan records the library's size and sha256; a changed library is refused by read_build."""
+    model = tmp_path / "m.py"
+    model.write_text(NO_PACK_MODEL)
+    artifact = compile_graph(build_graph(CONFIG, TYPES, custom=model), tmp_path / "artifact", show_progress=False)
+    plan = read_build(artifact)
+    assert plan.library == FileSum.of(artifact / LIB_FILE) and plan.model is None
+    lib = bytearray((artifact / LIB_FILE).read_bytes())
+    lib[-100] ^= 1
+    (artifact / LIB_FILE).write_bytes(lib)
+    with pytest.raises(DamagedBuild, match=f"{artifact}: {LIB_FILE} does not match the checksum "
+                                           f"recorded when it was written; recompile it"):
+        read_build(artifact)
+    (artifact / LIB_FILE).write_bytes(lib[:1000])
+    with pytest.raises(DamagedBuild, match=f"{LIB_FILE} is 1000 bytes, {len(lib)} were written"):
+        read_build(artifact)
 
 
 def test_runtime_loads_an_artifact_without_codegen_or_tvm(tmp_path: Path) -> None:
