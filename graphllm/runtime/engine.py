@@ -75,7 +75,7 @@ class Request(TokenStream):
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item  # type: ignore[misc]
+                yield item
         finally:
             self.cancel()
 
@@ -93,7 +93,7 @@ class Request(TokenStream):
         self.out.popleft()
         if isinstance(item, BaseException):
             raise item
-        return item  # type: ignore[return-value]
+        return item
 
     async def ready(self) -> list[Chunk]:
         """The next chunk plus all others already produced ([] at the end): a lagging reader catches up at once."""
@@ -102,7 +102,7 @@ class Request(TokenStream):
         except StopAsyncIteration:
             return []
         while chunks[-1].finish_reason is None and self.out and isinstance(self.out[0], Chunk):
-            chunks.append(self.out.popleft())  # type: ignore[arg-type]
+            chunks.append(self.out.popleft())
         return chunks
 
     async def _wait(self) -> None:
@@ -286,9 +286,13 @@ class Engine:
             r.cached += lens[i]
             if r.cancelled or r.cached < len(r.history):
                 continue
-            r.accept(logits[i])
-            if r.finish_reason is not None:
-                self._finish(r)
+            try:
+                r.accept(logits[i])
+            except Exception as exc:  # noqa: BLE001 - e.g. NaN logits: this request fails, the others go on
+                self._finish(r, exc)
+            else:
+                if r.finish_reason is not None:
+                    self._finish(r)
             waiting = waiting or r.waiter is not None
         if waiting:
             _wake(batch)

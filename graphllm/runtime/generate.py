@@ -76,7 +76,7 @@ class TokenStream:
         self.decoder = tokenizer.stream_decoder(prompt_ids)
         self.stops = StopMatcher(params.stop)
         self.finish_reason: str | None = None
-        self.out: deque[Chunk | BaseException | object] = deque()  # chunks (and the engine's markers) to read
+        self.out: deque[Any] = deque()  # chunks to read, then the engine's error and/or end marker
 
     @property
     def completion_tokens(self) -> int:

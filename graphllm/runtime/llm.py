@@ -97,7 +97,7 @@ class LLM:
 
     def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Iterator[Chunk]:
         """Stream a prompt's generation chunk by chunk, the engine stepping in this thread; leaving early cancels."""
-        return iter(self.engine.submit(self.encode_prompt(prompt), params or SamplingParams()))
+        yield from self.engine.submit(self.encode_prompt(prompt), params or SamplingParams())
 
     def complete(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Completion:
         """Generate to the end and return the whole completion."""

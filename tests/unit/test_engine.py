@@ -288,3 +288,18 @@ def test_sync_readers_in_several_threads_share_the_engine(solo):
     for t in threads:
         t.join()
     assert results == {i: solo.complete(PROMPTS[i], params).text for i in range(5)}
+
+
+def failing_sampler(logits, history) -> int:
+    """A sampler that meets bad logits."""
+    raise ValueError("NaN logits")
+
+
+def test_a_failing_sample_fails_only_its_request(engine_factory):
+    engine = engine_factory(ScriptedLLM([9] * 64), 2)  # sync readers while the background thread runs too
+    bad = engine.submit([1, 2], SamplingParams(max_tokens=3, ignore_eos=True))
+    bad.sampler = failing_sampler
+    good = engine.submit([3, 4], SamplingParams(max_tokens=3, ignore_eos=True))
+    with pytest.raises(ValueError, match="NaN"):
+        list(bad)
+    assert [c.token for c in good] == [9, 9, 9, None]
