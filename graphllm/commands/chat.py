@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import TextIO
 
-from ..runtime.sampling import SamplingParams
+from ..runtime.sampling import CHAT_MAX_TOKENS, SamplingParams
 from .common import add_model_args, add_sampling_args, load_llm, run_main, sampling_from_args, text_arg
 
 HELP = "commands: /reset clears the conversation, /exit quits"
@@ -64,7 +64,7 @@ def add_chat_args(p: argparse.ArgumentParser) -> None:
     """Model and sampling flags plus the system message."""
     p.add_argument("--system", default=None, type=text_arg, help="system message")
     add_model_args(p)
-    add_sampling_args(p, max_tokens=512)
+    add_sampling_args(p, max_tokens=CHAT_MAX_TOKENS)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

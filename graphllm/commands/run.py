@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..runtime.sampling import DEFAULT_MAX_TOKENS
 from .common import add_model_args, add_sampling_args, load_llm, read_stdin_text, sampling_from_args, text_arg
 
 
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chat-template", action="store_true", help="wrap the prompt as one user chat turn")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     add_model_args(p)
-    add_sampling_args(p, max_tokens=128)
+    add_sampling_args(p, max_tokens=DEFAULT_MAX_TOKENS)
     p.set_defaults(func=run)
 
 

@@ -63,7 +63,9 @@ def serve(a: argparse.Namespace) -> int:
     sock = _listen(a.host, a.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    engine = Engine(llm, a.max_batch, a.max_step_tokens)
+    engine = llm.engine
+    engine.set_step_tokens(a.max_step_tokens)
+    engine.start()
     config = uvicorn.Config(create_app(engine, name, a.api_key), log_level="warning", access_log=False)
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)

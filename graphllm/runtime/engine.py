@@ -1,11 +1,16 @@
-"""Continuous batching: one background thread owns the LLM and runs one packed step for all requests.
+"""The one generation loop: continuous batching of 1..N sequences over an executor's KV-cache slots.
 
-Requests are submitted from any asyncio event loop and read back as async iterators of
-``generate.Chunk``. Between steps the engine admits waiting requests into free KV-cache slots
-(preferring the slot whose cache already holds the longest prefix of the prompt), drops cancelled
-ones, and builds a single ``llm.step`` from every running sequence: one token for each decode plus
-prompt chunks in what is left of ``max_step_tokens``, so a long prompt never stalls the others for long
-(and a step never exceeds what the executor runs as one packed call).
+Each step admits waiting requests into free slots (preferring the slot whose cache already holds the
+longest prefix of the prompt: prefix reuse), drops cancelled ones, and runs one packed forward call for
+every running sequence: one token for each decode plus prompt chunks in what is left of
+``max_step_tokens``, so a long prompt never stalls the others for long (and a step never exceeds what
+the executor runs as one packed call). Then each caught-up sequence samples its next token.
+
+Who runs the steps: a synchronous reader (``for chunk in request``: the CLI, chat, ``LLM.stream``) runs
+them in its own thread until its next chunk exists, so a single sequence costs no thread hand-off;
+asynchronous readers (``async for``: the server) are served by a background thread (``start``, or a
+reader's first wait, starts it) that wakes each waiting reader's event loop once per step. Steps are
+serialized by one lock, so both kinds of reader, from any threads, may share an engine.
 """
 
 from __future__ import annotations
@@ -13,51 +18,80 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
 
 from ..errors import GenerationError
 from .generate import Chunk, TokenStream, check_prompt
 from .sampling import SamplingParams
 
-if TYPE_CHECKING:
-    from .llm import LLM
+DEFAULT_STEP_TOKENS = 128  # the compiled executor's packed-step size
+_END = object()  # marker after a request's last item: it is over (after its final chunk or its error)
 
-_END = object()  # queue marker: the request is over (after its final chunk or error)
+
+class Executor(Protocol):
+    """What the engine runs: one forward step over packed sequences (CompiledExecutor, ReferenceExecutor)."""
+
+    def run(self, input_ids: Sequence[int], positions: Sequence[int], seq_lens: Sequence[int],
+            slots: Sequence[int]) -> np.ndarray: ...
+
+
+class Model(Protocol):
+    """What the engine needs of an LLM: its tokenizer, context length and executor."""
+
+    tokenizer: Any
+    max_context: int
+    executor: Executor
 
 
 class Request(TokenStream):
-    """One generation: its sampling state, its slot in the KV cache, and the queue its chunks go to."""
+    """One generation: its sampling state, its slot in the KV cache, and its chunks, read sync or async."""
 
-    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: Engine, prompt_ids: list[int], params: SamplingParams) -> None:
         super().__init__(engine.llm.tokenizer, prompt_ids, params, engine.llm.max_context)
         self.engine = engine
         self.cached = 0  # how many of history's positions the slot's KV cache holds
         self.slot = -1
         self.cancelled = False
-        self.loop = loop
-        self.queue: asyncio.Queue = asyncio.Queue()
-        self._held: object = None  # an item taken from the queue by ready() but not yet returned
+        self.waiter: asyncio.Future | None = None  # set while an async reader waits for the next item
 
     def cancel(self) -> None:
-        """Stop generating (a client went away); the slot is freed before the next step."""
+        """Stop generating (the reader went away); the slot is freed at the next step."""
         if self.finish_reason is None and not self.cancelled:
             self.cancelled = True
-            self.engine._wake()
+            self.engine.note_cancel()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        """The chunks, read in this thread, which runs engine steps until each exists; leaving early cancels."""
+        out, step = self.out, self.engine.step
+        try:
+            while True:
+                while not out:
+                    step()
+                item = out.popleft()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            self.cancel()
 
     def __aiter__(self) -> Request:
-        """Iterate the chunks with ``async for``."""
+        """Iterate the chunks with ``async for`` (steps run in the engine's background thread)."""
         return self
 
     async def __anext__(self) -> Chunk:
         """The next chunk; the last one has token None and the finish reason. Raises the engine's error."""
-        item = await self.queue.get() if self._held is None else self._held
-        self._held = None
-        if item is _END or isinstance(item, BaseException):
-            self._held = _END  # stay exhausted
-            if item is _END:
-                raise StopAsyncIteration
+        while not self.out:
+            await self._wait()
+        item = self.out[0]
+        if item is _END:  # left in place: the request stays exhausted
+            raise StopAsyncIteration
+        self.out.popleft()
+        if isinstance(item, BaseException):
             raise item
         return item
 
@@ -67,32 +101,43 @@ class Request(TokenStream):
             chunks = [await self.__anext__()]
         except StopAsyncIteration:
             return []
-        while chunks[-1].finish_reason is None and not self.queue.empty():
-            item = self.queue.get_nowait()
-            if not isinstance(item, Chunk):
-                self._held = item
-                break
-            chunks.append(item)
+        while chunks[-1].finish_reason is None and self.out and isinstance(self.out[0], Chunk):
+            chunks.append(self.out.popleft())
         return chunks
+
+    async def _wait(self) -> None:
+        """Sleep until the engine has queued an item (the waiter is set before the queue is checked again)."""
+        self.engine.start()
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            if not self.out:
+                await self.waiter
+        finally:
+            self.waiter = None
 
 
 class Engine:
-    """The batching scheduler; ``submit`` from an event loop, iterate the returned Request."""
+    """The batching scheduler over ``llm``'s executor; ``submit`` a prompt, iterate the returned Request."""
 
-    def __init__(self, llm: LLM, num_slots: int, max_step_tokens: int = 128) -> None:
+    def __init__(self, llm: Model, num_slots: int, max_step_tokens: int = DEFAULT_STEP_TOKENS) -> None:
         self.check_sizes(num_slots, max_step_tokens)
         self.llm = llm
         self.num_slots = num_slots
         self.max_step_tokens = max_step_tokens
         self.steps = 0
-        self._cond = threading.Condition()
+        self.prompt_tokens_run = 0  # prompt tokens computed, i.e. not found in a slot's cached prefix
+        self._step_lock = threading.Lock()  # one step at a time, whichever thread runs it
+        self._cond = threading.Condition()  # guards _waiting, _closed, _cancels; the background thread sleeps here
         self._waiting: deque[Request] = deque()
+        self._cancels = False  # a request was cancelled since the last step
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        # touched only under _step_lock:
         self._running: list[Request] = []
         self._free = list(range(num_slots))  # least recently used first
-        self._slot_ids: list[list[int]] = [[] for _ in range(num_slots)]  # what each slot's cache holds
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="graphllm-engine", daemon=True)
-        self._thread.start()
+        self._slot_ids: list[Sequence[int]] = [() for _ in range(num_slots)]  # what each slot's cache holds
+        # the step being built: ids, positions, lengths and slots of its sequences, and their requests
+        self._batch: tuple[list[int], list[int], list[int], list[int], list[Request]] = ([], [], [], [], [])
 
     # ------------------------------------------------------------ public
     @staticmethod
@@ -102,10 +147,18 @@ class Engine:
             raise GenerationError(f"tokens per step ({max_step_tokens}) must exceed the slots ({num_slots}) "
                                   f"and there must be at least one slot")
 
+    def set_step_tokens(self, max_step_tokens: int) -> None:
+        """Change the tokens per step (checked against the slots)."""
+        self.check_sizes(self.num_slots, max_step_tokens)
+        self.max_step_tokens = max_step_tokens
+
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> Request:
-        """Queue a generation; call from a running event loop. Bad prompts or params raise GenerationError."""
+        """Queue a generation (from any thread); bad prompts or params raise GenerationError."""
         check_prompt(len(prompt_ids), self.llm.max_context)
-        request = Request(self, list(prompt_ids), params, asyncio.get_running_loop())
+        request = Request(self, list(prompt_ids), params)
+        if params.max_tokens == 0:
+            request.out.extend((request.final("length", flush=False), _END))
+            return request
         with self._cond:
             if self._closed:
                 raise GenerationError("the engine is shut down")
@@ -119,122 +172,167 @@ class Engine:
             return {"running": len(self._running), "waiting": len(self._waiting), "slots": self.num_slots,
                     "steps": self.steps}
 
+    def forget(self, slots: Sequence[int]) -> None:
+        """Those slots' caches were overwritten outside the engine: no prefix of theirs is reused."""
+        for slot in slots:
+            if self._slot_ids[slot]:
+                self._slot_ids[slot] = ()
+
+    def start(self) -> None:
+        """Start the background thread that steps for asynchronous readers (once; no-op when closed)."""
+        if self._thread is None:
+            with self._cond:
+                if self._thread is None and not self._closed:
+                    self._thread = threading.Thread(target=self._loop, name="graphllm-engine", daemon=True)
+                    self._thread.start()
+
     def close(self) -> None:
-        """Stop the thread; unfinished requests end with an error."""
+        """Stop the background thread; unfinished requests end with an error."""
         with self._cond:
             self._closed = True
             self._cond.notify()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
+        with self._step_lock, self._cond:
+            ended = [*self._running, *self._waiting]
+            self._waiting.clear()
+            for request in ended:
+                self._finish(request, GenerationError("the engine is shutting down"))
+        _wake(ended)
 
-    # ------------------------------------------------------------ the thread
-    def _wake(self) -> None:
-        """Make the thread look at its queues now (a request was cancelled)."""
+    def note_cancel(self) -> None:
+        """A request was cancelled: the next step drops it (and the background thread looks now)."""
         with self._cond:
+            self._cancels = True
             self._cond.notify()
 
+    # ------------------------------------------------------------ stepping
+    def step(self) -> None:
+        """One round: admit and drop requests, one packed forward step, sampling; from any thread."""
+        with self._step_lock:
+            if self._waiting or self._cancels:
+                ended = self._schedule()
+                if ended:
+                    _wake(ended)
+            if self._running:
+                self._forward()
+
     def _loop(self) -> None:
-        """Schedule, step, deliver; until closed."""
+        """The background thread: step while there is work, until closed."""
         while True:
-            out: dict[asyncio.AbstractEventLoop, list[tuple[Request, object]]] = {}
             with self._cond:
-                while not (self._closed or self._waiting or self._running):
+                while not (self._closed or self._waiting or self._running or self._cancels):
                     self._cond.wait()
                 if self._closed:
-                    break
-                for request in [r for r in (*self._running, *self._waiting) if r.cancelled]:
-                    self._finish(request, [], out)
-                for request in self._admit():
-                    if request.params.max_tokens == 0:
-                        self._finish(request, [request.final("length", flush=False)], out)
-            self._step(out)
-            self._deliver(out)
+                    return
+            self.step()
+
+    def _schedule(self) -> list[Request]:
+        """Drop cancelled requests, admit waiting ones into free slots; the requests that ended (step lock held)."""
         with self._cond:
-            for request in [*self._running, *self._waiting]:
-                self._finish(request, [GenerationError("the server is shutting down")], out)
-        self._deliver(out)
+            ended = []
+            if self._cancels:
+                self._cancels = False
+                ended = [r for r in (*self._running, *self._waiting) if r.cancelled]
+                for request in ended:
+                    if request.slot < 0:
+                        self._waiting.remove(request)
+                    self._finish(request)
+            while self._waiting and self._free:
+                request = self._waiting.popleft()
+                common = [_common_prefix(self._slot_ids[s], request.history) for s in self._free]
+                best = max(range(len(common)), key=common.__getitem__)
+                request.slot = self._free.pop(best)
+                request.cached = min(common[best], len(request.history) - 1)
+                self._running.append(request)
+        return ended
 
-    def _admit(self) -> list[Request]:
-        """Move waiting requests into free slots, each where the most of its prompt is cached (lock held)."""
-        admitted = []
-        while self._waiting and self._free:
-            request = self._waiting.popleft()
-            slot = max(self._free, key=lambda s: _common_prefix(self._slot_ids[s], request.history))
-            self._free.remove(slot)
-            request.slot = slot
-            request.cached = min(_common_prefix(self._slot_ids[slot], request.history), len(request.history) - 1)
-            self._running.append(request)
-            admitted.append(request)
-        return admitted
-
-    def _release(self, request: Request) -> None:
-        """Free a request's slot, remembering what its cache holds for prefix reuse."""
-        self._running.remove(request)
-        self._slot_ids[request.slot] = request.history[:request.cached]
-        self._free.append(request.slot)
-
-    def _step(self, out: dict) -> None:
-        """One packed forward step for every running sequence, then sampling for the caught-up ones."""
-        batch: list[tuple[Request, int]] = []
-        budget = self.max_step_tokens
-        for request in sorted(self._running, key=lambda r: len(r.history) - r.cached > 1):  # decodes first
-            n = min(len(request.history) - request.cached, budget)  # decodes always fit (slots < budget)
-            budget -= n
-            if n:
-                batch.append((request, n))
-        if not batch:
-            return
-        ids: list[int] = []
-        positions: list[int] = []
-        for request, n in batch:
-            ids += request.history[request.cached:request.cached + n]
-            positions += range(request.cached, request.cached + n)
+    def _forward(self) -> None:
+        """One packed forward step over the running sequences (decodes first), then sampling (step lock held)."""
+        ids, positions, lens, slots, batch = self._batch
+        for part in self._batch:
+            part.clear()
+        for r in self._running:  # decodes: one token each, they always fit (slots < max_step_tokens)
+            if r.cached == len(r.history) - 1:
+                if r.cached < r.prompt_tokens:  # the prompt's last token (the rest was cached)
+                    self.prompt_tokens_run += 1
+                ids.append(r.history[-1])
+                positions.append(r.cached)
+                lens.append(1)
+                slots.append(r.slot)
+                batch.append(r)
+        budget = self.max_step_tokens - len(ids)
+        for r in self._running:  # prompt chunks in the rest
+            if budget and r.cached < len(r.history) - 1:
+                n = min(len(r.history) - r.cached, budget)
+                budget -= n
+                self.prompt_tokens_run += n
+                ids += r.history[r.cached:r.cached + n]
+                positions += range(r.cached, r.cached + n)
+                lens.append(n)
+                slots.append(r.slot)
+                batch.append(r)
         try:
-            logits = self.llm.step(ids, positions, [n for _, n in batch], [r.slot for r, _ in batch])
+            logits = self.llm.executor.run(ids, positions, lens, slots)
         except Exception as exc:  # noqa: BLE001 - the requests in this step get the error, the engine goes on
-            for request, _ in batch:
-                request.cached = 0  # its slot's cache may be half written
-                self._finish(request, [exc], out)
+            for r in batch:
+                r.cached = 0  # its slot's cache may be half written
+                self._finish(r, exc)
+            _wake(batch)
             return
         self.steps += 1
-        for row, (request, n) in zip(logits, batch):
-            request.cached += n
-            if request.cancelled or request.cached < len(request.history):
+        waiting = False
+        for i, r in enumerate(batch):
+            r.cached += lens[i]
+            if r.cancelled or r.cached < len(r.history):
                 continue
-            chunks = request.accept(request.sample(row))
-            if request.finish_reason is None:
-                out.setdefault(request.loop, []).extend((request, c) for c in chunks)
-            else:
-                self._finish(request, chunks, out)
-
-    def _finish(self, request: Request, items: list, out: dict) -> None:
-        """Queue a request's last items and its end marker; free its slot."""
-        request.finish_reason = request.finish_reason or ("cancelled" if request.cancelled else "error")
-        out.setdefault(request.loop, []).extend([(request, i) for i in items] + [(request, _END)])
-        with self._cond:
-            if request in self._running:
-                self._release(request)
-            elif request in self._waiting:
-                self._waiting.remove(request)
-
-    @staticmethod
-    def _deliver(out: dict) -> None:
-        """Hand each event loop its requests' new items in one thread-safe call."""
-        for loop, items in out.items():
             try:
-                loop.call_soon_threadsafe(_put_all, items)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                for request, _ in items:
-                    request.cancelled = True
+                r.accept(logits[i])
+            except Exception as exc:  # noqa: BLE001 - e.g. NaN logits: this request fails, the others go on
+                self._finish(r, exc)
+            else:
+                if r.finish_reason is not None:
+                    self._finish(r)
+            waiting = waiting or r.waiter is not None
+        if waiting:
+            _wake(batch)
+
+    def _finish(self, request: Request, error: BaseException | None = None) -> None:
+        """End a request: its error if any, then the end marker; free its slot, remembering what it holds."""
+        request.finish_reason = request.finish_reason or ("cancelled" if request.cancelled else "error")
+        if error is not None:
+            request.out.append(error)
+        request.out.append(_END)
+        if request.slot >= 0 and request in self._running:
+            self._running.remove(request)
+            self._slot_ids[request.slot] = request.history[:request.cached]
+            self._free.append(request.slot)
 
 
-def _put_all(items: list[tuple[Request, object]]) -> None:
-    """Runs on the request's event loop: enqueue each item."""
-    for request, item in items:
-        request.queue.put_nowait(item)
+def _wake(requests: list[Request]) -> None:
+    """Resolve the waiters of these requests (async readers), with one thread-safe call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Request, asyncio.Future]]] = {}
+    for r in requests:
+        waiter = r.waiter  # read once: the reader clears it from its own thread
+        if waiter is not None and r.out:
+            by_loop.setdefault(waiter.get_loop(), []).append((r, waiter))
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, [w for _, w in pairs])
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            for r, _ in pairs:
+                r.cancel()
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two id lists."""
+def _resolve(waiters: list[asyncio.Future]) -> None:
+    """Runs on the readers' event loop: wake each reader still waiting."""
+    for w in waiters:
+        if not w.done():
+            w.set_result(None)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the common prefix of two id sequences."""
     n = 0
     for x, y in zip(a, b):
         if x != y:

@@ -1,18 +1,19 @@
-"""The generation loop: prefill, then one decode step per token, streaming text as it completes."""
+"""One sequence's generation state: sampling, end-of-text, stop strings, token limits, streamed text.
+
+The engine (engine.py) is the only generation loop; this module knows nothing of steps or slots.
+"""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any
 
 from ..errors import GenerationError
 from .sampling import Sampler, SamplingParams
 
-if TYPE_CHECKING:
-    from .llm import LLM
 
-
-@dataclass
+@dataclass(slots=True)
 class Chunk:
     """One streamed piece: the sampled token (None on the final chunk) and the text it completed."""
 
@@ -30,6 +31,8 @@ class StopMatcher:
 
     def feed(self, text: str) -> tuple[str, bool]:
         """Text safe to emit now, and whether a stop string was reached (the text before it is emitted)."""
+        if not self.stops:
+            return text, False
         buf = self.pending + text
         hits = [buf.find(s) for s in self.stops if s in buf]
         if hits:
@@ -60,44 +63,39 @@ def check_prompt(n_prompt: int, max_context: int) -> None:
 
 
 class TokenStream:
-    """One sequence's generation state: sampling, end-of-text, stop strings, limits, streamed text.
-
-    Shared by the single-sequence loop below and the batching engine, so both end a generation the
-    same way.
-    """
+    """Turns sampled tokens into chunks on ``out`` and decides when the sequence ends (sets finish_reason)."""
 
     def __init__(self, tokenizer: Any, prompt_ids: list[int], params: SamplingParams, max_context: int) -> None:
-        self.params = params
+        self.params = params.validate()
         self.sampler = Sampler(params)
         self.prompt_tokens = len(prompt_ids)
         self.history = list(prompt_ids)  # prompt + generated ids
-        self.max_context = max_context
-        self.eos = set() if params.ignore_eos else set(tokenizer.eos_token_ids)
+        # the history length at which the sequence ends: max_tokens new tokens or a full context
+        self.limit = max_context if params.max_tokens is None else min(max_context, len(prompt_ids) + params.max_tokens)
+        self.eos = frozenset() if params.ignore_eos else frozenset(tokenizer.eos_token_ids)
         self.decoder = tokenizer.stream_decoder(prompt_ids)
         self.stops = StopMatcher(params.stop)
         self.finish_reason: str | None = None
+        self.out: deque[Any] = deque()  # chunks to read, then the engine's error and/or end marker
 
     @property
     def completion_tokens(self) -> int:
         """Generated tokens so far (an end-of-text token is not counted)."""
         return len(self.history) - self.prompt_tokens
 
-    def sample(self, logits: Any) -> int:
-        """The next token for these logits, given everything so far (repetition penalty)."""
-        return self.sampler(logits, self.history)
-
-    def accept(self, token: int) -> list[Chunk]:
-        """Take one sampled token: the chunks it yields (text, then a final chunk when this ends it)."""
+    def accept(self, logits: Any) -> None:
+        """Sample the next token from these logits and queue the chunk(s) it yields; the last one ends the sequence."""
+        token = self.sampler(logits, self.history)
         if token in self.eos:
-            return [self.final("stop", flush=True)]
+            self.out.append(self.final("stop", flush=True))
+            return
         self.history.append(token)
         text, stopped = self.stops.feed(self.decoder.feed(token))
-        chunks = [Chunk(token, text)]
+        self.out.append(Chunk(token, text))
         if stopped:
-            chunks.append(self.final("stop", flush=False))
-        elif self.completion_tokens >= self.params.max_tokens or len(self.history) >= self.max_context:
-            chunks.append(self.final("length", flush=True))
-        return chunks
+            self.out.append(self.final("stop", flush=False))
+        elif len(self.history) >= self.limit:
+            self.out.append(self.final("length", flush=True))
 
     def final(self, reason: str, flush: bool = True) -> Chunk:
         """The last chunk: held-back text (unless a stop string ended it) and the finish reason."""
@@ -107,22 +105,3 @@ class TokenStream:
             tail, stopped = self.stops.feed(self.decoder.flush())
             tail += "" if stopped else self.stops.flush()
         return Chunk(None, tail, reason)
-
-
-def stream(llm: "LLM", prompt_ids: list[int], params: SamplingParams, slot: int = 0) -> Iterator[Chunk]:
-    """Generate from a token prompt; the last chunk has token None and the finish reason."""
-    gen = TokenStream(llm.tokenizer, prompt_ids, params.validate(), llm.max_context)
-    check_prompt(len(prompt_ids), llm.max_context)
-    if params.max_tokens == 0:
-        yield gen.final("length")
-        return
-    logits = llm.prefill(prompt_ids, slot)
-    cached = len(prompt_ids)
-    while True:
-        chunks = gen.accept(gen.sample(logits))
-        yield from chunks
-        if gen.finish_reason is not None:
-            break
-        logits = llm.decode(gen.history[-1], cached, slot)
-        cached += 1
-    llm.note_cached(slot, gen.history[:cached])

@@ -1,4 +1,4 @@
-"""LLM: a loaded model, its graph and an executor, with prefill/decode steps and text generation."""
+"""LLM: a loaded model, its graph, an executor and the engine that generates text with it."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ..dsl.reference import ReferenceExecutor
 from ..errors import GenerationError
 from ..io.loader import LoadedModel
 from ..pipeline import GraphOptions, build
-from . import generate
+from .engine import DEFAULT_STEP_TOKENS, Engine
+from .generate import Chunk, check_prompt
 from .sampling import SamplingParams
 
 DEFAULT_MAX_CONTEXT = 4096
@@ -34,13 +35,13 @@ class LLM:
     """The Python API: ``LLM.load(path).complete("The capital of France is")``."""
 
     def __init__(self, model: LoadedModel, graph: Graph, executor: Any, max_context: int,
-                 notes: list[str]) -> None:
+                 notes: list[str], num_slots: int = 1, max_step_tokens: int = DEFAULT_STEP_TOKENS) -> None:
         self.model = model
         self.graph = graph
         self.executor = executor
         self.max_context = max_context
         self.notes = notes
-        self._cached: dict[int, list[int]] = {}
+        self.engine = Engine(self, num_slots, max_step_tokens)  # every generation runs here
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None, *, custom: str | os.PathLike | None = None,
@@ -69,7 +70,7 @@ class LLM:
 
             runner = open_build(graph, weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
                                 threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs)
-        return cls(model, graph, runner, ctx, notes)
+        return cls(model, graph, runner, ctx, notes, num_slots)
 
     @property
     def tokenizer(self) -> Any:
@@ -77,49 +78,30 @@ class LLM:
 
     def step(self, ids: Sequence[int], positions: Sequence[int], seq_lens: Sequence[int],
              slots: Sequence[int]) -> np.ndarray:
-        """One forward step over packed sequences; logits of each sequence's last token [B, vocab]."""
+        """One raw forward step outside the engine (tests, bench, eval): logits [B, vocab]; the slots' prefixes are forgotten."""
+        self.engine.forget(slots)
         return self.executor.run(ids, positions, seq_lens, slots)
 
     def prefill(self, ids: Sequence[int], slot: int = 0) -> np.ndarray:
-        """Run a prompt into a slot's cache, reusing the prefix already cached there; last logits [vocab]."""
-        generate.check_prompt(len(ids), self.max_context)
-        cached = self._cached.get(slot, [])
-        n = 0
-        for a, b in zip(cached, ids):
-            if a != b:
-                break
-            n += 1
-        n = min(n, len(ids) - 1)
-        self._cached[slot] = list(ids)
-        return self.step(ids[n:], range(n, len(ids)), [len(ids) - n], [slot])[0]
+        """Run a whole prompt into a slot's cache (a raw step); its last logits [vocab]."""
+        check_prompt(len(ids), self.max_context)
+        return self.step(ids, range(len(ids)), [len(ids)], [slot])[0]
 
     def decode(self, token: int, position: int, slot: int = 0) -> np.ndarray:
-        """Run one token at a position of a slot; its logits [vocab]."""
+        """Run one token at a position of a slot (a raw step); its logits [vocab]."""
         return self.step([token], [position], [1], [slot])[0]
-
-    def note_cached(self, slot: int, ids: list[int]) -> None:
-        """Record which ids a slot's cache now holds (for prefix reuse by the next prefill)."""
-        self._cached[slot] = list(ids)
 
     def encode_prompt(self, prompt: str | Sequence[int]) -> list[int]:
         """Token ids of a prompt given as text or ids."""
         return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
-    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None,
-               slot: int = 0) -> Iterator[generate.Chunk]:
-        """Stream the generation for a prompt, chunk by chunk."""
-        return generate.stream(self, self.encode_prompt(prompt), params or SamplingParams(), slot)
+    def stream(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Iterator[Chunk]:
+        """Stream a prompt's generation chunk by chunk, the engine stepping in this thread; leaving early cancels."""
+        yield from self.engine.submit(self.encode_prompt(prompt), params or SamplingParams())
 
     def complete(self, prompt: str | Sequence[int], params: SamplingParams | None = None) -> Completion:
         """Generate to the end and return the whole completion."""
-        ids = self.encode_prompt(prompt)
-        tokens: list[int] = []
-        parts: list[str] = []
-        finish = "length"
-        for chunk in generate.stream(self, ids, params or SamplingParams()):
-            parts.append(chunk.text)
-            if chunk.token is not None:
-                tokens.append(chunk.token)
-            if chunk.finish_reason:
-                finish = chunk.finish_reason
-        return Completion("".join(parts), tokens, len(ids), finish)
+        request = self.engine.submit(self.encode_prompt(prompt), params or SamplingParams())
+        text = "".join(chunk.text for chunk in request)
+        return Completion(text, request.history[request.prompt_tokens:], request.prompt_tokens,
+                          str(request.finish_reason))

@@ -9,6 +9,11 @@ import numpy as np
 
 from ..errors import GenerationError
 
+# max_tokens defaults, the only place they are written (None: until the context is full)
+DEFAULT_MAX_TOKENS = 128  # `graphllm run` and the Python API
+CHAT_MAX_TOKENS = 512  # one reply of `graphllm chat`
+COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (/v1/chat/completions: None)
+
 
 @dataclass
 class SamplingParams:
@@ -19,7 +24,7 @@ class SamplingParams:
     top_p: float = 1.0
     repetition_penalty: float = 1.0
     seed: int | None = None
-    max_tokens: int = 128
+    max_tokens: int | None = DEFAULT_MAX_TOKENS
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
 
@@ -31,7 +36,7 @@ class SamplingParams:
             (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
             (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
              "repetition_penalty must be > 0 (1 = off)"),
-            (self.max_tokens >= 0, "max_tokens must be >= 0"),
+            (self.max_tokens is None or self.max_tokens >= 0, "max_tokens must be >= 0"),
             (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
         ]
         for ok, message in checks:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GraphLLMError
-from ..runtime.sampling import SamplingParams
+from ..runtime.sampling import COMPLETIONS_MAX_TOKENS, SamplingParams
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ..runtime.engine import Request as Generation
 
 WEBUI = Path(__file__).parent / "index.html"
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
 class APIError(Exception):
@@ -93,7 +92,7 @@ def _bodies() -> tuple[type, type]:
     return ChatBody, CompletionBody
 
 
-def _sampling(body: Any, max_tokens: int) -> SamplingParams:
+def _sampling(body: Any, max_tokens: int | None) -> SamplingParams:
     """SamplingParams from a body (OpenAI defaults: temperature 1, top_p 1); validated."""
     if body.n != 1:
         raise APIError(400, "only n=1 is supported")
@@ -262,7 +261,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None) ->
             raise APIError(404, f"The model '{body.model}' does not exist (this server has '{model_name}')",
                            "model_not_found")
 
-    async def respond(body: Any, http: Request, ids: list[int], max_tokens: int, chat: bool) -> Response:
+    async def respond(body: Any, http: Request, ids: list[int], max_tokens: int | None, chat: bool) -> Response:
         params = _sampling(body, max_tokens)
         gen = engine.submit(ids, params)
         out = _Output(chat, model_name, len(ids))
@@ -282,7 +281,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None) ->
         messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
         ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await respond(body, http, ids, engine.llm.max_context if limit is None else limit, True)
+        return await respond(body, http, ids, limit, True)  # None: until the context is full
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, http: Request) -> Response:
@@ -295,7 +294,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None) ->
         ids = tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
         if any(not 0 <= i < tok.vocab_size for i in ids):
             raise APIError(400, f"prompt token ids must be in [0, {tok.vocab_size})")
-        limit = COMPLETIONS_DEFAULT_MAX_TOKENS if body.max_tokens is None else body.max_tokens
+        limit = COMPLETIONS_MAX_TOKENS if body.max_tokens is None else body.max_tokens
         return await respond(body, http, ids, limit, False)
 
     @app.get("/health")

@@ -1,8 +1,10 @@
-"""The continuous-batching engine: batched output equals solo generation; scheduling, stops, cancel, errors."""
+"""The engine, the one generation loop: batched output equals solo generation and a plain step loop; prefix
+reuse, scheduling, stops, limits, cancel, errors; read synchronously (LLM.stream/complete) or with asyncio."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -24,27 +26,21 @@ def solo() -> LLM:
     return LLM.load(TINY, executor="reference")
 
 
-@pytest.fixture(scope="module")
-def tiny4() -> LLM:
-    return LLM.load(TINY, executor="reference", num_slots=4)
-
-
-class Recorder:
-    """Wraps an LLM and records how many tokens each step runs."""
-
-    def __init__(self, llm: LLM) -> None:
-        self.llm, self.tokenizer, self.max_context = llm, llm.tokenizer, llm.max_context
-        self.fed: list[int] = []
-
-    def step(self, ids, positions, seq_lens, slots) -> np.ndarray:
-        self.fed.append(len(ids))
-        return self.llm.step(ids, positions, seq_lens, slots)
+@pytest.fixture
+def tiny4():
+    """A fresh 4-slot LLM whose engine also serves asyncio readers."""
+    llm = LLM.load(TINY, executor="reference", num_slots=4)
+    llm.engine.start()
+    yield llm
+    llm.engine.close()
 
 
 class ScriptedLLM:
-    """Stands in for LLM: the next token after position p is script[p]; records every step; can sleep or fail."""
+    """Stands in for LLM and its executor: the next token after position p is script[p]; records every step;
+    can sleep or fail."""
 
     def __init__(self, script: list[int], max_context: int = 64, delay: float = 0.0) -> None:
+        self.executor = self
         self.tokenizer = Tokenizer.from_hf_folder(TINY)
         self.script = script
         self.max_context = max_context
@@ -52,7 +48,7 @@ class ScriptedLLM:
         self.calls: list[tuple[list[int], list[int], list[int], list[int]]] = []
         self.fail_next = False
 
-    def step(self, ids, positions, seq_lens, slots) -> np.ndarray:
+    def run(self, ids, positions, seq_lens, slots) -> np.ndarray:
         self.calls.append((list(ids), list(positions), list(seq_lens), list(slots)))
         time.sleep(self.delay)
         if self.fail_next:
@@ -85,6 +81,7 @@ def engine_factory():
 
     def make(llm, slots: int, max_step_tokens: int = 128) -> Engine:
         engines.append(Engine(llm, slots, max_step_tokens))
+        engines[-1].start()
         return engines[-1]
     yield make
     for e in engines:
@@ -95,8 +92,9 @@ def engine_factory():
     SamplingParams(max_tokens=20, ignore_eos=True),
     SamplingParams(temperature=1.0, top_k=40, top_p=0.9, repetition_penalty=1.2, seed=3, max_tokens=12),
 ], ids=["greedy", "seeded-sampling"])
-def test_batched_requests_equal_solo_generation(solo, tiny4, engine_factory, params):
-    engine = engine_factory(tiny4, 4, max_step_tokens=8)  # 10 requests > 4 slots, prompts in small chunks
+def test_batched_requests_equal_solo_generation(solo, tiny4, params):
+    engine = tiny4.engine
+    engine.set_step_tokens(8)  # 10 requests > 4 slots, prompts in small chunks
     results = run_all(engine, [(tiny4.tokenizer.encode(p), params) for p in PROMPTS])
     for prompt, (text, finish, n) in zip(PROMPTS, results):
         expected = solo.complete(prompt, params)
@@ -104,25 +102,24 @@ def test_batched_requests_equal_solo_generation(solo, tiny4, engine_factory, par
     assert engine.stats() == {"running": 0, "waiting": 0, "slots": 4, "steps": engine.steps}
 
 
-def test_stop_string_cuts_like_generate(solo, tiny4, engine_factory):
+def test_stop_string_cuts_like_generate(solo, tiny4):
     full = solo.complete("Hello", SamplingParams(max_tokens=16, ignore_eos=True)).text
     params = SamplingParams(max_tokens=16, ignore_eos=True, stop=["zzz", full[5:7]])
-    [(text, finish, _)] = run_all(engine_factory(tiny4, 4), [(tiny4.tokenizer.encode("Hello"), params)])
+    [(text, finish, _)] = run_all(tiny4.engine, [(tiny4.tokenizer.encode("Hello"), params)])
     assert (text, finish) == (full[:full.find(full[5:7])], "stop")
     assert text == solo.complete("Hello", params).text
 
 
-def test_prefix_reuse_feeds_only_the_new_tokens(solo, tiny4, engine_factory):
-    llm = Recorder(tiny4)
-    engine = engine_factory(llm, 4)
+def test_prefix_reuse_feeds_only_the_new_tokens(solo, tiny4):
+    engine = tiny4.engine
     params = SamplingParams(max_tokens=6, ignore_eos=True)
     first = tiny4.tokenizer.encode(PROMPTS[3])
     [(reply, _, _)] = run_all(engine, [(first, params)])
     follow = tiny4.tokenizer.encode(PROMPTS[3] + reply + " and more")
-    llm.fed.clear()
+    before = engine.prompt_tokens_run
     [(text, _, _)] = run_all(engine, [(follow, params)])
     assert text == solo.complete(follow, params).text
-    assert llm.fed[0] <= len(follow) - len(first) + 1  # the first turn's tokens were not run again
+    assert engine.prompt_tokens_run - before <= len(follow) - len(first) + 1  # the first turn was not run again
 
 
 def test_one_packed_step_per_iteration_within_a_token_budget(engine_factory):
@@ -219,3 +216,90 @@ def test_a_lagging_reader_gets_everything_produced_in_one_call(engine_factory):
     first, second = asyncio.run(main())
     assert [c.token for c in first] == [9] * 5 + [None] and first[-1].finish_reason == "length"
     assert second == []
+
+
+def greedy_step_loop(llm: LLM, ids: list[int], n: int) -> list[int]:
+    """The oracle: raw prefill and decode steps with argmax, no engine."""
+    tokens = [int(np.argmax(llm.prefill(ids)))]
+    while len(tokens) < n:
+        tokens.append(int(np.argmax(llm.decode(tokens[-1], len(ids) + len(tokens) - 1))))
+    return tokens
+
+
+def test_complete_equals_a_plain_step_loop_and_the_batched_engine(tiny4):
+    llm = LLM.load(TINY, executor="reference")
+    ids = llm.tokenizer.encode(PROMPTS[2])
+    params = SamplingParams(max_tokens=10, ignore_eos=True)
+    alone = llm.complete(ids, params)
+    assert alone.token_ids == greedy_step_loop(LLM.load(TINY, executor="reference"), ids, 10)
+    assert (alone.prompt_tokens, alone.finish_reason) == (len(ids), "length")
+    others = [(tiny4.tokenizer.encode(p), SamplingParams(max_tokens=7, temperature=0.9, seed=i)) for i, p in
+              enumerate(PROMPTS[3:6])]
+    results = run_all(tiny4.engine, [(ids, params), *others])
+    assert results[0] == (alone.text, "length", 10)
+
+
+def test_prefix_reuse_across_complete_calls():
+    llm = LLM.load(TINY, executor="reference")
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    first = llm.tokenizer.encode(PROMPTS[4])
+    reply = llm.complete(first, params).token_ids
+    assert llm.engine.prompt_tokens_run == len(first)
+    second = first + reply + llm.tokenizer.encode(" and then", add_special_tokens=False)
+    cached = len(first) + len(reply) - 1  # the last sampled token was never run
+    text = llm.complete(second, params).text
+    assert llm.engine.prompt_tokens_run == len(first) + len(second) - cached
+    assert text == LLM.load(TINY, executor="reference").complete(second, params).text
+    llm.prefill(first)  # a raw step overwrites the slot: nothing of it is reused afterwards
+    llm.complete(second, params)
+    assert llm.engine.prompt_tokens_run == len(first) + 2 * len(second) - cached
+
+
+def test_stop_strings_and_token_limits_in_the_one_path(solo):
+    full = solo.complete("Hello", SamplingParams(max_tokens=12, ignore_eos=True))
+    stop = full.text[4:6]
+    cut = solo.complete("Hello", SamplingParams(max_tokens=12, ignore_eos=True, stop=[stop]))
+    assert (cut.text, cut.finish_reason) == (full.text[:full.text.find(stop)], "stop")
+    three = solo.complete("Hello", SamplingParams(max_tokens=3, ignore_eos=True))
+    assert (three.token_ids, three.finish_reason) == (full.token_ids[:3], "length")
+    assert solo.complete("Hello", SamplingParams(max_tokens=0)).token_ids == []
+    engine = Engine(ScriptedLLM([9] * 64, max_context=20), 1)  # max_tokens None: until the context is full
+    request = engine.submit([1, 2, 3], SamplingParams(max_tokens=None, ignore_eos=True))
+    assert [c.token for c in request] == [9] * 17 + [None] and request.finish_reason == "length"
+
+
+def test_leaving_a_stream_early_frees_its_slot(solo):
+    for _ in solo.stream("Hello", SamplingParams(max_tokens=50, ignore_eos=True)):
+        break
+    assert solo.complete("Hi", SamplingParams(max_tokens=4, ignore_eos=True)).finish_reason == "length"
+    assert solo.engine.stats()["running"] == 0
+
+
+def test_sync_readers_in_several_threads_share_the_engine(solo):
+    llm = LLM.load(TINY, executor="reference", num_slots=2)
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    results: dict[int, str] = {}
+
+    def worker(i: int) -> None:
+        results[i] = llm.complete(PROMPTS[i], params).text
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(5)]  # 5 readers, 2 slots
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: solo.complete(PROMPTS[i], params).text for i in range(5)}
+
+
+def failing_sampler(logits, history) -> int:
+    """A sampler that meets bad logits."""
+    raise ValueError("NaN logits")
+
+
+def test_a_failing_sample_fails_only_its_request(engine_factory):
+    engine = engine_factory(ScriptedLLM([9] * 64), 2)  # sync readers while the background thread runs too
+    bad = engine.submit([1, 2], SamplingParams(max_tokens=3, ignore_eos=True))
+    bad.sampler = failing_sampler
+    good = engine.submit([3, 4], SamplingParams(max_tokens=3, ignore_eos=True))
+    with pytest.raises(ValueError, match="NaN"):
+        list(bad)
+    assert [c.token for c in good] == [9, 9, 9, None]
