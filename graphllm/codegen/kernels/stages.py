@@ -256,18 +256,27 @@ def cast_stage(x: Any, dtype: str) -> Any:
     return te.compute(x.shape, lambda *i: x(*i).astype(dtype), name="out")
 
 
-def rope_stage(x: Any, pos: Any, sin: Any, cos: Any, r: int) -> Any:
-    """Rotate-half RoPE of x [T, H, D] at each token's position (pairs i, i + r; dims from 2r on copied)."""
+def rope_value(x: Callable[[Any, Any, Any], Any], t: Any, h: Any, i: Any, p: Any, sin: Any, cos: Any, r: int) -> Any:
+    """Element (t, h, i) of rotate-half RoPE of x(t, h, i) at position p (pairs i, i + r; dims from 2r on copied)."""
     from tvm import te
 
-    def value(t: Any, h: Any, i: Any) -> Any:
-        """out[t, h, i]."""
-        p = pos[t]
-        first = rope_rotate(x[t, h, i], x[t, h, i + r], cos[p, i], sin[p, i], second=False)
-        second = rope_rotate(x[t, h, i], x[t, h, i - r], cos[p, i - r], sin[p, i - r], second=True)
-        return te.if_then_else(i < r, first, te.if_then_else(i < 2 * r, second, x[t, h, i]))
+    first = rope_rotate(x(t, h, i), x(t, h, i + r), cos[p, i], sin[p, i], second=False)
+    second = rope_rotate(x(t, h, i), x(t, h, i - r), cos[p, i - r], sin[p, i - r], second=True)
+    return te.if_then_else(i < r, first, te.if_then_else(i < 2 * r, second, x(t, h, i)))
 
-    return te.compute(x.shape, value, name="out")
+
+def rope_stage(x: Any, pos: Any, sin: Any, cos: Any, r: int) -> Any:
+    """Rotate-half RoPE of x [T, H, D] at each token's position."""
+    from tvm import te
+
+    return te.compute(x.shape, lambda t, h, i: rope_value(x, t, h, i, pos[t], sin, cos, r), name="out")
+
+
+def packed_rows(ids: Any, hidden: int, weight_at: Callable[[Any, Any], Any], dtype: str = "float32") -> Any:
+    """Return out[t, h] = weight_at(ids[t], h): an Embedding over a packed table (float panels or quantized records)."""
+    from tvm import te
+
+    return te.compute((ids.shape[0], hidden), lambda t, h: weight_at(ids[t], h).astype(dtype), name="out")
 
 
 # ------------------------------------------------------------------ Linear
