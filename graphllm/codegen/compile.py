@@ -18,10 +18,10 @@ from ..dsl.ops import get_spec
 from ..dsl.serialize import graph_to_json
 from ..errors import GraphLLMError
 from ..io.output import output_folder
-from ..plan import (ARTIFACT, LIB_FILE, Arg, BufferValue, CompileInfo, ExtraArg, HostStep, InputValue, KVCacheArg,
+from ..plan import (ARTIFACT, FATBIN_FILE, LIB_FILE, Arg, BufferValue, CompileInfo, ExtraArg, HostStep, InputValue, KVCacheArg,
                     PackedWeightValue, Plan, Step, Value, ValueArg, ViewValue, WeightValue, graph_key)
 from .lower import EXTRAS, HOST_OPS, KV_CACHE_PARAMS, RUNTIME_ATTRS, Kernel, LowerRequest, is_view, lower
-from .target import target_kind
+from .target import SOURCE_DIGEST, target_kind
 
 
 
@@ -123,21 +123,27 @@ def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, An
     An earlier artifact there is replaced whole; a folder of the user's is refused, or with ``force``
     gets the artifact's files beside its own (graphllm/io/output.py): nothing of the user's is lost.
     """
-    from .build import build_module, export_module
+    from .build import build_fatbin, build_module, export_module
     from .target import detect_target
 
     target = dict(target or detect_target())
     start = time.perf_counter()
     bar = _progress(show_progress)
     plan, funcs = make_plan(graph, target, progress=lambda key: bar(f"lowering {key}"))
-    bar(f"building {len(funcs)} kernels for {target.get('mcpu', target['kind'])}")
+    bar(f"building {len(funcs)} kernels for {target.get('mcpu', target.get('arch', target['kind']))}")
     try:
         executable = build_module(funcs, target)
     except Exception as e:  # TVM raises its own error types; the user needs the op, not TVM's stack
         raise GraphLLMError(f"TVM failed to build the kernels: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    fatbin = None
+    if target_kind(target) == "cuda":
+        bar("compiling the CUDA kernels with nvcc")
+        fatbin, plan.target[SOURCE_DIGEST] = build_fatbin(executable, target)
     out = Path(out_dir)
     with output_folder(out, ARTIFACT, force=force) as tmp:
         export_module(executable, tmp / LIB_FILE)
+        if fatbin is not None:
+            (tmp / FATBIN_FILE).write_bytes(fatbin)
         seconds = round(time.perf_counter() - start, 2)
         replace(plan, compile=CompileInfo(seconds, len(funcs))).save(tmp)
     bar(f"compiled {len(funcs)} kernels in {seconds} s -> {out}", done=True)

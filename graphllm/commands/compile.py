@@ -10,7 +10,7 @@ from ..errors import GraphLLMError
 from ..io.output import check_output_folder
 from ..pipeline import build
 from ..plan import ARTIFACT
-from .common import add_graph_args, add_model_arg, graph_options
+from .common import add_device_args, add_graph_args, add_model_arg, graph_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,18 +25,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's description")
     add_model_arg(p)
     add_graph_args(p)
+    add_device_args(p)
     p.set_defaults(func=compile_command)
 
 
 def compile_command(a: argparse.Namespace) -> int:
     """Build the graph the flags describe and write kernels.so + plan.json."""
     from ..codegen.compile import compile_graph
-    from ..runtime.builds import host_target
+    from ..runtime.builds import device_target
 
     if a.target != "cpu":
         raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
     check_output_folder(Path(a.output).expanduser().absolute(), ARTIFACT, force=a.force)  # before the slow part
     built = build(a.model, graph_options(a, ir=a.ir), need_model=False)
-    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty(), force=a.force)
-    print(f"run it with: graphllm run --artifact {out} -m {a.model or 'MODEL'} \"PROMPT\"")
+    target = device_target(a.device, a.cuda_arch)
+    out = compile_graph(built.graph, a.output, target, show_progress=sys.stderr.isatty(), force=a.force)
+    device = "" if a.device == "cpu" else f" --device {a.device}"
+    print(f"run it with: graphllm run --artifact {out}{device} -m {a.model or 'MODEL'} \"PROMPT\"")
     return 0

@@ -55,6 +55,15 @@ def host_target() -> dict[str, Any]:
         return target
 
 
+def device_target(device: str = "cpu", cuda_archs: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The TVM target of a --device: this host's CPU, or CUDA compiled ahead of time for `cuda_archs`."""
+    if device == "cpu":
+        return host_target()
+    from ..codegen.target import DEFAULT_CUDA_ARCHS, cuda_target
+
+    return cuda_target(cuda_archs or DEFAULT_CUDA_ARCHS)
+
+
 def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
     """Where the build of a graph for a target lives in the cache."""
     return graphllm_home() / "builds" / cache_key(graph, target or host_target())
@@ -72,21 +81,28 @@ def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
 
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
                max_context: int, num_slots: int, threads: int | None, notes: list[str],
-               show_progress: bool = False, max_seqs: int | None = None) -> CompiledExecutor:
-    """A CompiledExecutor from an explicit artifact, else from the cache; a bad cache entry is rebuilt."""
+               show_progress: bool = False, max_seqs: int | None = None, device: str = "cpu",
+               cuda_archs: tuple[str, ...] | None = None) -> CompiledExecutor:
+    """A CompiledExecutor (CudaExecutor for a cuda device) from an explicit artifact, else from the cache; a bad
+    cache entry is rebuilt."""
     kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
+    executor_class = CompiledExecutor
+    if device != "cpu":
+        from .cuda import CudaExecutor, parse_device
+
+        executor_class, kwargs["device"] = CudaExecutor, parse_device(device)[1]
     if artifact is not None:
         kwargs["pack_cache"] = packed_dir(Path(artifact), weights)
         if read_plan(artifact).graph_key != graph_key(graph):
             raise ModelLoadError(f"the build in {artifact} was compiled for another model or model file; "
                                  f"recompile it with `graphllm compile` for this one")
-        return CompiledExecutor(artifact, weights, **kwargs)
-    target = host_target()
+        return executor_class(artifact, weights, **kwargs)
+    target = device_target(device, cuda_archs)
     folder = build_dir(graph, target)
     kwargs["pack_cache"] = packed_dir(folder, weights)
     if (folder / PLAN_FILE).is_file() and (folder / LIB_FILE).is_file():
         try:
-            executor = CompiledExecutor(folder, weights, **kwargs)
+            executor = executor_class(folder, weights, **kwargs)
             notes.append(f"loaded the build from {folder}")
             return executor
         except (ModelLoadError, OSError, ValueError, KeyError, RuntimeError) as e:
@@ -95,4 +111,4 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
 
     compile_graph(graph, folder, target, show_progress=show_progress)
     notes.append(f"compiled the model's kernels into {folder}")
-    return CompiledExecutor(folder, weights, **kwargs)
+    return executor_class(folder, weights, **kwargs)

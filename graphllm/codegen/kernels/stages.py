@@ -256,12 +256,14 @@ def cast_stage(x: Any, dtype: str) -> Any:
     return te.compute(x.shape, lambda *i: x(*i).astype(dtype), name="out")
 
 
-def rope_value(x: Callable[[Any, Any, Any], Any], t: Any, h: Any, i: Any, p: Any, sin: Any, cos: Any, r: int) -> Any:
-    """Element (t, h, i) of rotate-half RoPE of x(t, h, i) at position p (pairs i, i + r; dims from 2r on copied)."""
+def rope_value(x: Callable[..., Any], t: Any, h: Any, i: Any, p: Any, sin: Callable[..., Any],
+               cos: Callable[..., Any], r: int) -> Any:
+    """Element (t, h, i) of rotate-half RoPE of x(t, h, i) at position p, the tables read as sin(p, i) and cos(p, i)
+    (pairs i, i + r; dims from 2r on copied)."""
     from tvm import te
 
-    first = rope_rotate(x(t, h, i), x(t, h, i + r), cos[p, i], sin[p, i], second=False)
-    second = rope_rotate(x(t, h, i), x(t, h, i - r), cos[p, i - r], sin[p, i - r], second=True)
+    first = rope_rotate(x(t, h, i), x(t, h, i + r), cos(p, i), sin(p, i), second=False)
+    second = rope_rotate(x(t, h, i), x(t, h, i - r), cos(p, i - r), sin(p, i - r), second=True)
     return te.if_then_else(i < r, first, te.if_then_else(i < 2 * r, second, x(t, h, i)))
 
 

@@ -105,9 +105,14 @@ def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1)
 
     def key(k_cur: Any, t: Any, h: Any, i: Any, p: Any, sin: Any, cos: Any) -> Any:
         """The key element stored at (h, i): rotated when RoPE is fused in."""
+        def load(buf: Any, *index: Any) -> Any:
+            """buf[index] as an expression (TVMScript hands buffers to Python functions unindexed)."""
+            return tirx.BufferLoad(buf, list(index))
+
         if not rot:
-            return k_cur[t, k0 + h, i]
-        return rope_value(lambda tt, hh, ii: k_cur[tt, k0 + hh, ii], t, h, i, p, sin, cos, rot)
+            return load(k_cur, t, k0 + h, i)
+        return rope_value(lambda tt, hh, ii: load(k_cur, tt, k0 + hh, ii), t, h, i, p,
+                          lambda a, b: load(sin, a, b), lambda a, b: load(cos, a, b), rot)
 
     @T.macro
     def write(k_in, v_in, pos, slot, rope_pos, sin, cos, k_cache, v_cache):
@@ -122,15 +127,18 @@ def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1)
                         v_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = v_cur[
                             t, v0 + (step * threads + tx) // d, (step * threads + tx) % d]
 
-    @T.prim_func
-    def kv_write_rope(k_arg: T.handle, v_arg: T.handle, pos: T.Buffer((t_len,), "int32"),
-                      slot: T.Buffer((t_len,), "int32"), rope_pos: T.Buffer((t_len,), "int32"),
-                      sin: T.Buffer((rows, cols), "float32"), cos: T.Buffer((rows, cols), "float32"),
-                      k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-                      v_cache: T.Buffer((s_len, c_len, hk, d), "float32")):
-        T.func_attr({"tirx.noalias": True})
-        write(T.match_buffer(k_arg, kv_shape, "float32"), T.match_buffer(v_arg, kv_shape, "float32"), pos, slot,
-              rope_pos, sin, cos, k_cache, v_cache)
+    if rot:
+        @T.prim_func
+        def kv_write_rope(k_arg: T.handle, v_arg: T.handle, pos: T.Buffer((t_len,), "int32"),
+                          slot: T.Buffer((t_len,), "int32"), rope_pos: T.Buffer((t_len,), "int32"),
+                          sin: T.Buffer((rows, cols), "float32"), cos: T.Buffer((rows, cols), "float32"),
+                          k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+                          v_cache: T.Buffer((s_len, c_len, hk, d), "float32")):
+            T.func_attr({"tirx.noalias": True})
+            write(T.match_buffer(k_arg, kv_shape, "float32"), T.match_buffer(v_arg, kv_shape, "float32"), pos, slot,
+                  rope_pos, sin, cos, k_cache, v_cache)
+
+        return kv_write_rope
 
     @T.prim_func
     def kv_write(k_arg: T.handle, v_arg: T.handle, pos: T.Buffer((t_len,), "int32"),
@@ -140,7 +148,7 @@ def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1)
         write(T.match_buffer(k_arg, kv_shape, "float32"), T.match_buffer(v_arg, kv_shape, "float32"), pos, slot,
               pos, k_cache, k_cache, k_cache, v_cache)  # no RoPE: the tables are never read
 
-    return kv_write_rope if rot else kv_write
+    return kv_write
 
 
 def _attention_kernel(req: LowerRequest, knobs: Mapping[str, Any], hq: int, hk: int, d: int,
