@@ -166,17 +166,14 @@ class CudaExecutor(CompiledExecutor):
     def _array(self, v: str, tokens: int, seqs: int) -> Any:
         """The device tensor of a plan value for a step of this many tokens and sequences."""
         value = self.plan.values[v]
-        t = value.type
-        shape = t.concrete({TOKENS: tokens, SEQS: seqs})
-        if isinstance(value, (WeightValue, PackedWeightValue)):
-            return self.weights[v]
+        shape = value.type.concrete({TOKENS: tokens, SEQS: seqs})
         if isinstance(value, InputValue):
-            if value.name in self.inputs:
-                return self.inputs[value.name]
-            return self._staged(value.name, shape[0])
+            tables = self.inputs  # sin and cos live on the GPU for good, the step inputs are staged
+            return tables[value.name] if value.name in tables else self._staged(value.name, shape[0])
         if isinstance(value, ViewValue):
-            return self._view(self._array(value.of, tokens, seqs), shape, t.dtype)
-        return self._view(self.storage[v], shape, t.dtype)
+            return self._view(self._array(value.of, tokens, seqs), shape, value.type.dtype)
+        is_weight = isinstance(value, (WeightValue, PackedWeightValue))
+        return self.weights[v] if is_weight else self._view(self.storage[v], shape, value.type.dtype)
 
     def _staged(self, name: str, rows: int) -> Any:
         """The device view of one staged step input (positionIds are the positions)."""

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 from graphllm.codegen.fusion import PLAIN, Fusion
 from graphllm.codegen.kernels.common import f32, inv_root_mean, rope_rotate, widen
 from graphllm.dsl.ops import BINARY_ELEMENTWISE, get_spec
-from graphllm.layouts import QROWS, STORAGE, pack_block, qlayout
+from graphllm.dsl.qformats import qformat
+from graphllm.layouts import QROWS, STORAGE, pack_block, packer_name, qlayout
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
@@ -334,6 +335,15 @@ def quantized_weight(k: int, n: int, dtype: str) -> tuple[Any, Callable[[Any, An
         return v + half(rb, kb, 1, row) if lay.halves == 2 else v
 
     return w, value
+
+
+def packed_weight(k: int, n: int, dtype: str) -> tuple[tuple[Any, Callable[[Any, Any], Any]], str]:
+    """The packed weight [N, K] of a float or block-quantized `dtype` (placeholder, w(j, r)) and its packer's name."""
+    if qformat(dtype) is not None:
+        return quantized_weight(k, n, dtype), qlayout(dtype).pack_name()
+    if dtype in STORAGE:
+        return float_weight(k, n, dtype), packer_name(dtype)
+    raise NotImplementedError(f"weights of dtype {dtype} are not lowered (float32, float16, bfloat16, block formats are)")
 
 
 def linear_func(k: int, n: int, bias: bool, weight: tuple[Any, Callable[[Any, Any], Any]], rows: int = 1,

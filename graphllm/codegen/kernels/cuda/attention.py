@@ -151,32 +151,28 @@ def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1)
     return kv_write
 
 
-def _attention_kernel(req: LowerRequest, knobs: Mapping[str, Any], hq: int, hk: int, d: int,
-                      ports: tuple[str, str, str]) -> Kernel:
-    """The KV-cache write, then the attention; ports name q, curk, curv (all 'qkv' when packed)."""
-    attrs = req.attr
-    rot = attrs.get("rotaryDim") or 0
-    rope = (rot, *req.types["sin"].shape) if rot else None
-    packed = ports[0] == ports[1]
-    tables = ("positionIds", "sin", "cos") if rot else ()
-    write = Kernel(kv_write_func(hk, d, rot, tuple(req.types["sin"].shape) if rot else (1, 1), hq if packed else 0),
-                   (ports[1], ports[2], "positions", "slots", *tables, "kcache", "vcache"))
-    func = attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope,
-                          packed, knobs)
-    return Kernel(func, (ports[0], "kcache", "vcache", "positions", "slots", *tables, "out"),
-                  before=(write,))
+def _geometry(req: LowerRequest) -> tuple[int, int, int, tuple[str, str, str]]:
+    """(Hq, Hk, D, the ports holding q, the step's k and v) of a FusedAttention or QKVAttention node."""
+    if req.op == "QKVAttention":
+        hq, hk = req.attr["numHeads"], req.attr["numKVHeads"]
+        return hq, hk, req.types["qkv"].shape[1] // (hq + 2 * hk), ("qkv", "qkv", "qkv")
+    return req.types["q"].shape[1], req.types["curk"].shape[1], req.types["q"].shape[2], ("q", "curk", "curv")
 
 
-@lowering("FusedAttention", target="cuda", knobs=KNOBS)
 def lower_attention(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
-    """The KV-cache write of this step's k/v, then causal (windowed, soft-capped) attention over the cache."""
-    _, hq, d = req.types["q"].shape
-    return _attention_kernel(req, knobs, hq, req.types["curk"].shape[1], d, ("q", "curk", "curv"))
+    """The KV-cache write of this step's k/v, then causal (windowed, soft-capped) attention over the cache;
+    QKVAttention reads q, k and v from the one packed projection."""
+    hq, hk, d, (q, k, v) = _geometry(req)
+    a = req.attr
+    rot = a.get("rotaryDim") or 0
+    table = tuple(req.types["sin"].shape) if rot else (1, 1)
+    extra = ("positionIds", "sin", "cos") if rot else ()
+    write = Kernel(kv_write_func(hk, d, rot, table, hq if q == k else 0),
+                   (k, v, "positions", "slots", *extra, "kcache", "vcache"))
+    func = attention_func(hq, hk, d, a["scale"], a.get("window") or 0, a.get("softcap") or 0.0,
+                          (rot, *table) if rot else None, q == k, knobs)
+    return Kernel(func, (q, "kcache", "vcache", "positions", "slots", *extra, "out"), before=(write,))
 
 
-@lowering("QKVAttention", target="cuda", knobs=KNOBS)
-def lower_qkv_attention(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
-    """FusedAttention's kernels reading q, k and v from the one packed projection."""
-    hq, hk = req.attr["numHeads"], req.attr["numKVHeads"]
-    d = req.types["qkv"].shape[1] // (hq + 2 * hk)
-    return _attention_kernel(req, knobs, hq, hk, d, ("qkv", "qkv", "qkv"))
+for _op in ("FusedAttention", "QKVAttention"):
+    lowering(_op, target="cuda", knobs=KNOBS)(lower_attention)

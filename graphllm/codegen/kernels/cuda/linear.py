@@ -17,9 +17,8 @@ from typing import Any
 
 from graphllm.codegen.fusion import PLAIN, Fusion, fusion_of
 from graphllm.codegen.kernels.cuda.sched import KNOBS, schedule_gpu
-from graphllm.codegen.kernels.stages import float_weight, linear_func, quantized_weight
+from graphllm.codegen.kernels.stages import linear_func, packed_weight
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
-from graphllm.layouts import STORAGE, packer_name, qlayout
 
 
 @lowering("Linear", target="cuda", knobs=KNOBS)
@@ -28,14 +27,8 @@ def lower_linear(req: LowerRequest, knobs: Mapping[str, Any], fusion: Fusion = P
     t = req.types
     if t["input"].rank != 2 or t["input"].dtype != "float32":
         raise NotImplementedError(f"Linear lowering needs a 2-D float32 input, got {t['input']}")
-    wt = t["weight"]
-    n, k = wt.shape
-    if wt.quantized:
-        weight, pack = quantized_weight(k, n, wt.dtype), qlayout(wt.dtype).pack_name()
-    elif wt.dtype in STORAGE:
-        weight, pack = float_weight(k, n, wt.dtype), packer_name(wt.dtype)
-    else:
-        raise NotImplementedError(f"Linear weights of dtype {wt.dtype} are not lowered")
+    n, k = t["weight"].shape
+    weight, pack = packed_weight(k, n, t["weight"].dtype)
     bias = "bias" in t
     func = schedule_gpu(linear_func(k, n, bias, weight, 1, fusion), knobs)
     return Kernel(func, fusion.params(bias), packs={"weight": pack})

@@ -11,11 +11,10 @@ from dataclasses import replace
 from typing import Any
 
 from graphllm.codegen.kernels.cuda.sched import KNOBS, port_kernel, schedule_gpu, te_kernel
-from graphllm.codegen.kernels.stages import (cast_stage, cat_stage, chain_stages, float_weight, gather_rows,
-                                             layernorm_stages, packed_rows, quantized_weight, repeat_stage,
-                                             rmsnorm_stages, rope_stage, split_stage, stage_builder, swiglu_stage)
+from graphllm.codegen.kernels.stages import (cast_stage, cat_stage, chain_stages, gather_rows, layernorm_stages,
+                                             packed_rows, packed_weight, repeat_stage, rmsnorm_stages, rope_stage,
+                                             split_stage, stage_builder, swiglu_stage)
 from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering, require_float32
-from graphllm.layouts import STORAGE, packer_name, qlayout
 
 
 def _single(req: LowerRequest, knobs: Mapping[str, Any], ports: tuple[str, ...], inplace: str | None = None) -> Kernel:
@@ -90,12 +89,7 @@ def lower_embedding(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     if req.types["input"].rank != 1:
         raise NotImplementedError(f"a packed Embedding needs ids [T], got {req.types['input']}")
     vocab, hidden = wt.shape
-    if wt.quantized:
-        weight, pack = quantized_weight(hidden, vocab, wt.dtype), qlayout(wt.dtype).pack_name()
-    elif wt.dtype in STORAGE:
-        weight, pack = float_weight(hidden, vocab, wt.dtype), packer_name(wt.dtype)
-    else:
-        raise NotImplementedError(f"Embedding tables of dtype {wt.dtype} are not lowered")
+    weight, pack = packed_weight(hidden, vocab, wt.dtype)
     from tvm import te
 
     ids = te.placeholder((te.var("T", "int64"),), "int32", name="ids")
