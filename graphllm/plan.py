@@ -30,8 +30,9 @@ from .io.output import FolderKind
 PLAN_VERSION = 6  # 5: typed plan (packed weights, argument kinds, knobs and op per step); 6: checksums, model
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
+FATBIN_FILE = "kernels.fatbin"  # a CUDA build's kernels compiled by nvcc (codegen/build.py)
 PACKED_DIR = "packed"  # packed weights kept beside a build, per model file (runtime/builds.py)
-ARTIFACT = FolderKind("artifact", frozenset({PLAN_FILE, LIB_FILE, PACKED_DIR}), PLAN_FILE)
+ARTIFACT = FolderKind("artifact", frozenset({PLAN_FILE, LIB_FILE, FATBIN_FILE, PACKED_DIR}), PLAN_FILE)
 STEP_EXTRAS = ("positions", "slots", "last_rows", "threads")  # step inputs the executor fills (codegen/lower.py)
 KV_HALVES = ("key", "value")
 

@@ -19,10 +19,11 @@ from ..dsl.serialize import graph_to_json
 from ..errors import GraphLLMError
 from ..io.cache import FileSum
 from ..io.output import FolderKind, output_folder
-from ..plan import (ARTIFACT, LIB_FILE, Arg, BufferValue, CompileInfo, ExtraArg, HostStep, InputValue, KVCacheArg,
-                    ModelRef, PackedWeightValue, Plan, Step, Value, ValueArg, ViewValue, WeightValue, graph_key)
+from ..plan import (ARTIFACT, FATBIN_FILE, LIB_FILE, Arg, BufferValue, CompileInfo, ExtraArg, HostStep, InputValue,
+                    KVCacheArg, ModelRef, PackedWeightValue, Plan, Step, Value, ValueArg, ViewValue, WeightValue,
+                    graph_key)
 from .lower import EXTRAS, HOST_OPS, KV_CACHE_PARAMS, RUNTIME_ATTRS, Kernel, LowerRequest, is_view, lower
-from .target import target_kind
+from .target import SOURCE_DIGEST, target_kind
 
 
 
@@ -127,21 +128,27 @@ def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, An
     files beside its own (graphllm/io/output.py): nothing of the user's is lost. A ``kind`` that is
     graphllm's own whole (a cache entry) is replaced whatever it holds.
     """
-    from .build import build_module, export_module
+    from .build import build_fatbin, build_module, export_module
     from .target import detect_target
 
     target = dict(target or detect_target())
     start = time.perf_counter()
     bar = _progress(show_progress)
     plan, funcs = make_plan(graph, target, progress=lambda key: bar(f"lowering {key}"))
-    bar(f"building {len(funcs)} kernels for {target.get('mcpu', target['kind'])}")
+    bar(f"building {len(funcs)} kernels for {target.get('mcpu', target.get('arch', target['kind']))}")
     try:
         executable = build_module(funcs, target)
     except Exception as e:  # TVM raises its own error types; the user needs the op, not TVM's stack
         raise GraphLLMError(f"TVM failed to build the kernels: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    fatbin = None
+    if target_kind(target) == "cuda":
+        bar("compiling the CUDA kernels with nvcc")
+        fatbin, plan.target[SOURCE_DIGEST] = build_fatbin(executable, target)
     out = Path(out_dir)
     with output_folder(out, kind, force=force) as tmp:
         library = export_module(executable, tmp / LIB_FILE)
+        if fatbin is not None:
+            (tmp / FATBIN_FILE).write_bytes(fatbin)
         seconds = round(time.perf_counter() - start, 2)
         replace(plan, compile=CompileInfo(seconds, len(funcs)), library=FileSum.of(library), model=model).save(tmp)
     bar(f"compiled {len(funcs)} kernels in {seconds} s -> {out}", done=True)

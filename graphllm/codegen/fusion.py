@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .lower import LowerRequest, attrs_of
+
 
 @dataclass(frozen=True)
 class Fusion:
@@ -25,3 +27,10 @@ class Fusion:
 
 
 PLAIN = Fusion()
+
+
+def fusion_of(req: LowerRequest) -> Fusion:
+    """The prologue/epilogue a FusedLinear node asks for."""
+    a = attrs_of(req)
+    return Fusion(a.get("prologue") or "none", float(a.get("eps") or 0.0), float(a.get("weightOffset") or 0.0),
+                  "residual" in req.types)

@@ -1,12 +1,12 @@
-"""The TVM target of this host: LLVM's CPU name, checked against the ISA that cpuinfo lists.
+"""TVM targets: this host's (LLVM's CPU name, checked against the ISA that cpuinfo lists) and CUDA's (per arch).
 
-`detect_target` imports the TVM compiler when it is called (the runtime never calls it).
+`detect_target` and `cuda_target` import the TVM compiler when called (the runtime never calls them).
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -76,3 +76,30 @@ def detect_target() -> dict[str, object]:
     """Return the TVM target dict for this host's real ISA (never an ISA that cpuinfo lacks)."""
     mtriple, mcpu = _host_cpu()
     return {"kind": "llvm", "mtriple": mtriple, "mcpu": mcpu, "num-cores": physical_cores()}
+
+
+# The TVM tag whose limits (threads, shared memory, registers) a CUDA build for an arch takes.
+CUDA_TAGS = {"sm_80": "nvidia/nvidia-a100", "sm_86": "nvidia/geforce-rtx-3090", "sm_89": "nvidia/geforce-rtx-4090",
+             "sm_90": "nvidia/nvidia-h100"}
+DEFAULT_CUDA_ARCHS = ("sm_80", "sm_90")
+FATBIN_ARCHS = "fatbin_archs"  # graphllm's keys in a CUDA target dict: the archs nvcc compiles the kernels for,
+SOURCE_DIGEST = "cuda_source_sha256"  # and the sha256 of the CUDA C the fatbin was compiled from
+
+
+def cuda_target(archs: Sequence[str] = DEFAULT_CUDA_ARCHS) -> dict[str, Any]:
+    """The TVM target dict of a CUDA build for `archs`: the oldest arch's tag limits, code generated for that arch
+    (so it runs on all of them), and the archs themselves under FATBIN_ARCHS."""
+    import tvm
+
+    unknown = sorted(set(archs) - CUDA_TAGS.keys())
+    if unknown or not archs:
+        raise GraphLLMError(f"unsupported CUDA arch {', '.join(unknown) or '(none)'} (known: {', '.join(CUDA_TAGS)})")
+    ordered = sorted(set(archs), key=lambda a: int(a[3:]))
+    limits = dict(tvm.target.Target(CUDA_TAGS[ordered[0]]).attrs)
+    return {"kind": "cuda", **{k: int(v) for k, v in limits.items() if k != "arch"}, "arch": ordered[0],
+            FATBIN_ARCHS: ordered}
+
+
+def tvm_target(target: Mapping[str, Any]) -> dict[str, Any]:
+    """The target dict as TVM takes it (graphllm's own keys removed)."""
+    return {k: v for k, v in target.items() if k not in (FATBIN_ARCHS, SOURCE_DIGEST)}

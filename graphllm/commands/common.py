@@ -116,9 +116,34 @@ def add_executor_args(p: argparse.ArgumentParser) -> None:
                    help="kernel threads, at most the usable cores (default and -1: physical cores)")
 
 
+def device_arg(value: str) -> str:
+    """--device: cpu, cuda or cuda:N (the GPU's index)."""
+    kind, _, index = value.partition(":")
+    if value != "cpu" and (kind != "cuda" or (index and not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {value!r}")
+    return value
+
+
+def cuda_archs_arg(value: str) -> tuple[str, ...]:
+    """--cuda-arch: comma-separated sm_XX names."""
+    archs = tuple(a.strip() for a in value.split(",") if a.strip())
+    if not archs or any(not (a.startswith("sm_") and a[3:].isdigit()) for a in archs):
+        raise argparse.ArgumentTypeError(f"expected comma-separated archs such as sm_80,sm_90, got {value!r}")
+    return archs
+
+
+def add_device_args(p: argparse.ArgumentParser) -> None:
+    """--device and --cuda-arch: where the kernels run, and which GPU generations a CUDA build is compiled for."""
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu (default), cuda or cuda:N (needs an NVIDIA GPU with a CUDA 13-capable driver)")
+    p.add_argument("--cuda-arch", type=cuda_archs_arg, default=None,
+                   help="CUDA builds: comma-separated archs compiled ahead of time by nvcc (default: sm_80,sm_90)")
+
+
 def add_runtime_args(p: argparse.ArgumentParser) -> None:
-    """How the model runs: executor and threads, compiled artifact, context length."""
+    """How the model runs: executor and threads, device, compiled artifact, context length."""
     add_executor_args(p)
+    add_device_args(p)
     p.add_argument("--max-context", type=context_arg, default=None, help="KV cache length in tokens (default: min(model, 4096))")
     p.add_argument("--artifact", default=None,
                    help="a folder written by `graphllm compile` (skips compiling; without -m: its model)")
@@ -171,7 +196,7 @@ def load_llm(a: argparse.Namespace, num_slots: int = 1, **overrides: object) -> 
     from ..runtime.llm import LLM
 
     kwargs = dict(custom=a.custom, executor=a.executor, max_context=a.max_context, artifact=a.artifact,
-                  threads=a.threads, dtype=a.dtype, passes=graph_options(a).pipeline(), num_slots=num_slots,
+                  threads=a.threads, device=getattr(a, "device", "cpu"), cuda_archs=getattr(a, "cuda_arch", None), dtype=a.dtype, passes=graph_options(a).pipeline(), num_slots=num_slots,
                   show_progress=sys.stderr.isatty())
     model = artifact_model(a.artifact) if a.model is None and a.artifact is not None else a.model
     llm = LLM.load(model, **{**kwargs, **overrides})

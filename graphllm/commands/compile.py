@@ -10,7 +10,7 @@ from ..errors import GraphLLMError
 from ..io.output import check_output_folder
 from ..pipeline import build
 from ..plan import ARTIFACT, ModelRef
-from .common import add_graph_args, add_model_arg, graph_options
+from .common import add_device_args, add_graph_args, add_model_arg, graph_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,27 +20,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="artifact folder to write (new, empty or an earlier artifact, which is replaced)")
     p.add_argument("--force", action="store_true",
                    help="write into a folder that holds other files, beside them (nothing of yours is removed)")
-    p.add_argument("--target", default="cpu", help="cpu (this host's ISA)")
     p.add_argument("--ir", default=None,
                    help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's description")
     add_model_arg(p)
     add_graph_args(p)
+    add_device_args(p)
     p.set_defaults(func=compile_command)
 
 
 def compile_command(a: argparse.Namespace) -> int:
     """Build the graph the flags describe and write kernels.so + plan.json."""
     from ..codegen.compile import compile_graph
-    from ..runtime.builds import host_target
+    from ..runtime.builds import device_target
 
-    if a.target != "cpu":
-        raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
     check_output_folder(Path(a.output).expanduser().absolute(), ARTIFACT, force=a.force)  # before the slow part
     built = build(a.model, graph_options(a, ir=a.ir), need_model=False)
     model = ModelRef.of(built.model.path) if built.model is not None else None  # run --artifact finds it there
-    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty(), force=a.force,
-                        model=model)
-    flags = [*(["-m", "MODEL"] if model is None else []), *(["--dtype", a.dtype] if a.dtype else []),
+    out = compile_graph(built.graph, a.output, device_target(a.device, a.cuda_arch), show_progress=sys.stderr.isatty(),
+                        force=a.force, model=model)
+    flags = [*(["-m", "MODEL"] if model is None else []), *(["--device", a.device] if a.device != "cpu" else []), *(["--dtype", a.dtype] if a.dtype else []),
              *(["--custom", a.custom] if a.custom else []), *(["--passes", ",".join(a.passes)] if a.passes else []),
              *(["--no-fuse"] if a.no_fuse else [])]
     print(f"run it with: graphllm run --artifact {' '.join([str(out), *flags])} \"PROMPT\"")

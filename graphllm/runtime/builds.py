@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -79,6 +79,15 @@ def _checked_target(target: Any) -> dict[str, Any]:
     return target
 
 
+def device_target(device: str = "cpu", cuda_archs: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The TVM target of a --device: this host's CPU, or CUDA compiled ahead of time for `cuda_archs`."""
+    if device == "cpu":
+        return host_target()
+    from ..codegen.target import DEFAULT_CUDA_ARCHS, cuda_target
+
+    return cuda_target(cuda_archs or DEFAULT_CUDA_ARCHS)
+
+
 def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
     """Where the build of a graph for a target lives in the cache."""
     return graphllm_home() / "builds" / cache_key(graph, target or host_target())
@@ -96,24 +105,32 @@ def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
 
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
                max_context: int, num_slots: int, threads: int | None, notes: list[str],
-               show_progress: bool = False, max_seqs: int | None = None) -> CompiledExecutor:
-    """A CompiledExecutor from an explicit artifact, else from the cache (see the module doc)."""
+               show_progress: bool = False, max_seqs: int | None = None, device: str = "cpu",
+               cuda_archs: tuple[str, ...] | None = None) -> CompiledExecutor:
+    """A CompiledExecutor (CudaExecutor for a cuda device) from an explicit artifact, else from the cache (see the
+    module doc)."""
     kwargs: dict[str, Any] = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
+    executor_class: Callable[..., CompiledExecutor] = CompiledExecutor
+    if device != "cpu":
+        from .cuda import CudaExecutor, parse_device
+
+        executor_class, kwargs["device"] = CudaExecutor, parse_device(device)[1]
+    make = functools.partial(executor_class, weights=weights, **kwargs)
     if artifact is not None:
         plan = read_build(artifact)
         if plan.graph_key != graph_key(graph):
             raise ModelLoadError(_another_model(Path(artifact), plan))
-        return CompiledExecutor(artifact, weights, pack_cache=packed_dir(Path(artifact), weights), **kwargs)
-    target = host_target()
+        return make(artifact, pack_cache=packed_dir(Path(artifact), weights))
+    target = device_target(device, cuda_archs)
     folder = build_dir(graph, target)
-    kwargs["pack_cache"] = packed_dir(folder, weights)
+    make = functools.partial(make, folder, pack_cache=packed_dir(folder, weights))
     if folder.exists():  # the usual start: a good entry, used without waiting for a lock
         with contextlib.suppress(Exception):  # looked at again under the lock: it may be being replaced
-            return _load_entry(folder, weights, kwargs, notes)
+            return _load_entry(make, folder, notes)
     with file_lock(graphllm_home() / "locks" / f"build-{folder.name}.lock"):
         if folder.exists():  # another process may have built it while this one waited
             try:
-                return _load_entry(folder, weights, kwargs, notes)
+                return _load_entry(make, folder, notes)
             except Exception as e:  # any failure to load an entry of the cache rebuilds it
                 reason = e.reason if isinstance(e, DamagedBuild) else f"{type(e).__name__}: {e}"
                 warnings.warn(f"the cached build {folder} is unusable ({reason}); rebuilding it")
@@ -121,13 +138,12 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
 
         compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY)
     notes.append(f"compiled the model's kernels into {folder}")
-    return CompiledExecutor(folder, weights, **kwargs)
+    return make()
 
 
-def _load_entry(folder: Path, weights: Mapping[str, np.ndarray], kwargs: dict[str, Any],
-                notes: list[str]) -> CompiledExecutor:
+def _load_entry(make: Callable[[], CompiledExecutor], folder: Path, notes: list[str]) -> CompiledExecutor:
     """The executor of a cache entry (its files checked first), noted as loaded."""
-    executor = CompiledExecutor(folder, weights, **kwargs)
+    executor = make()
     notes.append(f"loaded the build from {folder}")
     return executor
 

@@ -48,7 +48,7 @@ class LLM:
              executor: str = "tvm", max_context: int | None = None, num_slots: int = 1,
              artifact: str | os.PathLike | None = None, threads: int | None = None,
              dtype: str | None = None, passes: list[str] | None = None, show_progress: bool = False,
-             max_seqs: int | None = None) -> "LLM":
+             max_seqs: int | None = None, device: str = "cpu", cuda_archs: tuple[str, ...] | None = None) -> "LLM":
         """Load weights and tokenizer, build the graph and an executor.
 
         ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
@@ -57,6 +57,10 @@ class LLM:
         """
         if executor not in EXECUTORS:
             raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
+        if device != "cpu":  # fail fast, before loading weights, on a machine without the GPU
+            from .cuda import parse_device, require_cuda
+
+            require_cuda(parse_device(device)[1])
         built = build(path, GraphOptions(custom=custom, dtype=dtype, passes=passes))
         model, graph, notes, weights = built.model, built.graph, built.notes, built.weights
         limit = int(graph.config["max_positions"])
@@ -69,7 +73,8 @@ class LLM:
             from .builds import open_build
 
             runner = open_build(graph, weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
-                                threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs)
+                                threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs,
+                                device=device, cuda_archs=cuda_archs)
         return cls(model, graph, runner, ctx, notes, num_slots)
 
     @property

@@ -13,16 +13,9 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from graphllm.codegen.fusion import Fusion
+from graphllm.codegen.fusion import fusion_of
 from graphllm.codegen.kernels.cpu.linear import linear_knobs, lower_linear
-from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering
-
-
-def fusion_of(req: LowerRequest) -> Fusion:
-    """The prologue/epilogue a FusedLinear node asks for."""
-    a = attrs_of(req)
-    return Fusion(a.get("prologue") or "none", float(a.get("eps") or 0.0), float(a.get("weightOffset") or 0.0),
-                  "residual" in req.types)
+from graphllm.codegen.lower import Kernel, LowerRequest, lowering
 
 
 @lowering("FusedLinear", knobs=linear_knobs)

@@ -13,17 +13,10 @@ from typing import Any
 from graphllm.codegen.kernels.common import widen
 from graphllm.codegen.kernels.cpu.qlinear import lower_qembedding
 from graphllm.codegen.kernels.cpu.sched import ROW_KNOBS, SERIAL_ROW_KNOBS, parallel_from, row_kernel, schedule_rows
+from graphllm.codegen.kernels.stages import gather_rows
 from graphllm.codegen.knobs import Knob
 from graphllm.codegen.lower import Kernel, LowerRequest, Symbols, lowering, require_float32
 from graphllm.layouts import STORAGE, pack_block, packer_name
-
-
-def _gather_rows(table: Any, index: Any) -> Any:
-    """Return out[b, ...] = table[index[b], ...], the TE row gather."""
-    from tvm import te
-
-    shape = (index.shape[0], *table.shape[1:])
-    return te.compute(shape, lambda b, *rest: table[(index[b], *rest)], name="out")
 
 
 def _packed_embedding(req: LowerRequest, parallel: bool, lanes: int) -> Any:
@@ -64,7 +57,7 @@ def lower_embedding(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
                       packs={"weight": packer_name(wt.dtype)})
     require_float32(req, "weight")
     args = [(p, req.types[p]) for p in ("input", "weight")]
-    return row_kernel(req, args, lambda ids, w: _gather_rows(w, ids), knobs)
+    return row_kernel(req, args, lambda ids, w: gather_rows(w, ids), knobs)
 
 
 @lowering("SplitLastTokenStates", knobs=SERIAL_ROW_KNOBS)
@@ -74,4 +67,4 @@ def lower_split_last_token_states(req: LowerRequest, knobs: Mapping[str, Any]) -
     Serial only: it copies B rows (one per sequence), too little work to pay for a parallel launch.
     """
     args = [("input", req.types["input"]), ("last_rows", req.types["seqLens"])]
-    return row_kernel(req, args, lambda x, rows: _gather_rows(x, rows), knobs, parallel=False)
+    return row_kernel(req, args, lambda x, rows: gather_rows(x, rows), knobs, parallel=False)

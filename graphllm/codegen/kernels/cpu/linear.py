@@ -23,11 +23,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from graphllm.codegen.fusion import PLAIN, Fusion
-from graphllm.codegen.kernels.common import widen
 from graphllm.codegen.kernels.cpu import qlinear
-from graphllm.codegen.kernels.cpu.elementwise import swiglu_stage
-from graphllm.codegen.kernels.cpu.norm import rmsnorm_stages
 from graphllm.codegen.kernels.cpu.sched import lanes
+from graphllm.codegen.kernels.stages import float_weight, linear_func
 from graphllm.codegen.knobs import Knob, defaults
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
 from graphllm.layouts import STORAGE, pack_block, packer_name
@@ -43,50 +41,9 @@ KNOBS = (
 DEFAULTS = defaults(KNOBS)
 
 
-def _prologue(x: Any, k: int, fusion: Fusion) -> tuple[Any, list[Any]]:
-    """Return (the matmul's input stage, its extra placeholders): x itself, or the RMSNorm / Swiglu
-    kernels' own TE stages over x, ending in a stage named "xn"."""
-    from tvm import te
-
-    if fusion.prologue == "rmsnorm":
-        g = te.placeholder((k,), "float32", name="g")
-        return rmsnorm_stages(x, g, fusion.eps, fusion.offset, name="xn"), [g]
-    if fusion.prologue == "swiglu":
-        return swiglu_stage(x, name="xn"), []
-    return x, []
-
-
 def _linear_prim_func(k: int, n: int, bias: bool, rows: int, dtype: str, fusion: Fusion = PLAIN) -> PrimFunc:
     """Return the unscheduled PrimFunc: [prologue,] accumulator over T padded to `rows`, then the epilogue."""
-    from tvm import te
-
-    nb = pack_block(n)
-    t_len = te.var("T", "int64")
-    x = te.placeholder((t_len, 2 * k if fusion.prologue == "swiglu" else k), "float32", name="x")
-    w = te.placeholder((n // nb, k, nb), STORAGE[dtype], name="w")
-    r = te.reduce_axis((0, k), name="k")
-    t_pad = (t_len + rows - 1) // rows * rows
-    xin, extra = _prologue(x, k, fusion)
-
-    def x_row(t):
-        """Row of x feeding accumulator row t: padded rows re-read the last real row."""
-        return t if rows == 1 else te.min(t, t_len - 1)
-
-    acc = te.compute(
-        (t_pad, n),
-        lambda t, j: te.sum(xin[x_row(t), r] * widen(w[j // nb, r, j % nb], dtype), axis=r),
-        name="acc",
-    )
-    b = [te.placeholder((n,), "float32", name="b")] if bias else []
-    res = [te.placeholder((t_len, n), "float32", name="res")] if fusion.residual else []
-
-    def out(t: Any, j: Any) -> Any:
-        """acc (+ b), added to the residual row if fused."""
-        v = acc[t, j] + b[0][j] if b else acc[t, j]
-        return res[0][t, j] + v if res else v
-
-    y = te.compute((t_len, n), out, name="y")
-    return te.create_prim_func([x, w, *b, *extra, *res, y])
+    return linear_func(k, n, bias, float_weight(k, n, dtype), rows, fusion)
 
 
 def _schedule(func: PrimFunc, n: int, rows: int, fusion: Fusion = PLAIN) -> PrimFunc:

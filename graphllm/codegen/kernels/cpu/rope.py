@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from graphllm.codegen.kernels.common import rope_rotate
 from graphllm.codegen.kernels.cpu.sched import ROW_KNOBS, row_kernel
+from graphllm.codegen.kernels.stages import rope_stage
 from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering, require_float32
 
 
@@ -26,16 +26,7 @@ def lower_rope(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
 
     def body(x: Any, pos: Any, sin: Any, cos: Any) -> Any:
         """The RoPE formula; the region tests fold away once the i loop is partitioned."""
-        from tvm import te
-
-        def value(t: Any, h: Any, i: Any) -> Any:
-            """out[t, h, i]."""
-            p = pos[t]
-            first = rope_rotate(x[t, h, i], x[t, h, i + r], cos[p, i], sin[p, i], second=False)
-            second = rope_rotate(x[t, h, i], x[t, h, i - r], cos[p, i - r], sin[p, i - r], second=True)
-            return te.if_then_else(i < r, first, te.if_then_else(i < 2 * r, second, x[t, h, i]))
-
-        return te.compute(x.shape, value, name="out")
+        return rope_stage(x, pos, sin, cos, r)
 
     cuts = (r, 2 * r) if 2 * r < head_dim else (r,)
     args = [(p, req.types[p]) for p in ("input", "positionIds", "sin", "cos")]

@@ -12,17 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from graphllm.codegen.kernels.cpu.sched import ROW_KNOBS, row_kernel
+from graphllm.codegen.kernels.stages import cast_stage, cat_stage, repeat_stage, split_stage
 from graphllm.codegen.lower import Kernel, LowerRequest, attrs_of, lowering
 
 
 def _axis(req: LowerRequest, port: str) -> int:
     """Return the node's `axis` attribute as a non-negative axis of the `port` input."""
     return int(attrs_of(req)["axis"]) % req.types[port].rank
-
-
-def _at(index: tuple[Any, ...], axis: int, value: Any) -> tuple[Any, ...]:
-    """Return `index` with its `axis` entry replaced by `value`."""
-    return (*index[:axis], value, *index[axis + 1 :])
 
 
 @lowering("Cat", knobs=ROW_KNOBS)
@@ -34,14 +30,7 @@ def lower_cat(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
 
     def body(x0: Any, x1: Any) -> Any:
         """The concatenation; the source test folds away once the row is partitioned at the seam."""
-        from tvm import te
-
-        def value(*i: Any) -> Any:
-            """out[i]."""
-            return te.if_then_else(i[axis] < first, x0(*i), x1(*_at(i, axis, i[axis] - first)))
-
-        shape = _at(tuple(x0.shape), axis, x0.shape[axis] + x1.shape[axis])
-        return te.compute(shape, value, name="out")
+        return cat_stage(x0, x1, axis)
 
     args = [(p, req.types[p]) for p in ("input0", "input1")]
     return row_kernel(req, args, body, knobs, axis=axis, cuts=(first * inner,))
@@ -55,10 +44,7 @@ def lower_split(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
 
     def body(x: Any) -> Any:
         """The slice."""
-        from tvm import te
-
-        shape = _at(tuple(x.shape), axis, end - start)
-        return te.compute(shape, lambda *i: x(*_at(i, axis, i[axis] + start)), name="out")
+        return split_stage(x, axis, start, end)
 
     return row_kernel(req, [("input", req.types["input"])], body, knobs, axis=axis)
 
@@ -71,10 +57,7 @@ def lower_repeat(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
 
     def body(x: Any) -> Any:
         """The tiling; the modulo folds away once the row is split into its copies."""
-        from tvm import te
-
-        shape = _at(tuple(x.shape), axis, size * times)
-        return te.compute(shape, lambda *i: x(*_at(i, axis, i[axis] % size)), name="out")
+        return repeat_stage(x, axis, times)
 
     return row_kernel(req, [("input", req.types["input"])], body, knobs, axis=axis, repeats=times)
 
@@ -86,8 +69,6 @@ def lower_datatype_as(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
 
     def body(x: Any) -> Any:
         """The cast."""
-        from tvm import te
-
-        return te.compute(x.shape, lambda *i: x(*i).astype(dtype), name="out")
+        return cast_stage(x, dtype)
 
     return row_kernel(req, [("input", req.types["input"])], body, knobs)
