@@ -24,6 +24,7 @@ from .inputs import CACHE_PREFIXES, OUTPUT, RESERVED_INPUTS
 from .types import TensorType
 
 INPUT_OP = "Input"
+TIED_HEAD = "lm_head.weight"  # a Linear weight that is expected to be tied to the embedding table (no note)
 WEIGHT_OP = "Weight"
 _DSL_DIR = os.path.dirname(os.path.abspath(__file__))
 CONFIG_NODE_TYPES = ("config.int", "config.float")  # fastllm's {"name": key, "type": ...}: a config value
@@ -252,7 +253,7 @@ class _Recorder:
             if not (op == "Linear" and port == "weight" and self.embedding):
                 raise GraphBuildError(f"{loc}: {op}: weight {name!r} is not in the checkpoint"
                                       + _suggest(name, list(self.weight_types)))
-            if self.notes is not None and not name.endswith("lm_head.weight"):
+            if self.notes is not None and not name.endswith(TIED_HEAD):
                 self.notes.append(f"{loc}: weight {name!r} is not in the checkpoint: Linear reads the "
                                   f"embedding {self.embedding!r} instead (tied weights, as in fastllm)")
             name = self.embedding
@@ -273,7 +274,7 @@ class _Recorder:
         bound = _bind(spec, args, kwargs, loc)
         inputs: dict[str, str] = {}
         attrs: dict[str, Any] = {}
-        out_name = None
+        out_name = tied = None
         for p in spec.params:
             value = bound.get(p.name)
             if p.kind in (O.IN, O.INOUT):
@@ -286,6 +287,8 @@ class _Recorder:
                 node = self.read_weight(value, spec.name, p.name, p.optional, loc)
                 if node is not None:
                     inputs[p.name] = node
+                    if self.graph[node]["name"] != value.pre:
+                        tied = value.pre  # absent: fastllm's rule read the embedding table instead
             elif p.kind == O.OUT:
                 if not isinstance(value, GraphData) or not value.pre:
                     raise GraphBuildError(f"{loc}: {spec.name}: port {p.name!r} expects data[...], got {value!r}")
@@ -303,6 +306,8 @@ class _Recorder:
             self.count += 1
             node = f"!{spec.name}#{self.count}"
         self.graph.add(node, spec.name, attrs, name=out_name or "", loc=loc, inputs=inputs)
+        if tied is not None:
+            self.graph[node]["tied"] = tied  # verify names it if the table's shape does not fit
         if spec.name == "Embedding":
             self.embedding = self.graph[inputs["weight"]]["name"]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..dsl import ops as O
-from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
+from ..dsl.graph import INPUT_OP, TIED_HEAD, WEIGHT_OP, Graph
 from ..dsl.inputs import OUTPUT, input_types
 from ..dsl.types import SEQS
 from ..errors import GraphBuildError
@@ -17,6 +17,16 @@ def describe_inputs(graph: Graph, node: str) -> str:
         kind = "weight" if d["op"] == WEIGHT_OP else "data"
         parts.append(f"{port} = {kind}[{d['name']!r}] {d['type']}")
     return ", ".join(parts)
+
+
+def _tied_hint(g: Graph) -> str:
+    """For a shape error: the Linear weights that were absent and read the embedding table (a likely cause)."""
+    tied = [f"{g[n]['loc']}: tensor {g[n]['tied']!r}" for n in g.order()
+            if g[n].get("tied") and not g[n]["tied"].endswith(TIED_HEAD)]
+    if not tied:
+        return ""
+    return (f"; note: {'; '.join(tied)} {'is' if len(tied) == 1 else 'are'} missing from the checkpoint, so its "
+            f"Linear read the embedding table instead (fastllm's rule for absent weights): a misspelled name?")
 
 
 def verify(graph: Graph) -> Graph:
@@ -37,7 +47,7 @@ def verify(graph: Graph) -> Graph:
         try:
             d["type"] = spec.infer(types, d["attrs"])
         except O.ShapeError as e:
-            raise GraphBuildError(f"{g.where(node)}: {e} ({describe_inputs(g, node)})") from None
+            raise GraphBuildError(f"{g.where(node)}: {e} ({describe_inputs(g, node)}){_tied_hint(g)}") from None
     out = g.outputs.get(OUTPUT)
     if out is None:
         raise GraphBuildError(f"the graph has no {OUTPUT!r} output")

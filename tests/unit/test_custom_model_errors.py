@@ -189,3 +189,12 @@ def test_max_positions_defaults_from_config_with_a_note(tmp_path):
     g = build_graph(CONFIG, TYPES, custom=path, notes=notes)
     assert g.config["max_positions"] == CONFIG["max_position_embeddings"]
     assert any("max_positions" in n for n in notes)
+
+
+def test_a_missing_projection_is_named_not_reported_as_a_shape_clash(tmp_path):
+    path, line = write(tmp_path, """
+        self.Linear(data["h"], weight["model.layers.0.mlp.down_prj.weight"], None, data["h"])  # BUG
+    """)
+    msg = error_of(path)
+    assert f"note: {path}:{line}: tensor 'model.layers.0.mlp.down_prj.weight' is missing from the checkpoint" in msg
+    assert "read the embedding table instead" in msg
