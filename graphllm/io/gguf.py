@@ -282,11 +282,16 @@ def _read(path: Path) -> GGUFReader:
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such GGUF file")
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ModelLoadError(f"{path}: not a GGUF file (it starts with {magic!r}, not b'GGUF')")
         return _FastReader(path)
     except OSError as exc:
-        raise ModelLoadError(f"{path}: cannot read the file: {exc}") from exc
-    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: not a valid GGUF file (truncated or corrupt?): {exc}") from exc
+        raise ModelLoadError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, EOFError):
+        raise ModelLoadError(f"{path}: the GGUF file is truncated or corrupt ({path.stat().st_size} bytes, its header "
+                             f"describes more): download it again") from None
 
 
 def _check_complete(tensors: Mapping[str, GGUFTensor], layers: int, path: Path) -> None:

@@ -323,13 +323,14 @@ def test_truncated_file(tmp_path: Path, keep: int) -> None:
     write_gguf(tmp_path / "m.gguf")
     data = (tmp_path / "m.gguf").read_bytes()
     (tmp_path / "t.gguf").write_bytes(data[:keep])
-    with pytest.raises(ModelLoadError, match=r"t\.gguf"):
+    with pytest.raises(ModelLoadError, match=r"t\.gguf: (not a GGUF file|the GGUF file is truncated|not a valid GGUF)") as e:
         open_gguf(tmp_path / "t.gguf")
+    assert "reshape" not in str(e.value) and "dtype" not in str(e.value)  # no numpy internals
 
 
 def test_not_a_gguf_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "t.gguf").write_bytes(b"PK\x03\x04" + bytes(100))
-    with pytest.raises(ModelLoadError, match="not a valid GGUF"):
+    with pytest.raises(ModelLoadError, match=r"not a GGUF file \(it starts with b'PK\\x03\\x04'"):
         open_gguf(tmp_path / "t.gguf")
     with pytest.raises(ModelLoadError, match="no such GGUF file"):
         open_gguf(tmp_path / "absent.gguf")
