@@ -53,30 +53,31 @@ def caller_loc() -> SourceLoc | None:
     return None
 
 
-class GraphData:
-    """``self.data[name]``: a named intermediate value; ``data["a."][i]`` concatenates names."""
+class _Names:
+    """A name handle: indexing concatenates (``h["a."][i][".b"]`` names ``a.<i>.b``)."""
+
+    kind = ""
 
     def __init__(self, pre: str = "") -> None:
         self.pre = pre
 
-    def __getitem__(self, index: Any) -> "GraphData":
-        return GraphData(self.pre + str(index))
+    def __getitem__(self, index: Any) -> "_Names":
+        return type(self)(self.pre + str(index))
 
     def __repr__(self) -> str:
-        return f"data[{self.pre!r}]"
+        return f"{self.kind}[{self.pre!r}]"
 
 
-class GraphWeight:
-    """``self.weight[name]``: a checkpoint tensor; ``weight["a."][i][".b"]`` concatenates names."""
+class GraphData(_Names):
+    """``self.data[name]``: a named intermediate value."""
 
-    def __init__(self, pre: str = "") -> None:
-        self.pre = pre
+    kind = "data"
 
-    def __getitem__(self, index: Any) -> "GraphWeight":
-        return GraphWeight(self.pre + str(index))
 
-    def __repr__(self) -> str:
-        return f"weight[{self.pre!r}]"
+class GraphWeight(_Names):
+    """``self.weight[name]``: a checkpoint tensor."""
+
+    kind = "weight"
 
 
 class ModelConfig(dict):

@@ -1,9 +1,11 @@
-"""Llama (and SmolLM2): the built-in description; Mistral and Qwen2 reuse it."""
+"""Llama (and SmolLM2): the built-in description; Mistral, Qwen2 and Qwen3 reuse it."""
 
 from graphllm.dsl.graph import ComputeGraph
 
 
 class LlamaModel(ComputeGraph):
+    qk_norm = False  # Qwen3: an RMSNorm over each head of q and k (q_norm, k_norm) before RoPE
+
     def build(self):
         weight, data, arch = self.weight, self.data, self.arch
         self.Embedding(data["inputIds"], weight["model.embed_tokens.weight"], data["hiddenStates"])
@@ -16,6 +18,8 @@ class LlamaModel(ComputeGraph):
             for x in ("q", "k", "v"):
                 self.ExpandHead(data[x], arch.head_dim)
             for x in ("q", "k"):
+                if self.qk_norm:
+                    self.RMSNorm(data[x], attn[x + "_norm.weight"], arch.rms_norm_eps, data[x])
                 self.LlamaRotatePosition2D(data[x], data["positionIds"], data["sin"], data["cos"], arch.rope.pairs)
             self.FusedAttention(data["q"], data["pastKey."][i], data["pastValue."][i], data["k"], data["v"],
                                 data["attenInput"], data["attentionMask"], data["attenOutput"], data["seqLens"],
