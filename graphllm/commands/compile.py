@@ -10,7 +10,7 @@ from ..errors import GraphLLMError
 from ..io.output import check_output_folder
 from ..pipeline import build
 from ..plan import ARTIFACT
-from .common import add_graph_args, add_model_arg, graph_options
+from .common import add_graph_args, add_model_arg, add_tuned_arg, graph_options, print_notes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,18 +25,24 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's description")
     add_model_arg(p)
     add_graph_args(p)
+    add_tuned_arg(p)
     p.set_defaults(func=compile_command)
 
 
 def compile_command(a: argparse.Namespace) -> int:
     """Build the graph the flags describe and write kernels.so + plan.json."""
     from ..codegen.compile import compile_graph
+    from ..codegen.tuning import tuned_knobs
     from ..runtime.builds import host_target
 
     if a.target != "cpu":
         raise GraphLLMError(f"target {a.target!r} is not supported yet (supported: cpu)")
     check_output_folder(Path(a.output).expanduser().absolute(), ARTIFACT, force=a.force)  # before the slow part
     built = build(a.model, graph_options(a, ir=a.ir), need_model=False)
-    out = compile_graph(built.graph, a.output, host_target(), show_progress=sys.stderr.isatty(), force=a.force)
+    target = host_target()
+    chosen = tuned_knobs(built.graph, target, None, not a.no_tuned)
+    print_notes([chosen.note] if chosen.note else [])
+    out = compile_graph(built.graph, a.output, target, show_progress=sys.stderr.isatty(), force=a.force,
+                        knobs=chosen.knobs)
     print(f"run it with: graphllm run --artifact {out} -m {a.model or 'MODEL'} \"PROMPT\"")
     return 0

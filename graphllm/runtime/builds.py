@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import __version__
+from ..codegen.tuning import TuningChoice, tuned_knobs
 from ..dsl.graph import Graph
 from ..errors import ModelLoadError
 from ..host import cpu_flags, tvm_version
@@ -31,10 +32,12 @@ def codegen_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32") -> str:
-    """What a build depends on: graph text, target, dtype, graphllm, TVM, plan format and code generator versions."""
-    text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION, codegen_hash()],
-                      sort_keys=True, default=str)
+def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32",
+              knobs: Mapping[str, Any] | None = None) -> str:
+    """What a build depends on: graph text, target, dtype, graphllm, TVM, plan format and code generator versions,
+    and the knob values chosen over the defaults (tuned ones)."""
+    text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION, codegen_hash(),
+                       *([knobs] if knobs else [])], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -55,9 +58,9 @@ def host_target() -> dict[str, Any]:
         return target
 
 
-def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
-    """Where the build of a graph for a target lives in the cache."""
-    return graphllm_home() / "builds" / cache_key(graph, target or host_target())
+def build_dir(graph: Graph, target: dict[str, Any] | None = None, knobs: Mapping[str, Any] | None = None) -> Path:
+    """Where the build of a graph for a target (with these knob values) lives in the cache."""
+    return graphllm_home() / "builds" / cache_key(graph, target or host_target(), knobs=knobs)
 
 
 def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
@@ -72,8 +75,10 @@ def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
 
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
                max_context: int, num_slots: int, threads: int | None, notes: list[str],
-               show_progress: bool = False, max_seqs: int | None = None) -> CompiledExecutor:
-    """A CompiledExecutor from an explicit artifact, else from the cache; a bad cache entry is rebuilt."""
+               show_progress: bool = False, max_seqs: int | None = None,
+               tuned: TuningChoice = True) -> CompiledExecutor:
+    """A CompiledExecutor from an explicit artifact, else from the cache (built with the `tuned` database's
+    knobs for this host); a bad cache entry is rebuilt."""
     kwargs = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
     if artifact is not None:
         kwargs["pack_cache"] = packed_dir(Path(artifact), weights)
@@ -82,7 +87,9 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
                                  f"recompile it with `graphllm compile` for this one")
         return CompiledExecutor(artifact, weights, **kwargs)
     target = host_target()
-    folder = build_dir(graph, target)
+    chosen = tuned_knobs(graph, target, threads, tuned)
+    notes.extend([chosen.note] if chosen.note else [])
+    folder = build_dir(graph, target, chosen.knobs)
     kwargs["pack_cache"] = packed_dir(folder, weights)
     if (folder / PLAN_FILE).is_file() and (folder / LIB_FILE).is_file():
         try:
@@ -93,6 +100,6 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
             notes.append(f"the cached build {folder} is unusable ({e}); rebuilding")
     from ..codegen.compile import compile_graph
 
-    compile_graph(graph, folder, target, show_progress=show_progress)
+    compile_graph(graph, folder, target, show_progress=show_progress, knobs=chosen.knobs)
     notes.append(f"compiled the model's kernels into {folder}")
     return CompiledExecutor(folder, weights, **kwargs)

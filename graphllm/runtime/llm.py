@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from ..io.loader import LoadedModel
 from ..pipeline import GraphOptions, build
 from . import generate
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from ..codegen.tuning import TuningChoice
 
 DEFAULT_MAX_CONTEXT = 4096
 EXECUTORS = ("tvm", "reference")
@@ -47,11 +50,12 @@ class LLM:
              executor: str = "tvm", max_context: int | None = None, num_slots: int = 1,
              artifact: str | os.PathLike | None = None, threads: int | None = None,
              dtype: str | None = None, passes: list[str] | None = None, show_progress: bool = False,
-             max_seqs: int | None = None) -> "LLM":
+             max_seqs: int | None = None, tuned: TuningChoice = True) -> "LLM":
         """Load weights and tokenizer, build the graph and an executor.
 
         ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
-        cache (compiling on first use); ``reference`` runs the numpy oracle. ``dtype`` None keeps a
+        cache (compiling on first use, with the knobs of the ``tuned`` database: True the default one, False
+        none, or a folder); ``reference`` runs the numpy oracle. ``dtype`` None keeps a
         GGUF's blocks as they are; float32 dequantizes them; int8 / int4g[GROUP] quantize Linear weights.
         """
         if executor not in EXECUTORS:
@@ -68,7 +72,8 @@ class LLM:
             from .builds import open_build
 
             runner = open_build(graph, weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
-                                threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs)
+                                threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs,
+                                tuned=tuned)
         return cls(model, graph, runner, ctx, notes)
 
     @property
