@@ -8,10 +8,10 @@ import warnings
 from typing import Sequence
 
 from . import __version__
-from .commands import bench, chat, check, compile, dump, eval, export, run, serve
+from .commands import bench, chat, check, compile, dump, eval, export, run, serve, tune
 from .commands.common import run_main
 
-SUBCOMMANDS = (run, chat, compile, bench, export, eval, dump, serve, check)
+SUBCOMMANDS = (run, chat, compile, bench, export, eval, dump, serve, check, tune)
 
 
 def build_parser() -> argparse.ArgumentParser:

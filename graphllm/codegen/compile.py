@@ -5,12 +5,14 @@ The runtime replays the plan (graphllm/runtime/executor.py); it never needs the 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from ..dsl.inputs import OUTPUT
@@ -35,9 +37,18 @@ def request_of(graph: Graph, node: str) -> LowerRequest:
     return LowerRequest(d["op"], attrs, inputs, d["type"])
 
 
-def make_plan(graph: Graph, target: dict[str, Any],
-              progress: Callable[[str], None] | None = None) -> tuple[Plan, dict[str, Any]]:
-    """Lower every node: returns the typed plan and {symbol: PrimFunc} of the distinct kernels."""
+def kernel_key(req: LowerRequest, knobs: Mapping[str, Any]) -> str:
+    """The symbol prefix of a request's kernel: nodes share a kernel only with the same request and knob values."""
+    if not knobs:
+        return req.key()
+    text = json.dumps(sorted(knobs.items()), default=str)
+    return f"{req.key()}_k{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
+def make_plan(graph: Graph, target: dict[str, Any], progress: Callable[[str], None] | None = None,
+              knobs: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Plan, dict[str, Any]]:
+    """Lower every node (with `knobs` {request key: knob values} over the defaults, e.g. tuned ones): returns
+    the typed plan and {symbol: PrimFunc} of the distinct kernels."""
     values: dict[str, Value] = {}
     steps: list[Step | HostStep] = []
     funcs: dict[str, Any] = {}
@@ -60,12 +71,13 @@ def make_plan(graph: Graph, target: dict[str, Any],
             values[node] = ViewValue(ports["input"], d["type"])
             continue
         values[node] = BufferValue(d["type"])
-        key = req.key()
+        chosen = (knobs or {}).get(req.key(), {})
+        key = kernel_key(req, chosen)
         if key not in kernels:
             if progress:
                 progress(key)
             try:
-                kernels[key] = lower(req, kind)
+                kernels[key] = lower(req, kind, chosen)
             except NotImplementedError as e:
                 raise GraphLLMError(f"{graph.where(node)}: no TVM kernel yet: {e} (run with --executor reference, "
                                     f"or --dtype float32 for quantized weights)") from None
@@ -120,8 +132,8 @@ def _bind_args(kernel: Kernel, node: str, ports: dict[str, str], values: dict[st
 
 def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, Any] | None = None,
                   show_progress: bool = True, force: bool = False, model: ModelRef | None = None,
-                  kind: FolderKind = ARTIFACT) -> Path:
-    """Build the graph's kernels with TVM and publish the library + plan as the folder out_dir.
+                  kind: FolderKind = ARTIFACT, knobs: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """Build the graph's kernels (``knobs`` as make_plan's) with TVM and publish the library + plan as out_dir.
 
     The plan records the library's size and sha256 and the ``model`` compiled for (None: none). An earlier
     artifact there is replaced whole; a folder of the user's is refused, or with ``force`` gets the artifact's
@@ -134,7 +146,7 @@ def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, An
     target = dict(target or detect_target())
     start = time.perf_counter()
     bar = _progress(show_progress)
-    plan, funcs = make_plan(graph, target, progress=lambda key: bar(f"lowering {key}"))
+    plan, funcs = make_plan(graph, target, progress=lambda key: bar(f"lowering {key}"), knobs=knobs)
     bar(f"building {len(funcs)} kernels for {target.get('mcpu', target.get('arch', target['kind']))}")
     try:
         executable = build_module(funcs, target)

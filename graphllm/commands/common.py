@@ -147,6 +147,13 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=context_arg, default=None, help="KV cache length in tokens (default: min(model, 4096))")
     p.add_argument("--artifact", default=None,
                    help="a folder written by `graphllm compile` (skips compiling; without -m: its model)")
+    add_tuned_arg(p)
+
+
+def add_tuned_arg(p: argparse.ArgumentParser) -> None:
+    """--no-tuned: build with the kernels' default knobs even where `graphllm tune` stored better ones."""
+    p.add_argument("--no-tuned", action="store_true",
+                   help="ignore the tuning database (GRAPHLLM_HOME/tuning) and use the default kernel knobs")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -196,8 +203,9 @@ def load_llm(a: argparse.Namespace, num_slots: int = 1, **overrides: object) -> 
     from ..runtime.llm import LLM
 
     kwargs = dict(custom=a.custom, executor=a.executor, max_context=a.max_context, artifact=a.artifact,
-                  threads=a.threads, device=getattr(a, "device", "cpu"), cuda_archs=getattr(a, "cuda_arch", None), dtype=a.dtype, passes=graph_options(a).pipeline(), num_slots=num_slots,
-                  show_progress=sys.stderr.isatty())
+                  threads=a.threads, device=a.device, cuda_archs=a.cuda_arch, dtype=a.dtype,
+                  passes=graph_options(a).pipeline(), num_slots=num_slots, show_progress=sys.stderr.isatty(),
+                  tuned=not a.no_tuned)
     model = artifact_model(a.artifact) if a.model is None and a.artifact is not None else a.model
     llm = LLM.load(model, **{**kwargs, **overrides})
     print_notes(llm.notes)

@@ -10,7 +10,7 @@ from ..errors import GraphLLMError
 from ..io.output import check_output_folder
 from ..pipeline import build
 from ..plan import ARTIFACT, ModelRef
-from .common import add_device_args, add_graph_args, add_model_arg, graph_options
+from .common import add_device_args, add_graph_args, add_model_arg, add_tuned_arg, graph_options, print_notes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,19 +25,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_arg(p)
     add_graph_args(p)
     add_device_args(p)
+    add_tuned_arg(p)
     p.set_defaults(func=compile_command)
 
 
 def compile_command(a: argparse.Namespace) -> int:
     """Build the graph the flags describe and write kernels.so + plan.json."""
     from ..codegen.compile import compile_graph
+    from ..codegen.tuning import tuned_knobs
     from ..runtime.builds import device_target
 
     check_output_folder(Path(a.output).expanduser().absolute(), ARTIFACT, force=a.force)  # before the slow part
     built = build(a.model, graph_options(a, ir=a.ir), need_model=False)
     model = ModelRef.of(built.model.path) if built.model is not None else None  # run --artifact finds it there
-    out = compile_graph(built.graph, a.output, device_target(a.device, a.cuda_arch), show_progress=sys.stderr.isatty(),
-                        force=a.force, model=model)
+    target = device_target(a.device, a.cuda_arch)
+    chosen = tuned_knobs(built.graph, target, None, not a.no_tuned)
+    print_notes([chosen.note] if chosen.note else [])
+    out = compile_graph(built.graph, a.output, target, show_progress=sys.stderr.isatty(), force=a.force, model=model,
+                        knobs=chosen.knobs)
     flags = [*(["-m", "MODEL"] if model is None else []), *(["--device", a.device] if a.device != "cpu" else []), *(["--dtype", a.dtype] if a.dtype else []),
              *(["--custom", a.custom] if a.custom else []), *(["--passes", ",".join(a.passes)] if a.passes else []),
              *(["--no-fuse"] if a.no_fuse else [])]

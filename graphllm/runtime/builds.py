@@ -16,7 +16,7 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from ..io.cache import file_lock, read_checked_json, write_checked_json
 from ..io.download import graphllm_home
 from ..plan import ARTIFACT, PLAN_VERSION, DamagedBuild, ModelRef, Plan, graph_key, read_build
 from .executor import CompiledExecutor
+
+if TYPE_CHECKING:
+    from ..codegen.tuning import TuningChoice
 
 CODEGEN_SOURCES = Path(__file__).parents[1] / "codegen"
 CACHE_ENTRY = dataclasses.replace(ARTIFACT, what="cached build", whole=True)  # graphllm's own: replaced whole
@@ -42,10 +45,12 @@ def codegen_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32") -> str:
-    """What a build depends on: graph text, target, dtype, graphllm, TVM, plan format and code generator versions."""
-    text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION, codegen_hash()],
-                      sort_keys=True, default=str)
+def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32",
+              knobs: Mapping[str, Any] | None = None) -> str:
+    """What a build depends on: graph text, target, dtype, graphllm, TVM, plan format and code generator versions,
+    and the knob values chosen over the defaults (tuned ones)."""
+    text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION, codegen_hash(),
+                       *([knobs] if knobs else [])], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -88,9 +93,9 @@ def device_target(device: str = "cpu", cuda_archs: tuple[str, ...] | None = None
     return cuda_target(cuda_archs or DEFAULT_CUDA_ARCHS)
 
 
-def build_dir(graph: Graph, target: dict[str, Any] | None = None) -> Path:
-    """Where the build of a graph for a target lives in the cache."""
-    return graphllm_home() / "builds" / cache_key(graph, target or host_target())
+def build_dir(graph: Graph, target: dict[str, Any] | None = None, knobs: Mapping[str, Any] | None = None) -> Path:
+    """Where the build of a graph for a target (with these knob values) lives in the cache."""
+    return graphllm_home() / "builds" / cache_key(graph, target or host_target(), knobs=knobs)
 
 
 def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
@@ -106,9 +111,9 @@ def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
                max_context: int, num_slots: int, threads: int | None, notes: list[str],
                show_progress: bool = False, max_seqs: int | None = None, device: str = "cpu",
-               cuda_archs: tuple[str, ...] | None = None) -> CompiledExecutor:
-    """A CompiledExecutor (CudaExecutor for a cuda device) from an explicit artifact, else from the cache (see the
-    module doc)."""
+               cuda_archs: tuple[str, ...] | None = None, tuned: TuningChoice = True) -> CompiledExecutor:
+    """A CompiledExecutor (CudaExecutor for a cuda device) from an explicit artifact, else from the cache, built
+    with the ``tuned`` database's knobs for this target (see the module doc)."""
     kwargs: dict[str, Any] = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
     executor_class: Callable[..., CompiledExecutor] = CompiledExecutor
     if device != "cpu":
@@ -122,7 +127,11 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
             raise ModelLoadError(_another_model(Path(artifact), plan))
         return make(artifact, pack_cache=packed_dir(Path(artifact), weights))
     target = device_target(device, cuda_archs)
-    folder = build_dir(graph, target)
+    from ..codegen.tuning import tuned_knobs  # the knobs' declarations (no TVM import)
+
+    chosen = tuned_knobs(graph, target, threads, tuned)
+    notes.extend([chosen.note] if chosen.note else [])
+    folder = build_dir(graph, target, chosen.knobs)
     make = functools.partial(make, folder, pack_cache=packed_dir(folder, weights))
     if folder.exists():  # the usual start: a good entry, used without waiting for a lock
         with contextlib.suppress(Exception):  # looked at again under the lock: it may be being replaced
@@ -136,7 +145,7 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
                 warnings.warn(f"the cached build {folder} is unusable ({reason}); rebuilding it")
         from ..codegen.compile import compile_graph
 
-        compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY)
+        compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY, knobs=chosen.knobs)
     notes.append(f"compiled the model's kernels into {folder}")
     return make()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -16,6 +16,9 @@ from ..pipeline import GraphOptions, build
 from .engine import DEFAULT_STEP_TOKENS, Engine
 from .generate import Chunk, check_prompt
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from ..codegen.tuning import TuningChoice
 
 DEFAULT_MAX_CONTEXT = 4096
 EXECUTORS = ("tvm", "reference")
@@ -48,11 +51,13 @@ class LLM:
              executor: str = "tvm", max_context: int | None = None, num_slots: int = 1,
              artifact: str | os.PathLike | None = None, threads: int | None = None,
              dtype: str | None = None, passes: list[str] | None = None, show_progress: bool = False,
-             max_seqs: int | None = None, device: str = "cpu", cuda_archs: tuple[str, ...] | None = None) -> "LLM":
+             max_seqs: int | None = None, device: str = "cpu", cuda_archs: tuple[str, ...] | None = None,
+             tuned: TuningChoice = True) -> "LLM":
         """Load weights and tokenizer, build the graph and an executor.
 
         ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
-        cache (compiling on first use); ``reference`` runs the numpy oracle. ``dtype`` None keeps a
+        cache (compiling on first use, with the knobs of the ``tuned`` database: True the default one, False
+        none, or a folder); ``reference`` runs the numpy oracle. ``dtype`` None keeps a
         GGUF's blocks as they are; float32 dequantizes them; int8 / int4g[GROUP] quantize Linear weights.
         """
         if executor not in EXECUTORS:
@@ -74,7 +79,7 @@ class LLM:
 
             runner = open_build(graph, weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
                                 threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs,
-                                device=device, cuda_archs=cuda_archs)
+                                device=device, cuda_archs=cuda_archs, tuned=tuned)
         return cls(model, graph, runner, ctx, notes, num_slots)
 
     @property
