@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import platform
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from graphllm.codegen.fusion import PLAIN, Fusion
@@ -31,7 +31,8 @@ from graphllm.codegen.kernels.common import fast_exp, inv_root_mean, widen
 from graphllm.codegen.kernels.cpu import sched
 from graphllm.codegen.knobs import Knob, defaults
 from graphllm.codegen.lower import Kernel, LowerRequest
-from graphllm.layouts import QROWS, QLayout, qlayout
+from graphllm.dsl.qformats import qformat
+from graphllm.layouts import QROWS, QLayout, SubLayout, qlayout
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
@@ -135,7 +136,7 @@ def _denormal_inputs() -> Iterator[None]:
 class _Buffers:
     """The PrimFunc parameters of a quantized Linear: x [T, K], packed w (+ fp16 view), [b], [norm], [res], y [T, N]."""
 
-    def __init__(self, lay: QLayout, k: int, n: int, bias: bool, fusion: Fusion = PLAIN) -> None:
+    def __init__(self, lay: QLayout | SubLayout, k: int, n: int, bias: bool, fusion: Fusion = PLAIN) -> None:
         from tvm import tirx
         from tvm.script.ir_builder import tirx as T
 
@@ -236,18 +237,11 @@ def _chains(tt: int, lanes: int, steps: int, most: int) -> int:
     return max(1, min(most, steps, (12 - vecs) // vecs))
 
 
-def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> None:
-    """Emit y[t0:t0+tt] for a static token count tt: prologue (scaled x, block sums), then rows in parallel.
-
-    Rows per vector op: `gemv_rows` for one token, 8 (one ymm) when several tokens share each decoded code.
-    """
-    from tvm import tirx
+def prologue_tile(bufs: _Buffers, tt: int, t0: Any) -> Callable[[Any, Any], Any]:
+    """Emit the prologue's values of a token tile into a [tt, K] buffer (when there is one); return x_at(t, c)."""
     from tvm.script.ir_builder import tirx as T
 
-    lay, k, kb_n = bufs.lay, bufs.k, bufs.kb
-    G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
-    xs = T.alloc_buffer((tt, k), "float32")
-    sx = T.alloc_buffer((tt, kb_n), "float32")
+    k = bufs.k
     if bufs.fusion.prologue != "none":  # the prologue's values first, in full-width vector loops
         xp = T.alloc_buffer((tt, k), "float32")
         inv = T.alloc_buffer((tt,), "float32")
@@ -262,6 +256,22 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
         """The matmul's input (after the prologue) of tile token t at column c."""
         return xp[t, c] if bufs.fusion.prologue != "none" else bufs.x[t0 + t, c]
 
+    return x_at
+
+
+def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> None:
+    """Emit y[t0:t0+tt] for a static token count tt: prologue (scaled x, block sums), then rows in parallel.
+
+    Rows per vector op: `gemv_rows` for one token, 8 (one ymm) when several tokens share each decoded code.
+    """
+    from tvm import tirx
+    from tvm.script.ir_builder import tirx as T
+
+    lay, k, kb_n = bufs.lay, bufs.k, bufs.kb
+    G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
+    xs = T.alloc_buffer((tt, k), "float32")
+    sx = T.alloc_buffer((tt, kb_n), "float32")
+    x_at = prologue_tile(bufs, tt, t0)
     with T.serial(0, tt) as t:
         with T.serial(0, kb_n) as kb:
             part = T.alloc_buffer((W,), "float32")
@@ -324,19 +334,26 @@ def qlinear_gemv(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion 
     """The GEMV PrimFunc (x, w_packed, [b,] [g,] [res,] y): tokens in tiles of up to `gemv_tile`, each one pass over W."""
     from tvm.script.ir_builder import tirx as T
 
-    tile_len = knobs["gemv_tile"]
+    return token_tiles("qlinear_gemv", lambda: _Buffers(qlayout(dtype), k, n, bias, fusion), knobs["gemv_tile"],
+                       functools.partial(_gemv_tile, knobs=knobs))
+
+
+def token_tiles(name: str, buffers: Callable[[], _Buffers], tile_len: int,
+                tile: Callable[[_Buffers, int, Any], None]) -> PrimFunc:
+    """A GEMV PrimFunc: tile(bufs, tt, t0) over the tokens in tiles of `tile_len`, then the remainder's tile."""
+    from tvm.script.ir_builder import tirx as T
 
     def make() -> None:
-        bufs = _Buffers(qlayout(dtype), k, n, bias, fusion)
-        with T.serial(0, bufs.t // tile_len) as tile:
-            _gemv_tile(bufs, tile_len, tile * tile_len, knobs)
+        bufs = buffers()
+        with T.serial(0, bufs.t // tile_len) as i:
+            tile(bufs, tile_len, i * tile_len)
         rest = bufs.t % tile_len
         for tt in range(1, tile_len):
             with T.If(rest == tt):
                 with T.Then():
-                    _gemv_tile(bufs, tt, bufs.t - tt, knobs)
+                    tile(bufs, tt, bufs.t - tt)
 
-    return _build("qlinear_gemv", make)
+    return _build(name, make)
 
 
 # ------------------------------------------------------------------ GEMM
@@ -363,14 +380,12 @@ def qlinear_gemm(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion 
 
     With a prologue, x is first transformed into a [T, K] workspace (one parallel pass over the tokens).
     """
-    from tvm import tirx
     from tvm.script.ir_builder import tirx as T
 
     def make() -> None:
         bufs = _Buffers(qlayout(dtype), k, n, bias, fusion)
         lay = bufs.lay
         G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
-        t_len = bufs.t
         x = bufs.x if fusion.prologue == "none" else _prologue_rows(bufs)
         with T.parallel(0, bufs.nb) as rb, _denormal_inputs():
             panel = T.alloc_buffer((k, QROWS), "float32")  # the row block's weights * 2^-PRODUCT_EXP
@@ -392,23 +407,32 @@ def qlinear_gemm(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion 
                                 v = _denormal_slot(bufs.word(rb, kb, w, r), bits, j, j_begin > 0)
                                 scaled_d = head[0, r] * _pow2(149 - PRODUCT_EXP - pos)
                                 T.buffer_store(panel, v * scaled_d + head[1, r], [kb * G + j * W + w, r])
-            with T.serial(0, (t_len + rows - 1) // rows) as to:
-                acc = T.alloc_buffer((rows, QROWS), "float32")
-                for i in range(rows):
-                    with T.vectorized(0, QROWS) as r:
-                        T.buffer_store(acc, _c(0.0, "float32"), [i, r])
-                with T.serial(0, k) as kk:
-                    for i in range(rows):
-                        xv = x[tirx.min(to * rows + i, t_len - 1), kk]
-                        with T.vectorized(0, QROWS) as r:
-                            T.buffer_store(acc, acc[i, r] + xv * panel[kk, r], [i, r])
-                for i in range(rows):
-                    with T.If(to * rows + i < t_len):
-                        with T.Then():
-                            bufs.store(to * rows + i, rb * QROWS, QROWS,
-                                       lambda r, i=i: acc[i, r] * _c(2.0 ** PRODUCT_EXP, "float32"))
+            panel_tiles(bufs, x, panel, rb, rows)
 
     return _build("qlinear_gemm", make)
+
+
+def panel_tiles(bufs: _Buffers, x: Any, panel: Any, rb: Any, rows: int) -> None:
+    """Emit y for row block rb over all tokens: rows x 16 register tiles of x against the decoded [K, 16] panel."""
+    from tvm import tirx
+    from tvm.script.ir_builder import tirx as T
+
+    t_len = bufs.t
+    with T.serial(0, (t_len + rows - 1) // rows) as to:
+        acc = T.alloc_buffer((rows, QROWS), "float32")
+        for i in range(rows):
+            with T.vectorized(0, QROWS) as r:
+                T.buffer_store(acc, _c(0.0, "float32"), [i, r])
+        with T.serial(0, bufs.k) as kk:
+            for i in range(rows):
+                xv = x[tirx.min(to * rows + i, t_len - 1), kk]
+                with T.vectorized(0, QROWS) as r:
+                    T.buffer_store(acc, acc[i, r] + xv * panel[kk, r], [i, r])
+        for i in range(rows):
+            with T.If(to * rows + i < t_len):
+                with T.Then():
+                    bufs.store(to * rows + i, rb * QROWS, QROWS,
+                               lambda r, i=i: acc[i, r] * _c(2.0 ** PRODUCT_EXP, "float32"))
 
 
 # ------------------------------------------------------------------ Embedding
@@ -451,6 +475,10 @@ def lower_qlinear(req: LowerRequest, knobs: Mapping[str, Any], fusion: Fusion = 
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
     wt = t["weight"]
+    if qformat(wt.dtype).sub_blocks is not None:  # q5_0, q5_1, K-quants: their module builds on this one's blocks
+        from graphllm.codegen.kernels.cpu.kquant import lower_kquant
+
+        return lower_kquant(req, knobs, fusion)
     lay = qlayout(wt.dtype)
     n, k = wt.shape
     bias = "bias" in t
@@ -464,6 +492,10 @@ def lower_qembedding(req: LowerRequest) -> Kernel:
     wt = req.types["weight"]
     if req.types["input"].rank != 1 or req.types["input"].dtype != "int32":
         raise NotImplementedError(f"quantized Embedding needs int32 ids [T], got {req.types['input']}")
+    if qformat(wt.dtype).sub_blocks is not None:
+        from graphllm.codegen.kernels.cpu.kquant import lower_kquant_embedding
+
+        return lower_kquant_embedding(req)
     lay = qlayout(wt.dtype)
     vocab, k = wt.shape
     return Kernel(qembedding(wt.dtype, vocab, k), ("input", "weight", "out"), packs={"weight": lay.pack_name()})
