@@ -15,7 +15,7 @@ import os
 import time
 
 import numpy as np
-from qlinear_bench import COLD_BYTES, GEMM_T, aligned, load_average, stream_func, timed
+from qlinear_bench import GEMM_T, aligned, gemv_times, load_average, stream_func, timed
 
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]  # (K, N)
 
@@ -68,24 +68,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     for fmt, k, n in cases:
         raw = blocks(fmt, n, k, rng)
-        copies = max(2, COLD_BYTES // raw.nbytes)
-        packed = [pack(fmt, raw) for _ in range(copies)]
-        x, y = aligned(rng.standard_normal((1, k), dtype=np.float32)), aligned_empty((1, n))
-        fn, xt, yt = mod[f"v_{fmt}_{k}_{n}"], as_tensor(x), as_tensor(y)
-        wts = [as_tensor(p) for p in packed]
-        nb, kb, rec = packed[0].shape
-        st, sts = mod[f"s_{nb}_{kb * rec}"], [as_tensor(p.reshape(nb, kb * rec // 8, 8)) for p in packed]
-        st_out = as_tensor(aligned_empty((nb, 8), "uint32"))
-        cold = timed(lambda: [fn(xt, w, yt) for w in wts], 1, args.reps)[0] / copies
-        stream = timed(lambda: [st(w, st_out) for w in sts], 1, args.reps)[0] / copies
-        hot = timed(lambda: fn(xt, wts[0], yt), 100, args.reps)[0]
+        cold, hot, stream = gemv_times(mod, f"v_{fmt}_{k}_{n}", lambda: pack(fmt, raw), raw.nbytes, k, n, rng, args.reps)
+        w = as_tensor(pack(fmt, raw))
         xm = as_tensor(aligned(rng.standard_normal((GEMM_T, k), dtype=np.float32)))
         ym = as_tensor(aligned_empty((GEMM_T, n)))
-        gemm = timed(lambda: mod[f"m_{fmt}_{k}_{n}"](xm, wts[0], ym), 3, args.reps)[0]
+        gemm = timed(lambda: mod[f"m_{fmt}_{k}_{n}"](xm, w, ym), 3, args.reps)[0]
         print(f"{fmt:7} {f'{k}x{n}':>10} {raw.nbytes:>9} {raw.nbytes / cold / 1e9:>9.2f} {raw.nbytes / hot / 1e9:>6.2f} "
               f"{raw.nbytes / stream / 1e9:>7.2f} {stream / cold:>10.0%} {cold * 1e6:>8.1f} "
               f"{2 * GEMM_T * n * k / gemm / 1e9:>12.1f}", flush=True)
-        del packed, wts, sts
     print(f"load average {load_average()}")
 
 

@@ -158,15 +158,20 @@ def _codes(fmt: QFormat, blocks: np.ndarray) -> np.ndarray:
     return fmt.decode(probe)
 
 
+def _raw_blocks(raw: np.ndarray, fmt: QFormat) -> tuple[np.ndarray, int, int]:
+    """(raw, N, blocks per row) of a weight's raw blocks; ValueError when they are not uint8 [N, K/G * block_bytes]."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] % fmt.block_bytes:
+        raise ValueError(f"{fmt.name} weight must be raw blocks uint8 [N, K/{fmt.group}*{fmt.block_bytes}], "
+                         f"got {raw.dtype} {raw.shape}")
+    return raw, raw.shape[0], raw.shape[1] // fmt.block_bytes
+
+
 def pack_qweight(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Raw blocks uint8 [N, K/G * block_bytes] -> the kernels' 64-byte-aligned uint32 [ceil(N/16), K/G, record]."""
     lay = qlayout(dtype)
     fmt, W, H, P = lay.fmt, lay.words, lay.halves, lay.per_word
-    raw = np.asarray(raw)
-    if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] % fmt.block_bytes:
-        raise ValueError(f"{dtype} weight must be raw blocks uint8 [N, K/{fmt.group}*{fmt.block_bytes}], "
-                         f"got {raw.dtype} {raw.shape}")
-    n, kb = raw.shape[0], raw.shape[1] // fmt.block_bytes
+    raw, n, kb = _raw_blocks(raw, fmt)
     out = aligned_empty((-(-n // QROWS), kb, lay.record), "uint32")
     for r0 in range(0, n, _PACK_CHUNK):
         r1 = min(n, r0 + _PACK_CHUNK)
@@ -255,11 +260,7 @@ def pack_subblocks(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Raw blocks uint8 [N, K/G * block_bytes] -> the kernels' 64-byte-aligned uint32 [ceil(N/16), K/G, record]."""
     lay = sublayout(dtype)
     fmt, spec = lay.fmt, lay.spec
-    raw = np.asarray(raw)
-    if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] % fmt.block_bytes:
-        raise ValueError(f"{dtype} weight must be raw blocks uint8 [N, K/{fmt.group}*{fmt.block_bytes}], "
-                         f"got {raw.dtype} {raw.shape}")
-    n, kb = raw.shape[0], raw.shape[1] // fmt.block_bytes
+    raw, n, kb = _raw_blocks(raw, fmt)
     out = aligned_empty((-(-n // QROWS), kb, lay.record), "uint32")
     for r0 in range(0, n, _PACK_CHUNK):
         r1 = min(n, r0 + _PACK_CHUNK)

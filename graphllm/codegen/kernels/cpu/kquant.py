@@ -34,6 +34,8 @@ from graphllm.codegen.kernels.cpu.qlinear import (
     _pow2,
     _prologue_rows,
     _slot_pos,
+    embedding_params,
+    gemv_row_blocks,
     panel_tiles,
     prologue_tile,
     token_tiles,
@@ -100,7 +102,6 @@ def _element(lay: SubLayout, plane: int, s: Any, j: Any, w: Any) -> Any:
 
 def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> None:
     """Emit y[t0:t0+tt] for a static token count tt: per plane pre-scaled x and sub-block sums, then rows in parallel."""
-    from tvm import tirx
     from tvm.script.ir_builder import tirx as T
 
     lay: SubLayout = bufs.lay
@@ -124,50 +125,35 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
             T.buffer_store(sx, total * _c(2.0 ** -PRODUCT_EXP, "float32"), [t, s])
 
     lanes = knobs["gemv_rows"] if tt == 1 else 8
-    wflat = T.decl_buffer((bufs.nb * kb_n * lay.record,), "uint32", data=bufs.w.data)
     rec = _Record(lay, bufs.w, bufs.nb, kb_n)
     chains = _chains(tt, lanes, spec.sub, knobs["chains"])
-    with T.parallel(0, bufs.nb) as rb, _denormal_inputs():
-        with T.serial(0, QROWS // lanes) as h:
-            row0 = h * lanes
-            acc = T.alloc_buffer((tt, lanes), "float32")
-            part = T.alloc_buffer((tt, chains, lanes), "float32")
+    with gemv_row_blocks(bufs, tt, t0, lanes, chains, knobs["prefetch"]) as (rb, kb, row0, acc, part):
+        with T.serial(0, spec.nsub) as s:
+            sub = kb * spec.nsub + s
             for t in range(tt):
-                with T.vectorized(0, lanes) as r:
-                    T.buffer_store(acc, _c(0.0, "float32"), [t, r])
-            with T.serial(0, kb_n) as kb:
-                for line in range(0, lay.record if knobs["prefetch"] else 0, 16):
-                    ahead = (rb * kb_n + kb) * lay.record + knobs["prefetch"] // 4 + line
-                    T.evaluate(tirx.call_intrin("void", "tirx.prefetch", tirx.address_of(wflat[ahead]), 0, 3, 1))
-                with T.serial(0, spec.nsub) as s:
-                    sub = kb * spec.nsub + s
-                    for t in range(tt):
-                        for c in range(chains):
-                            with T.vectorized(0, lanes) as r:
-                                init = sx[t, sub] * _c(float(spec.lo), "float32") if c == 0 and spec.lo else _c(0.0, "float32")
-                                T.buffer_store(part, init, [t, c, r])
-                    for p, (bits, _) in enumerate(lay.planes):
-                        with T.unroll(0, lay.plane_words(p)) as wi:
-                            for j_begin, j_end in _slots(bits):
-                                with T.unroll(j_begin, j_end) as j:
-                                    c = (wi * (32 // bits) + j) % chains
-                                    with T.vectorized(0, lanes) as r:
-                                        v = _denormal_slot(rec.word(rb, kb, s, p, wi, row0 + r), bits, j, j_begin > 0)
-                                        for t in range(tt):
-                                            x = xs[p][t, kb * G + _element(lay, p, s, j, wi)]
-                                            T.buffer_store(part, part[t, c, r] + v * x, [t, c, r])
+                for c in range(chains):
                     with T.vectorized(0, lanes) as r:
-                        d = rec.scale(rb, kb, s, row0 + r)
-                        m = rec.offset(rb, kb, s, row0 + r)
-                        for t in range(tt):
-                            total = functools.reduce(lambda a, b: a + b, [part[t, c, r] for c in range(chains)])
-                            new = acc[t, r] + d * total
-                            if m is not None:
-                                new = new + m * sx[t, sub]
-                            T.buffer_store(acc, new, [t, r])
-            for t in range(tt):
-                bufs.store(t0 + t, rb * QROWS + row0, lanes,
-                           lambda r, t=t: acc[t, r] * _c(2.0 ** PRODUCT_EXP, "float32"))
+                        init = sx[t, sub] * _c(float(spec.lo), "float32") if c == 0 and spec.lo else _c(0.0, "float32")
+                        T.buffer_store(part, init, [t, c, r])
+            for p, (bits, _) in enumerate(lay.planes):
+                with T.unroll(0, lay.plane_words(p)) as wi:
+                    for j_begin, j_end in _slots(bits):
+                        with T.unroll(j_begin, j_end) as j:
+                            c = (wi * (32 // bits) + j) % chains
+                            with T.vectorized(0, lanes) as r:
+                                v = _denormal_slot(rec.word(rb, kb, s, p, wi, row0 + r), bits, j, j_begin > 0)
+                                for t in range(tt):
+                                    x = xs[p][t, kb * G + _element(lay, p, s, j, wi)]
+                                    T.buffer_store(part, part[t, c, r] + v * x, [t, c, r])
+            with T.vectorized(0, lanes) as r:
+                d = rec.scale(rb, kb, s, row0 + r)
+                m = rec.offset(rb, kb, s, row0 + r)
+                for t in range(tt):
+                    total = functools.reduce(lambda a, b: a + b, [part[t, c, r] for c in range(chains)])
+                    new = acc[t, r] + d * total
+                    if m is not None:
+                        new = new + m * sx[t, sub]
+                    T.buffer_store(acc, new, [t, r])
 
 
 def kquant_gemv(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion = PLAIN,
@@ -229,12 +215,9 @@ def kquant_embedding(dtype: str, vocab: int, k: int) -> PrimFunc:
     spec, G = lay.spec, lay.fmt.group
 
     def make() -> None:
-        t_len = tirx.Var("T", "int64")
-        kb_n, nb = k // G, -(-vocab // QROWS)
-        ids = T.match_buffer(T.arg("ids", T.handle()), (t_len,), "int32")
-        w = T.match_buffer(T.arg("w", T.handle()), (nb, kb_n, lay.record), "uint32")
-        out = T.match_buffer(T.arg("out", T.handle()), (t_len, k), "float32")
-        rec = _Record(lay, w, nb, kb_n)
+        t_len, ids, w, out = embedding_params(lay, vocab, k)
+        kb_n = k // G
+        rec = _Record(lay, w, -(-vocab // QROWS), kb_n)
         with T.serial(0, t_len) as t:
             rb, row = ids[t] // QROWS, ids[t] % QROWS
             with T.serial(0, kb_n) as kb:

@@ -264,7 +264,6 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
 
     Rows per vector op: `gemv_rows` for one token, 8 (one ymm) when several tokens share each decoded code.
     """
-    from tvm import tirx
     from tvm.script.ir_builder import tirx as T
 
     lay, k, kb_n = bufs.lay, bufs.k, bufs.kb
@@ -285,9 +284,48 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
             T.buffer_store(sx, total * _c(2.0 ** -PRODUCT_EXP, "float32"), [t, kb])
 
     lanes = knobs["gemv_rows"] if tt == 1 else 8
-    wflat = T.decl_buffer((bufs.nb * kb_n * lay.record,), "uint32", data=bufs.w.data)
     step_words = max(d for d in range(1, W + 1) if W % d == 0 and d * P <= max(P, _VALUES_PER_STEP))
     chains = _chains(tt, lanes, step_words * P, knobs["chains"])
+    with gemv_row_blocks(bufs, tt, t0, lanes, chains, knobs["prefetch"]) as (rb, kb, row0, acc, part):
+        for t in range(tt):
+            for c in range(chains):
+                with T.vectorized(0, lanes) as r:
+                    init = sx[t, kb] * _c(float(lay.lo), "float32") if c == 0 and lay.lo else _c(0.0, "float32")
+                    T.buffer_store(part, init, [t, c, r])
+        with T.serial(0, W // step_words) as ws:
+            with T.unroll(0, step_words) as wi:
+                w = ws * step_words + wi
+                low = 23 // bits  # slots that lie in the word's mantissa bits
+                for j_begin, j_end in ((0, low), (low, P)):
+                    with T.unroll(j_begin, j_end) as j:
+                        c = (wi * P + j) % chains
+                        with T.vectorized(0, lanes) as r:
+                            v = _denormal_slot(bufs.word(rb, kb, w, row0 + r), bits, j, j_begin > 0)
+                            for t in range(tt):
+                                T.buffer_store(part, part[t, c, r] + v * xs[t, kb * G + j * W + w], [t, c, r])
+        with T.vectorized(0, lanes) as r:
+            d = bufs.half(rb, kb, 0, row0 + r)
+            for t in range(tt):
+                total = functools.reduce(lambda a, b: a + b, [part[t, c, r] for c in range(chains)])
+                new = acc[t, r] + d * total
+                if lay.halves == 2:
+                    new = new + bufs.half(rb, kb, 1, row0 + r) * sx[t, kb]
+                T.buffer_store(acc, new, [t, r])
+
+
+@contextlib.contextmanager
+def gemv_row_blocks(bufs: _Buffers, tt: int, t0: Any, lanes: int, chains: int,
+                    prefetch: int) -> Iterator[tuple[Any, Any, Any, Any, Any]]:
+    """Emit the GEMV's loops: row blocks in parallel, `lanes` rows at a time, then K blocks (with software prefetch).
+
+    Yields (rb, kb, row0, acc, part) for the body of one K block, which adds into acc [tt, lanes] (partial
+    sums: part [tt, chains, lanes]); stores acc * 2^PRODUCT_EXP into y after the K loop.
+    """
+    from tvm import tirx
+    from tvm.script.ir_builder import tirx as T
+
+    kb_n, record = bufs.kb, bufs.lay.record
+    wflat = T.decl_buffer((bufs.nb * kb_n * record,), "uint32", data=bufs.w.data)
     with T.parallel(0, bufs.nb) as rb, _denormal_inputs():
         with T.serial(0, QROWS // lanes) as h:
             row0 = h * lanes
@@ -297,33 +335,10 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
                 with T.vectorized(0, lanes) as r:
                     T.buffer_store(acc, _c(0.0, "float32"), [t, r])
             with T.serial(0, kb_n) as kb:
-                for line in range(0, lay.record if knobs["prefetch"] else 0, 16):
-                    ahead = (rb * kb_n + kb) * lay.record + knobs["prefetch"] // 4 + line
+                for line in range(0, record if prefetch else 0, 16):
+                    ahead = (rb * kb_n + kb) * record + prefetch // 4 + line
                     T.evaluate(tirx.call_intrin("void", "tirx.prefetch", tirx.address_of(wflat[ahead]), 0, 3, 1))
-                for t in range(tt):
-                    for c in range(chains):
-                        with T.vectorized(0, lanes) as r:
-                            init = sx[t, kb] * _c(float(lay.lo), "float32") if c == 0 and lay.lo else _c(0.0, "float32")
-                            T.buffer_store(part, init, [t, c, r])
-                with T.serial(0, W // step_words) as ws:
-                    with T.unroll(0, step_words) as wi:
-                        w = ws * step_words + wi
-                        low = 23 // bits  # slots that lie in the word's mantissa bits
-                        for j_begin, j_end in ((0, low), (low, P)):
-                            with T.unroll(j_begin, j_end) as j:
-                                c = (wi * P + j) % chains
-                                with T.vectorized(0, lanes) as r:
-                                    v = _denormal_slot(bufs.word(rb, kb, w, row0 + r), bits, j, j_begin > 0)
-                                    for t in range(tt):
-                                        T.buffer_store(part, part[t, c, r] + v * xs[t, kb * G + j * W + w], [t, c, r])
-                with T.vectorized(0, lanes) as r:
-                    d = bufs.half(rb, kb, 0, row0 + r)
-                    for t in range(tt):
-                        total = functools.reduce(lambda a, b: a + b, [part[t, c, r] for c in range(chains)])
-                        new = acc[t, r] + d * total
-                        if lay.halves == 2:
-                            new = new + bufs.half(rb, kb, 1, row0 + r) * sx[t, kb]
-                        T.buffer_store(acc, new, [t, r])
+                yield rb, kb, row0, acc, part
             for t in range(tt):
                 bufs.store(t0 + t, rb * QROWS + row0, lanes,
                            lambda r, t=t: acc[t, r] * _c(2.0 ** PRODUCT_EXP, "float32"))
@@ -332,8 +347,6 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
 def qlinear_gemv(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion = PLAIN,
                  knobs: Mapping[str, Any] = DEFAULTS) -> PrimFunc:
     """The GEMV PrimFunc (x, w_packed, [b,] [g,] [res,] y): tokens in tiles of up to `gemv_tile`, each one pass over W."""
-    from tvm.script.ir_builder import tirx as T
-
     return token_tiles("qlinear_gemv", lambda: _Buffers(qlayout(dtype), k, n, bias, fusion), knobs["gemv_tile"],
                        functools.partial(_gemv_tile, knobs=knobs))
 
@@ -438,20 +451,28 @@ def panel_tiles(bufs: _Buffers, x: Any, panel: Any, rb: Any, rows: int) -> None:
 # ------------------------------------------------------------------ Embedding
 
 
+def embedding_params(lay: QLayout | SubLayout, vocab: int, k: int) -> tuple[Any, Any, Any, Any]:
+    """Declare a quantized Embedding's parameters (ids int32 [T], packed w, out [T, K]); return (T, ids, w, out)."""
+    from tvm import tirx
+    from tvm.script.ir_builder import tirx as T
+
+    t_len = tirx.Var("T", "int64")
+    ids = T.match_buffer(T.arg("ids", T.handle()), (t_len,), "int32")
+    w = T.match_buffer(T.arg("w", T.handle()), (-(-vocab // QROWS), k // lay.fmt.group, lay.record), "uint32")
+    out = T.match_buffer(T.arg("out", T.handle()), (t_len, k), "float32")
+    return t_len, ids, w, out
+
+
 def qembedding(dtype: str, vocab: int, k: int) -> PrimFunc:
     """The Embedding PrimFunc (ids int32 [T], w_packed, out [T, K]): decode each id's row from the packed blocks."""
-    from tvm import tirx
     from tvm.script.ir_builder import tirx as T
 
     lay = qlayout(dtype)
     G, W, P, bits = lay.fmt.group, lay.words, lay.per_word, lay.bits
 
     def make() -> None:
-        t_len = tirx.Var("T", "int64")
+        t_len, ids, w, out = embedding_params(lay, vocab, k)
         kb_n, nb = k // G, -(-vocab // QROWS)
-        ids = T.match_buffer(T.arg("ids", T.handle()), (t_len,), "int32")
-        w = T.match_buffer(T.arg("w", T.handle()), (nb, kb_n, lay.record), "uint32")
-        out = T.match_buffer(T.arg("out", T.handle()), (t_len, k), "float32")
         wh = T.decl_buffer((nb, kb_n, 2 * lay.record), "float16", data=w.data)
         with T.serial(0, t_len) as t:
             rb, row = ids[t] // QROWS, ids[t] % QROWS
