@@ -24,20 +24,20 @@ from graphllm.codegen.kernels.common import widen
 from graphllm.codegen.kernels.cpu.qlinear import (
     DEFAULTS,
     PRODUCT_EXP,
-    _Buffers,
-    _build,
-    _c,
-    _chains,
-    _denormal_inputs,
-    _denormal_slot,
-    _high_shift,
-    _pow2,
-    _prologue_rows,
-    _slot_pos,
+    QBuffers,
+    build_func,
+    denormal_inputs,
+    denormal_slot,
     embedding_params,
+    gemv_chains,
     gemv_row_blocks,
+    high_shift,
     panel_tiles,
+    pow2,
+    prologue_rows,
     prologue_tile,
+    slot_pos,
+    tconst,
     token_tiles,
 )
 from graphllm.codegen.lower import Kernel, LowerRequest
@@ -100,7 +100,7 @@ def _element(lay: SubLayout, plane: int, s: Any, j: Any, w: Any) -> Any:
 # ------------------------------------------------------------------ GEMV
 
 
-def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> None:
+def _gemv_tile(bufs: QBuffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> None:
     """Emit y[t0:t0+tt] for a static token count tt: per plane pre-scaled x and sub-block sums, then rows in parallel."""
     from tvm.script.ir_builder import tirx as T
 
@@ -114,26 +114,26 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
             part = T.alloc_buffer((lay.plane_words(0),), "float32")
             for p, (bits, shift) in enumerate(lay.planes):
                 for j in range(32 // bits):
-                    scale = 2.0 ** (149 - PRODUCT_EXP - _slot_pos(bits, j) + shift)
+                    scale = 2.0 ** (149 - PRODUCT_EXP - slot_pos(bits, j) + shift)
                     with T.vectorized(0, lay.plane_words(p)) as w:
                         e = _element(lay, p, s, j, w)
                         xv = x_at(t, e)
-                        T.buffer_store(xs[p], xv * _c(scale, "float32"), [t, e])
+                        T.buffer_store(xs[p], xv * tconst(scale, "float32"), [t, e])
                         if p == 0:
                             T.buffer_store(part, xv if j == 0 else part[w] + xv, [w])
             total = functools.reduce(lambda a, b: a + b, [part[w] for w in range(lay.plane_words(0))])
-            T.buffer_store(sx, total * _c(2.0 ** -PRODUCT_EXP, "float32"), [t, s])
+            T.buffer_store(sx, total * tconst(2.0 ** -PRODUCT_EXP, "float32"), [t, s])
 
     lanes = knobs["gemv_rows"] if tt == 1 else 8
     rec = _Record(lay, bufs.w, bufs.nb, kb_n)
-    chains = _chains(tt, lanes, spec.sub, knobs["chains"])
+    chains = gemv_chains(tt, lanes, spec.sub, knobs["chains"])
     with gemv_row_blocks(bufs, tt, t0, lanes, chains, knobs["prefetch"]) as (rb, kb, row0, acc, part):
         with T.serial(0, spec.nsub) as s:
             sub = kb * spec.nsub + s
             for t in range(tt):
                 for c in range(chains):
                     with T.vectorized(0, lanes) as r:
-                        init = sx[t, sub] * _c(float(spec.lo), "float32") if c == 0 and spec.lo else _c(0.0, "float32")
+                        init = sx[t, sub] * tconst(float(spec.lo), "float32") if c == 0 and spec.lo else tconst(0.0, "float32")
                         T.buffer_store(part, init, [t, c, r])
             for p, (bits, _) in enumerate(lay.planes):
                 with T.unroll(0, lay.plane_words(p)) as wi:
@@ -141,7 +141,7 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
                         with T.unroll(j_begin, j_end) as j:
                             c = (wi * (32 // bits) + j) % chains
                             with T.vectorized(0, lanes) as r:
-                                v = _denormal_slot(rec.word(rb, kb, s, p, wi, row0 + r), bits, j, j_begin > 0)
+                                v = denormal_slot(rec.word(rb, kb, s, p, wi, row0 + r), bits, j, j_begin > 0)
                                 for t in range(tt):
                                     x = xs[p][t, kb * G + _element(lay, p, s, j, wi)]
                                     T.buffer_store(part, part[t, c, r] + v * x, [t, c, r])
@@ -159,7 +159,7 @@ def _gemv_tile(bufs: _Buffers, tt: int, t0: Any, knobs: Mapping[str, Any]) -> No
 def kquant_gemv(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion = PLAIN,
                 knobs: Mapping[str, Any] = DEFAULTS) -> PrimFunc:
     """The GEMV PrimFunc (x, w_packed, [b,] [g,] [res,] y) of a sub-block format: tokens in tiles of `gemv_tile`."""
-    return token_tiles("kquant_gemv", lambda: _Buffers(sublayout(dtype), k, n, bias, fusion), knobs["gemv_tile"],
+    return token_tiles("kquant_gemv", lambda: QBuffers(sublayout(dtype), k, n, bias, fusion), knobs["gemv_tile"],
                        functools.partial(_gemv_tile, knobs=knobs))
 
 
@@ -172,35 +172,35 @@ def kquant_gemm(dtype: str, k: int, n: int, bias: bool = False, fusion: Fusion =
     from tvm.script.ir_builder import tirx as T
 
     def make() -> None:
-        bufs = _Buffers(sublayout(dtype), k, n, bias, fusion)
+        bufs = QBuffers(sublayout(dtype), k, n, bias, fusion)
         lay: SubLayout = bufs.lay
         spec, G = lay.spec, lay.fmt.group
         rec = _Record(lay, bufs.w, bufs.nb, bufs.kb)
-        x = bufs.x if fusion.prologue == "none" else _prologue_rows(bufs)
-        with T.parallel(0, bufs.nb) as rb, _denormal_inputs():
+        x = bufs.x if fusion.prologue == "none" else prologue_rows(bufs)
+        with T.parallel(0, bufs.nb) as rb, denormal_inputs():
             panel = T.alloc_buffer((k, QROWS), "float32")  # the row block's weights * 2^-PRODUCT_EXP
             with T.serial(0, bufs.kb) as kb:
                 with T.serial(0, spec.nsub) as s:
                     head = T.alloc_buffer((2, QROWS), "float32")  # D and the sub-block constant D*lo (+ M)
                     with T.vectorized(0, QROWS) as r:
                         d = rec.scale(rb, kb, s, r)
-                        const = d * _c(float(spec.lo), "float32")
+                        const = d * tconst(float(spec.lo), "float32")
                         m = rec.offset(rb, kb, s, r)
                         T.buffer_store(head, d, [0, r])
-                        T.buffer_store(head, (const if m is None else const + m) * _c(2.0 ** -PRODUCT_EXP, "float32"), [1, r])
+                        T.buffer_store(head, (const if m is None else const + m) * tconst(2.0 ** -PRODUCT_EXP, "float32"), [1, r])
                     for p, (bits, shift) in enumerate(lay.planes):
                         for j_begin, j_end in _slots(bits):
                             with T.unroll(j_begin, j_end) as j:
-                                pos = j * bits - (_high_shift(bits) if j_begin else 0)
+                                pos = j * bits - (high_shift(bits) if j_begin else 0)
                                 with T.serial(0, lay.plane_words(p)) as w:
                                     with T.vectorized(0, QROWS) as r:
-                                        v = _denormal_slot(rec.word(rb, kb, s, p, w, r), bits, j, j_begin > 0)
-                                        value = v * (head[0, r] * _pow2(149 - PRODUCT_EXP - pos + shift))
+                                        v = denormal_slot(rec.word(rb, kb, s, p, w, r), bits, j, j_begin > 0)
+                                        value = v * (head[0, r] * pow2(149 - PRODUCT_EXP - pos + shift))
                                         e = kb * G + _element(lay, p, s, j, w)
                                         T.buffer_store(panel, value + (head[1, r] if p == 0 else panel[e, r]), [e, r])
             panel_tiles(bufs, x, panel, rb, rows)
 
-    return _build("kquant_gemm", make)
+    return build_func("kquant_gemm", make)
 
 
 # ------------------------------------------------------------------ Embedding
@@ -228,13 +228,13 @@ def kquant_embedding(dtype: str, vocab: int, k: int) -> PrimFunc:
                         for p, (bits, shift) in enumerate(lay.planes):
                             W = lay.plane_words(p)
                             word = rec.word(rb, kb, s, p, e % W, row)
-                            code = (word >> (e // W * bits).astype("uint32")) & _c((1 << bits) - 1, "uint32")
-                            code = code << _c(shift, "uint32") if shift else code
+                            code = (word >> (e // W * bits).astype("uint32")) & tconst((1 << bits) - 1, "uint32")
+                            code = code << tconst(shift, "uint32") if shift else code
                             u = code if u is None else u | code
-                        q = tirx.Cast("float32", tirx.Cast("int32", u)) + _c(float(spec.lo), "float32")
+                        q = tirx.Cast("float32", tirx.Cast("int32", u)) + tconst(float(spec.lo), "float32")
                         T.buffer_store(out, q * d if m is None else q * d + m, [t, kb * G + s * spec.sub + e])
 
-    return _build("kquant_embedding", make)
+    return build_func("kquant_embedding", make)
 
 
 # ------------------------------------------------------------------ lowerings
@@ -242,6 +242,8 @@ def kquant_embedding(dtype: str, vocab: int, k: int) -> PrimFunc:
 
 def lower_kquant(req: LowerRequest, knobs: Mapping[str, Any], fusion: Fusion = PLAIN) -> Kernel:
     """(Fused)Linear with a sub-block weight: GEMV below `large_from` tokens, decoded-panel GEMM from there."""
+    if req.types["input"].rank != 2:
+        raise NotImplementedError(f"Linear lowering needs a 2-D input, got {req.types['input']}")
     wt = req.types["weight"]
     n, k = wt.shape
     bias = "bias" in req.types
@@ -253,6 +255,8 @@ def lower_kquant(req: LowerRequest, knobs: Mapping[str, Any], fusion: Fusion = P
 def lower_kquant_embedding(req: LowerRequest) -> Kernel:
     """Embedding with a sub-block weight (same packed copy as a tied lm_head): rows decoded to float32."""
     wt = req.types["weight"]
+    if req.types["input"].rank != 1 or req.types["input"].dtype != "int32":
+        raise NotImplementedError(f"quantized Embedding needs int32 ids [T], got {req.types['input']}")
     vocab, k = wt.shape
     return Kernel(kquant_embedding(wt.dtype, vocab, k), ("input", "weight", "out"),
                   packs={"weight": sublayout(wt.dtype).pack_name()})
