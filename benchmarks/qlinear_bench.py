@@ -93,6 +93,26 @@ def stream_func(rows: int, words: int) -> Any:
     return ib.get()
 
 
+def gemv_times(mod: Any, name: str, pack: Callable[[], np.ndarray], nbytes: int, k: int, n: int,
+               rng: np.random.Generator, reps: int) -> tuple[float, float, float]:
+    """(cold, hot, stream) seconds per T = 1 call of the module's GEMV `name` over a [n, k] weight: cycling through
+    enough packed copies to miss the L3, one copy repeated, and the module's stream kernel over the same copies."""
+    from graphllm.layouts import aligned_empty
+    from graphllm.runtime.tvm import as_tensor
+
+    copies = max(2, COLD_BYTES // nbytes)
+    packed = [pack() for _ in range(copies)]
+    nb, kb, rec = packed[0].shape
+    xt, yt = as_tensor(aligned(rng.standard_normal((1, k), dtype=np.float32))), as_tensor(aligned_empty((1, n)))
+    fn, wts = mod[name], [as_tensor(p) for p in packed]
+    st, sts = mod[f"s_{nb}_{kb * rec}"], [as_tensor(p.reshape(nb, kb * rec // 8, 8)) for p in packed]
+    st_out = as_tensor(aligned_empty((nb, 8), "uint32"))
+    cold = timed(lambda: [fn(xt, w, yt) for w in wts], 1, reps)[0] / copies
+    stream = timed(lambda: [st(w, st_out) for w in sts], 1, reps)[0] / copies
+    hot = timed(lambda: fn(xt, wts[0], yt), 100, reps)[0]
+    return cold, hot, stream
+
+
 def main() -> None:
     """Build the kernels, then print one table per measurement."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,19 +157,9 @@ def main() -> None:
     gemv: dict[tuple[str, int, int], tuple[int, float, float, float]] = {}
     for fmt, k, n in shapes:
         raw = quantized(fmt, n, k, rng)
-        copies = max(2, COLD_BYTES // raw.nbytes)
-        packed = [pack_qweight(raw, fmt) for _ in range(copies)]
-        x, y = aligned(rng.standard_normal((1, k), dtype=np.float32)), aligned_empty((1, n))
-        fn, xt, yt = mod[f"v_{fmt}_{k}_{n}"], as_tensor(x), as_tensor(y)
-        wts = [as_tensor(p) for p in packed]
-        nb, kb, rec = packed[0].shape
-        st, sts = mod[f"s_{nb}_{kb * rec}"], [as_tensor(p.reshape(nb, kb * rec // 8, 8)) for p in packed]
-        st_out = as_tensor(aligned_empty((nb, 8), "uint32"))
-        cold = timed(lambda: [fn(xt, w, yt) for w in wts], 1, args.reps)[0] / copies
-        stream = timed(lambda: [st(w, st_out) for w in sts], 1, args.reps)[0] / copies
-        hot = timed(lambda: fn(xt, wts[0], yt), 100, args.reps)[0]
+        cold, hot, stream = gemv_times(mod, f"v_{fmt}_{k}_{n}", lambda: pack_qweight(raw, fmt), raw.nbytes, k, n, rng,
+                                       args.reps)
         gemv[fmt, k, n] = (raw.nbytes, cold, hot, stream)
-        del packed, wts, sts
     gemm: dict[tuple[str, int, int], float] = {}
     if not args.quick:
         for fmt, k, n in shapes:

@@ -16,6 +16,14 @@ QROWS = 16; for each (row block, K block of G elements) one uint32 record:
 - then the QROWS fp16 scales d and (q4_1) the QROWS fp16 mins m, as stored in the blocks.
 A weight is d * (u + lo) (+ m): the format's own value.
 
+Sub-block formats (q5_0, q5_1, q4_k, q5_k, q6_k; `pack_subblocks`): per (row block, block) one uint32
+record: for each sub-block, for each code plane (the codes' low 4 bits, then for 5- and 6-bit codes
+their high 1 or 2 bits, worth 16 each), [W words][QROWS] with W = sub * plane_bits / 32 (slot j of
+word w holds element j*W + w of the sub-block); then the sub-blocks' integer scales and (K-quants)
+mins as bytes [nsub][QROWS] each, unpacked from their 6-bit packing once here; then the fp16 heads
+(d, and m or dmin) [QROWS] each. q5_0/q5_1/q6_k keep the file's size, q4_k/q5_k grow by 4 bytes a
+block (2.8%, 2.3%).
+
 A plan names each weight's packer (`Kernel.packs`); ``name:ARG`` (e.g. ``qlinear:q4_1``) calls the
 packer as fn(w, ARG).
 """
@@ -28,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphllm.dsl.qformats import QFormat, qformat
+from graphllm.dsl.qformats import QFormat, SubBlocks, qformat
 
 ALIGNMENT = 64  # bytes; compiled kernels assume (and do not check) this alignment
 
@@ -128,8 +136,8 @@ class QLayout:
 def qlayout(dtype: str) -> QLayout:
     """The kernel layout of a block format; NotImplementedError for the group sizes not supported."""
     fmt = qformat(dtype)
-    if fmt is None:
-        raise NotImplementedError(f"{dtype} is not a block-quantized format")
+    if fmt is None or fmt.sub_blocks is not None:
+        raise NotImplementedError(f"{dtype} is not a single-scale block format (sub-block formats: sublayout)")
     per_word = 32 // fmt.bits
     if fmt.group % per_word or fmt.group > MAX_GROUP:
         raise NotImplementedError(
@@ -150,15 +158,20 @@ def _codes(fmt: QFormat, blocks: np.ndarray) -> np.ndarray:
     return fmt.decode(probe)
 
 
+def _raw_blocks(raw: np.ndarray, fmt: QFormat) -> tuple[np.ndarray, int, int]:
+    """(raw, N, blocks per row) of a weight's raw blocks; ValueError when they are not uint8 [N, K/G * block_bytes]."""
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] % fmt.block_bytes:
+        raise ValueError(f"{fmt.name} weight must be raw blocks uint8 [N, K/{fmt.group}*{fmt.block_bytes}], "
+                         f"got {raw.dtype} {raw.shape}")
+    return raw, raw.shape[0], raw.shape[1] // fmt.block_bytes
+
+
 def pack_qweight(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Raw blocks uint8 [N, K/G * block_bytes] -> the kernels' 64-byte-aligned uint32 [ceil(N/16), K/G, record]."""
     lay = qlayout(dtype)
     fmt, W, H, P = lay.fmt, lay.words, lay.halves, lay.per_word
-    raw = np.asarray(raw)
-    if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] % fmt.block_bytes:
-        raise ValueError(f"{dtype} weight must be raw blocks uint8 [N, K/{fmt.group}*{fmt.block_bytes}], "
-                         f"got {raw.dtype} {raw.shape}")
-    n, kb = raw.shape[0], raw.shape[1] // fmt.block_bytes
+    raw, n, kb = _raw_blocks(raw, fmt)
     out = aligned_empty((-(-n // QROWS), kb, lay.record), "uint32")
     for r0 in range(0, n, _PACK_CHUNK):
         r1 = min(n, r0 + _PACK_CHUNK)
@@ -177,9 +190,108 @@ def pack_qweight(raw: np.ndarray, dtype: str) -> np.ndarray:
     return out
 
 
+# ------------------------------------------------------------------ sub-block formats (q5_0, q5_1, K-quants)
+
+
+@dataclass(frozen=True)
+class SubLayout:
+    """How a sub-block format is laid out for the kernels (see the module docstring)."""
+
+    fmt: QFormat
+
+    @property
+    def spec(self) -> SubBlocks:
+        """The format's sub-block structure."""
+        return self.fmt.sub_blocks
+
+    @property
+    def planes(self) -> tuple[tuple[int, int], ...]:
+        """(bits, shift) of each code plane: the low 4 bits, then the high bits (worth 2^4)."""
+        return ((4, 0),) if self.spec.bits == 4 else ((4, 0), (self.spec.bits - 4, 4))
+
+    def plane_words(self, plane: int) -> int:
+        """W: words per row of one sub-block in a plane."""
+        return self.spec.sub * self.planes[plane][0] // 32
+
+    def plane_offset(self, plane: int) -> int:
+        """Word offset (in rows of QROWS words) of a plane inside one sub-block's codes."""
+        return sum(self.plane_words(p) for p in range(plane))
+
+    @property
+    def sub_words(self) -> int:
+        """Code words per row of one sub-block, all planes."""
+        return self.plane_offset(len(self.planes))
+
+    @property
+    def scale_fields(self) -> int:
+        """Byte fields per sub-block and row: 0, the scale, or the scale and the min."""
+        return (1 if self.spec.scales else 0) + (1 if self.spec.mins == "dmin" else 0)
+
+    @property
+    def scales_at(self) -> int:
+        """Word offset of the scale bytes in a record."""
+        return self.spec.nsub * self.sub_words * QROWS
+
+    @property
+    def heads_at(self) -> int:
+        """Word offset of the fp16 heads in a record."""
+        return self.scales_at + self.scale_fields * self.spec.nsub * QROWS // 4
+
+    @property
+    def record(self) -> int:
+        """uint32 words per (row block, block) record."""
+        return self.heads_at + self.spec.heads * QROWS // 2
+
+    def pack_name(self) -> str:
+        """The registered packer of this format."""
+        return f"qsub:{self.fmt.name}"
+
+
+@functools.lru_cache(maxsize=None)
+def sublayout(dtype: str) -> SubLayout:
+    """The kernel layout of a sub-block format (q5_0, q5_1, q4_k, q5_k, q6_k)."""
+    fmt = qformat(dtype)
+    if fmt is None or fmt.sub_blocks is None:
+        raise NotImplementedError(f"{dtype} is not a sub-block format")
+    return SubLayout(fmt)
+
+
+def pack_subblocks(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Raw blocks uint8 [N, K/G * block_bytes] -> the kernels' 64-byte-aligned uint32 [ceil(N/16), K/G, record]."""
+    lay = sublayout(dtype)
+    fmt, spec = lay.fmt, lay.spec
+    raw, n, kb = _raw_blocks(raw, fmt)
+    out = aligned_empty((-(-n // QROWS), kb, lay.record), "uint32")
+    for r0 in range(0, n, _PACK_CHUNK):
+        r1 = min(n, r0 + _PACK_CHUNK)
+        rows, nbc = r1 - r0, -(-(r1 - r0) // QROWS)
+        u, scales, mins, heads = spec.parts(raw[r0:r1].reshape(rows * kb, fmt.block_bytes))
+        u = u.reshape(rows, kb, spec.nsub, spec.sub).astype(np.uint32)
+        words = np.zeros((nbc * QROWS, kb, spec.nsub, lay.sub_words), np.uint32)
+        for p, (bits, shift) in enumerate(lay.planes):
+            W, at = lay.plane_words(p), lay.plane_offset(p)
+            codes = ((u >> np.uint32(shift)) & np.uint32((1 << bits) - 1)).reshape(rows, kb, spec.nsub, 32 // bits, W)
+            for j in range(32 // bits):
+                words[:rows, :, :, at:at + W] |= codes[:, :, :, j, :] << np.uint32(bits * j)
+        dst = out[r0 // QROWS:r0 // QROWS + nbc]
+        dst[:, :, :lay.scales_at] = words.reshape(nbc, QROWS, kb, -1).transpose(0, 2, 3, 1).reshape(nbc, kb, -1)
+        fields = [f for f in (scales, mins if spec.mins == "dmin" else None) if f is not None]
+        if fields:
+            sb = np.zeros((nbc * QROWS, kb, len(fields), spec.nsub), np.uint8)
+            sb[:rows] = np.stack([f.view(np.uint8) for f in fields], axis=1).reshape(rows, kb, len(fields), spec.nsub)
+            dst[:, :, lay.scales_at:lay.heads_at] = np.ascontiguousarray(
+                sb.reshape(nbc, QROWS, kb, -1).transpose(0, 2, 3, 1)).reshape(nbc, kb, -1).view(np.uint32)
+        hb = np.zeros((nbc * QROWS, kb, spec.heads), np.uint16)
+        hb[:rows] = heads.view(np.uint16).reshape(rows, kb, spec.heads)
+        dst[:, :, lay.heads_at:] = np.ascontiguousarray(
+            hb.reshape(nbc, QROWS, kb, -1).transpose(0, 2, 3, 1)).reshape(nbc, kb, -1).view(np.uint32)
+    return out
+
+
 # ------------------------------------------------------------------ the packers a plan names
 
-PACKERS: dict[str, Callable[..., np.ndarray]] = {"linear_blocks": pack_weight, "qlinear": pack_qweight}
+PACKERS: dict[str, Callable[..., np.ndarray]] = {"linear_blocks": pack_weight, "qlinear": pack_qweight,
+                                                  "qsub": pack_subblocks}
 
 
 def get_packer(name: str) -> Callable[[np.ndarray], np.ndarray]:

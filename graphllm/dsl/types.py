@@ -57,7 +57,7 @@ class TensorType:
         body = rest.rstrip("]")
         dims = tuple(int(d) if d.lstrip("-").isdigit() else d for d in body.split(",") if d)
         fmt = qformat(short)
-        if fmt is not None and short != (spelled := fmt.kind if fmt.group == 32 else f"{fmt.kind}g{fmt.group}"):
+        if fmt is not None and short != (spelled := fmt.spelling):
             raise ValueError(f"the block format {short} is spelled {spelled}")
         return TensorType(dims, _LONG.get(short, short))
 

@@ -1,9 +1,10 @@
 """Read a GGUF file: an HF-style config from its metadata and its tensors under Hugging Face names.
 
 Tensors stay memory-mapped as raw GGML blocks (`GGUFTensor.raw()`) and are dequantized to float32
-only when asked. Q8_0, Q4_0, Q4_1, F16, BF16 and F32 are decoded here (the codegen mirrors these
-block layouts, and F16/BF16 matrices can be handed over as they are: `GGUFTensor.stored()`); other
-GGML types (K-quants, ...) fall back to `gguf.quants.dequantize` at load, with a warning.
+only when asked. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16 and F32 are decoded here
+(the codegen mirrors these block layouts, and F16/BF16 matrices can be handed over as they are:
+`GGUFTensor.stored()`); other GGML types (Q2_K, Q3_K, IQ*, ...) fall back to `gguf.quants.dequantize`
+at load, with a warning.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ class _FastReader(GGUFReader):
 
 
 # ---------------------------------------------------------------- block decoders
-_QFORMATS = {QT.Q8_0: "q8_0", QT.Q4_0: "q4_0", QT.Q4_1: "q4_1"}
+_QFORMATS = {QT.Q8_0: "q8_0", QT.Q4_0: "q4_0", QT.Q4_1: "q4_1", QT.Q5_0: "q5_0", QT.Q5_1: "q5_1",
+             QT.Q4_K: "q4_k", QT.Q5_K: "q5_k", QT.Q6_K: "q6_k"}
 _FLOATS = {QT.F32: np.dtype(np.float32), QT.F16: np.dtype(np.float16), QT.BF16: np.dtype(ml_dtypes.bfloat16)}
 
 
@@ -309,7 +311,7 @@ def _warn_dequantized(tensors: Mapping[str, GGUFTensor], path: Path) -> None:
     if counts:
         kinds = ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
         warnings.warn(f"{path.name}: dequantizing {kinds} tensor(s) to float32 at load (graphllm's kernels compute on "
-                      f"F32, F16, BF16, Q8_0, Q4_0 and Q4_1)", stacklevel=3)
+                      f"F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K)", stacklevel=3)
 
 
 class _StoredField:

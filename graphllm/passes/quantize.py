@@ -1,4 +1,4 @@
-"""quantize: give Linear weights a block format (`--dtype int8` / `int4g[GROUP]`) or a 16-bit float
+"""quantize: give Linear weights a block format (`--dtype int8` / `int4g[GROUP]` / `q5_0` / `q5_1`) or a 16-bit float
 type (`--dtype float16` / `bfloat16`), weight-only: kernels widen or decode the weights, activations
 stay float32.
 
@@ -19,16 +19,23 @@ from ..errors import GraphLLMError
 
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 _DTYPE = re.compile(r"^(int8|int4)(?:g(\d+))?$")
+GGUF_FORMATS = ("q5_0", "q5_1")  # GGUF block types --dtype names directly (quantized by gguf's reference code)
+READ_ONLY_FORMATS = ("q4_k", "q5_k", "q6_k")  # kept from files, no quantizer here
 
 
 def block_format(dtype: str) -> str | None:
-    """The block format for a --dtype value (int8 -> q8_0, int4g128 -> q4_1g128); None for the float types."""
+    """The block format for a --dtype value (int8 -> q8_0, int4g128 -> q4_1g128, q5_0, q5_1); None for the float types."""
     if dtype in FLOAT_DTYPES:
         return None
+    if dtype in GGUF_FORMATS:
+        return dtype
+    if dtype in READ_ONLY_FORMATS:
+        raise GraphLLMError(f"--dtype {dtype}: graphllm computes on {dtype} blocks but cannot make them (llama.cpp's "
+                            f"llama-quantize can); use q5_0, q5_1, int8 or int4")
     m = _DTYPE.match(dtype)
     if not m:
-        raise GraphLLMError(f"unknown --dtype {dtype!r} (use float32, float16, bfloat16, int8, int8g<GROUP>, int4 "
-                            f"or int4g<GROUP>)")
+        raise GraphLLMError(f"unknown --dtype {dtype!r} (use float32, float16, bfloat16, int8, int8g<GROUP>, int4, "
+                            f"int4g<GROUP>, q5_0 or q5_1)")
     base = "q8_0" if m.group(1) == "int8" else "q4_1"
     group = int(m.group(2) or 32)
     if group < 2 or group % 2:

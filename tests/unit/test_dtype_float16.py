@@ -109,24 +109,24 @@ def test_export_16bit_then_load_keeps_16bit(tmp_path: Path, dtype: str) -> None:
 
 
 def test_gguf_type_without_kernel_is_dequantized_with_a_warning(tmp_path: Path) -> None:
-    """A Q5_0 matrix (gguf can write it; no graphllm kernel computes on it) loads as float32, with one warning."""
+    """An MXFP4 matrix (gguf can write it; no graphllm kernel computes on it) loads as float32, with one warning."""
     path = tmp_path / "m.gguf"
-    write_gguf(path, types={"ffn_gate": QT.Q5_0})
-    with pytest.warns(UserWarning, match=r"m\.gguf: dequantizing 2 Q5_0 tensor\(s\) to float32"):
+    write_gguf(path, types={"ffn_gate": QT.MXFP4})
+    with pytest.warns(UserWarning, match=r"m\.gguf: dequantizing 2 MXFP4 tensor\(s\) to float32"):
         model = load_model(path)
     assert weight_types(model)["model.layers.0.mlp.gate_proj.weight"].dtype == "float32"
 
 
 def test_k_quant_tensor_is_dequantized_with_a_warning() -> None:
-    """K-quants (here Q6_K; gguf has no encoder for them, so the blocks are random with a finite scale)."""
+    """K-quants without kernels (here Q3_K; gguf has no encoder for them, so the blocks are random with a finite scale)."""
     rng = np.random.default_rng(0)
-    _, block_bytes = gguf.GGML_QUANT_SIZES[QT.Q6_K]
+    _, block_bytes = gguf.GGML_QUANT_SIZES[QT.Q3_K]
     raw = rng.integers(0, 256, size=(4, block_bytes), dtype=np.uint8)
     raw[:, -2:] = np.full((4, 1), 0.01, np.float16).view(np.uint8)  # d, the block's last field
-    t = GGUFTensor("x.weight", "x.weight", QT.Q6_K, (4, 256), raw)
-    with pytest.warns(UserWarning, match="dequantizing 1 Q6_K tensor"):
+    t = GGUFTensor("x.weight", "x.weight", QT.Q3_K, (4, 256), raw)
+    with pytest.warns(UserWarning, match="dequantizing 1 Q3_K tensor"):
         _warn_dequantized({"x.weight": t}, Path("k.gguf"))
-    np.testing.assert_array_equal(t.load(), gguf.quants.dequantize(raw, QT.Q6_K))
+    np.testing.assert_array_equal(t.load(), gguf.quants.dequantize(raw, QT.Q3_K))
     assert np.isfinite(t.load()).all() and t.float_dtype is None and t.qformat is None
 
 

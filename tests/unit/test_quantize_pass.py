@@ -18,7 +18,8 @@ TINY = Path(__file__).parents[1] / "fixtures" / "tiny_llama"
 
 
 @pytest.mark.parametrize("dtype, fmt", [("int8", "q8_0"), ("int4", "q4_1"), ("int4g32", "q4_1"),
-                                        ("int4g16", "q4_1g16"), ("int8g64", "q8_0g64"), ("float32", None)])
+                                        ("int4g16", "q4_1g16"), ("int8g64", "q8_0g64"), ("float32", None),
+                                        ("q5_0", "q5_0"), ("q5_1", "q5_1")])
 def test_dtype_names(dtype, fmt):
     assert block_format(dtype) == fmt
 
@@ -27,6 +28,11 @@ def test_dtype_names(dtype, fmt):
 def test_bad_dtype(bad):
     with pytest.raises(GraphLLMError):
         block_format(bad)
+
+
+def test_k_quant_dtype_says_llama_cpp_makes_them():
+    with pytest.raises(GraphLLMError, match="llama-quantize"):
+        block_format("q4_k")
 
 
 def test_only_linear_weights_are_quantized_and_values_match():

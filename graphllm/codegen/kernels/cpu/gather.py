@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from graphllm.codegen.kernels.common import widen
+from graphllm.codegen.kernels.cpu.kquant import lower_kquant_embedding
 from graphllm.codegen.kernels.cpu.qlinear import lower_qembedding
 from graphllm.codegen.kernels.cpu.sched import ROW_KNOBS, SERIAL_ROW_KNOBS, parallel_from, row_kernel, schedule_rows
 from graphllm.codegen.kernels.stages import gather_rows
 from graphllm.codegen.knobs import Knob
 from graphllm.codegen.lower import Kernel, LowerRequest, Symbols, lowering, require_float32
+from graphllm.dsl.qformats import qformat
 from graphllm.layouts import STORAGE, pack_block, packer_name
 
 
@@ -47,7 +49,7 @@ def lower_embedding(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """out[t] = weight[input[t]] for a float32, float16, bfloat16 or block-quantized weight [V, H] (ids unchecked)."""
     wt = req.types["weight"]
     if wt.quantized:  # rows decoded from the packed blocks (shared with a tied lm_head)
-        return lower_qembedding(req)
+        return (lower_kquant_embedding if qformat(wt.dtype).sub_blocks else lower_qembedding)(req)
     if wt.dtype in STORAGE and wt.dtype != "float32":
         if req.types["input"].rank != 1:
             raise NotImplementedError(f"a 16-bit Embedding needs ids [T], got {req.types['input']}")

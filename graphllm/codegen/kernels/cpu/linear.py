@@ -23,11 +23,12 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from graphllm.codegen.fusion import PLAIN, Fusion
-from graphllm.codegen.kernels.cpu import qlinear
+from graphllm.codegen.kernels.cpu import kquant, qlinear
 from graphllm.codegen.kernels.cpu.sched import lanes
 from graphllm.codegen.kernels.stages import float_weight, linear_func
 from graphllm.codegen.knobs import Knob, defaults
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.dsl.qformats import qformat
 from graphllm.layouts import STORAGE, pack_block, packer_name
 
 if TYPE_CHECKING:
@@ -121,7 +122,8 @@ def lower_linear(req: LowerRequest, knobs: Mapping[str, Any], fusion: Fusion = P
     """(Fused)Linear over a 2-D input: GEMV below `large_from` tokens, register-tiled GEMM from there."""
     t = req.types
     if t["weight"].quantized:  # block formats (dsl/qformats): kernels that decode inside the loop
-        return qlinear.lower_qlinear(req, knobs, fusion)
+        family = kquant.lower_kquant if qformat(t["weight"].dtype).sub_blocks else qlinear.lower_qlinear
+        return family(req, knobs, fusion)
     if t["input"].rank != 2:
         raise NotImplementedError(f"Linear lowering needs a 2-D input, got {t['input']}")
     dtype = t["weight"].dtype
