@@ -179,13 +179,15 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
     p.add_argument("--stop", action="append", default=[], type=text_arg, help="stop string (repeatable)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
+    p.add_argument("--special", action="store_true", help="print special tokens (<|endoftext|>, ...) as text")
 
 
 def sampling_from_args(a: argparse.Namespace) -> SamplingParams:
     """SamplingParams from parsed flags (validated)."""
     return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
                           repetition_penalty=a.repetition_penalty, seed=a.seed, max_tokens=a.max_tokens,
-                          stop=list(a.stop), ignore_eos=a.ignore_eos).validate()
+                          stop=list(a.stop), ignore_eos=a.ignore_eos,
+                          skip_special_tokens=not a.special).validate()
 
 
 def print_notes(notes: list[str]) -> None:

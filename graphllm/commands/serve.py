@@ -4,12 +4,20 @@ the chat page over the batching engine."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import GraphLLMError
+from ..runtime.sampling import SERVER_MAX_TOKENS
 from .common import add_model_args, load_llm, run_main
+
+if TYPE_CHECKING:
+    import uvicorn
+
+    from ..runtime.engine import Engine
 
 COMMANDS = {"serve": "OpenAI-compatible HTTP server with continuous batching (and the chat page)",
             "webui": "the chat page in your browser, served with the same API"}
@@ -26,6 +34,48 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="tokens per step: one per running reply, prompts in chunks in the rest (so long prompts "
                         "do not stall replies); at most the executor's packed-step size (128)")
     p.add_argument("--model-name", default=None, help="the model id clients use (default: the file/folder name)")
+    p.add_argument("--allowed-hosts", type=hosts_arg, default=None,
+                   help="comma-separated Host header names accepted, '*' for any (default: localhost names and "
+                        "the bound address when bound to loopback, else any); others get 403 (DNS rebinding)")
+    p.add_argument("--max-body-bytes", type=positive_arg, default=4 << 20,
+                   help="largest request body accepted, in bytes (default: 4 MiB); larger ones get 413")
+    p.add_argument("--default-max-tokens", type=max_tokens_arg, default=SERVER_MAX_TOKENS,
+                   help=f"tokens a chat completion without max_tokens may generate (default: {SERVER_MAX_TOKENS}; "
+                        f"-1: until the context is full)")
+    p.add_argument("--shutdown-grace", type=seconds_arg, default=5.0,
+                   help="seconds running requests may finish after SIGTERM/SIGINT before they end with an error "
+                        "(default: 5)")
+
+
+def hosts_arg(value: str) -> list[str]:
+    """--allowed-hosts: comma-separated names (at least one)."""
+    hosts = [h.strip() for h in value.split(",") if h.strip()]
+    if not hosts:
+        raise argparse.ArgumentTypeError("expected comma-separated host names or '*'")
+    return hosts
+
+
+def positive_arg(value: str) -> int:
+    """A positive integer."""
+    if not value.strip().isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def max_tokens_arg(value: str) -> int | None:
+    """--default-max-tokens: a positive count, or -1 for none (until the context is full)."""
+    return None if value.strip() == "-1" else positive_arg(value)
+
+
+def seconds_arg(value: str) -> float:
+    """A duration in seconds, >= 0."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {value!r}")
+    return seconds
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,12 +100,26 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server(config: uvicorn.Config, engine: Engine, grace: float) -> uvicorn.Server:
+    """uvicorn's server whose shutdown (SIGTERM, SIGINT) also drains the engine: queued requests end at once,
+    running ones get ``grace`` seconds, then end with an error (streams: an error event and [DONE])."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            draining = asyncio.ensure_future(asyncio.to_thread(engine.close, grace))
+            await super().shutdown(sockets)
+            await draining
+
+    return Server(config)
+
+
 def serve(a: argparse.Namespace) -> int:
     """Load the model, start the engine and serve until interrupted."""
     import uvicorn
 
     from ..runtime.engine import Engine
-    from ..server.app import create_app
+    from ..server.app import create_app, default_hosts
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
     llm = load_llm(a, num_slots=a.max_batch)
@@ -66,11 +130,14 @@ def serve(a: argparse.Namespace) -> int:
     engine = llm.engine
     engine.set_step_tokens(a.max_step_tokens)
     engine.start()
-    config = uvicorn.Config(create_app(engine, name, a.api_key), log_level="warning", access_log=False)
+    app = create_app(engine, name, a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
+                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
+    # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3)
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _server(config, engine, a.shutdown_grace).run(sockets=[sock])
     finally:
         engine.close()
         sock.close()

@@ -31,6 +31,10 @@ DEFAULT_STEP_TOKENS = 128  # the compiled executor's packed-step size
 _END = object()  # marker after a request's last item: it is over (after its final chunk or its error)
 
 
+class EngineClosed(GenerationError):
+    """The engine is shutting down: the request was refused or ended before it finished."""
+
+
 class Executor(Protocol):
     """What the engine runs: one forward step over packed sequences (CompiledExecutor, ReferenceExecutor)."""
 
@@ -125,12 +129,14 @@ class Engine:
         self.num_slots = num_slots
         self.max_step_tokens = max_step_tokens
         self.steps = 0
+        self.cancelled = 0  # requests whose readers left before they finished
         self.prompt_tokens_run = 0  # prompt tokens computed, i.e. not found in a slot's cached prefix
         self._step_lock = threading.Lock()  # one step at a time, whichever thread runs it
-        self._cond = threading.Condition()  # guards _waiting, _closed, _cancels; the background thread sleeps here
+        self._cond = threading.Condition()  # guards _waiting, _closed, _stopped, _cancels; the background thread sleeps here
         self._waiting: deque[Request] = deque()
         self._cancels = False  # a request was cancelled since the last step
-        self._closed = False
+        self._closed = False  # no new requests; the background thread ends once nothing runs
+        self._stopped = False  # the background thread ends now
         self._thread: threading.Thread | None = None
         # touched only under _step_lock:
         self._running: list[Request] = []
@@ -161,16 +167,16 @@ class Engine:
             return request
         with self._cond:
             if self._closed:
-                raise GenerationError("the engine is shut down")
+                raise EngineClosed("the engine is shutting down")
             self._waiting.append(request)
             self._cond.notify()
         return request
 
     def stats(self) -> dict[str, int]:
-        """Counts for /health: running and waiting requests, slots, steps run."""
+        """Counts for /health: running and waiting requests, slots, steps run, requests cancelled."""
         with self._cond:
             return {"running": len(self._running), "waiting": len(self._waiting), "slots": self.num_slots,
-                    "steps": self.steps}
+                    "steps": self.steps, "cancelled": self.cancelled}
 
     def forget(self, slots: Sequence[int]) -> None:
         """Those slots' caches were overwritten outside the engine: no prefix of theirs is reused."""
@@ -186,18 +192,30 @@ class Engine:
                     self._thread = threading.Thread(target=self._loop, name="graphllm-engine", daemon=True)
                     self._thread.start()
 
-    def close(self) -> None:
-        """Stop the background thread; unfinished requests end with an error."""
+    def close(self, grace: float = 0.0) -> None:
+        """Shut down: refuse new requests, end the queued ones, give the running ones ``grace`` seconds to
+        finish, then end them too (EngineClosed) and stop the background thread."""
         with self._cond:
             self._closed = True
+            queued = list(self._waiting)
+            self._waiting.clear()
+            self._cond.notify()
+        self._end(queued)
+        if self._thread is not None:
+            self._thread.join(grace)  # it ends by itself once nothing runs
+        with self._cond:
+            self._stopped = True
             self._cond.notify()
         if self._thread is not None:
             self._thread.join()
-        with self._step_lock, self._cond:
-            ended = [*self._running, *self._waiting]
-            self._waiting.clear()
+        self._end(self._running)
+
+    def _end(self, requests: Sequence[Request]) -> None:
+        """End these unfinished requests with EngineClosed and wake their readers."""
+        with self._step_lock:
+            ended = list(requests)
             for request in ended:
-                self._finish(request, GenerationError("the engine is shutting down"))
+                self._finish(request, EngineClosed("the engine is shutting down"))
         _wake(ended)
 
     def note_cancel(self) -> None:
@@ -223,7 +241,7 @@ class Engine:
             with self._cond:
                 while not (self._closed or self._waiting or self._running or self._cancels):
                     self._cond.wait()
-                if self._closed:
+                if self._stopped or (self._closed and not self._running):
                     return
             self.step()
 
@@ -299,6 +317,8 @@ class Engine:
 
     def _finish(self, request: Request, error: BaseException | None = None) -> None:
         """End a request: its error if any, then the end marker; free its slot, remembering what it holds."""
+        if request.finish_reason is None and request.cancelled:
+            self.cancelled += 1
         request.finish_reason = request.finish_reason or ("cancelled" if request.cancelled else "error")
         if error is not None:
             request.out.append(error)

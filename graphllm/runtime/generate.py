@@ -73,7 +73,7 @@ class TokenStream:
         # the history length at which the sequence ends: max_tokens new tokens or a full context
         self.limit = max_context if params.max_tokens is None else min(max_context, len(prompt_ids) + params.max_tokens)
         self.eos = frozenset() if params.ignore_eos else frozenset(tokenizer.eos_token_ids)
-        self.decoder = tokenizer.stream_decoder(prompt_ids)
+        self.decoder = tokenizer.stream_decoder(prompt_ids, skip_special_tokens=params.skip_special_tokens)
         self.stops = StopMatcher(params.stop)
         self.finish_reason: str | None = None
         self.out: deque[Any] = deque()  # chunks to read, then the engine's error and/or end marker

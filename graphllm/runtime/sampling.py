@@ -12,7 +12,9 @@ from ..errors import GenerationError
 # max_tokens defaults, the only place they are written (None: until the context is full)
 DEFAULT_MAX_TOKENS = 128  # `graphllm run` and the Python API
 CHAT_MAX_TOKENS = 512  # one reply of `graphllm chat`
-COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions (/v1/chat/completions: None)
+COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+SERVER_MAX_TOKENS = 512  # /v1/chat/completions without max_tokens (serve's --default-max-tokens)
+RANDOM_SEED = -1  # seed -1 means a random seed (llama.cpp's convention), as does None
 
 
 @dataclass
@@ -27,21 +29,23 @@ class SamplingParams:
     max_tokens: int | None = DEFAULT_MAX_TOKENS
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
+    skip_special_tokens: bool = True  # leave special tokens (<|endoftext|>, ...) out of the text
 
     def validate(self) -> "SamplingParams":
-        """Raise GenerationError naming the first bad value."""
+        """Raise GenerationError naming the first bad field and its value."""
         checks = [
-            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0"),
-            (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0,
-             "repetition_penalty must be > 0 (1 = off)"),
-            (self.max_tokens is None or self.max_tokens >= 0, "max_tokens must be >= 0"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature", "must be >= 0"),
+            (self.top_k >= 0, "top_k", "must be >= 0 (0 = off)"),
+            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
+            (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0, "repetition_penalty",
+             "must be > 0 (1 = off)"),
+            (self.seed is None or self.seed >= RANDOM_SEED, "seed", "must be >= 0 (or -1 for a random seed)"),
+            (self.max_tokens is None or self.max_tokens >= 0, "max_tokens", "must be >= 0"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop", "must hold non-empty strings"),
         ]
-        for ok, message in checks:
+        for ok, name, requirement in checks:
             if not ok:
-                raise GenerationError(f"{message}, got {self!r}")
+                raise GenerationError(f"{name} {requirement}, got {getattr(self, name)!r}")
         return self
 
 
@@ -50,7 +54,7 @@ class Sampler:
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params.validate()
-        self.rng = np.random.default_rng(params.seed)
+        self.rng = np.random.default_rng(None if params.seed == RANDOM_SEED else params.seed)
 
     def __call__(self, logits: np.ndarray, history: list[int] | None = None) -> int:
         """The next token id given the logits [vocab] and the ids so far (for the repetition penalty)."""

@@ -3,20 +3,24 @@
 `graphllm serve -m MODEL` or `python -m graphllm.server -p PATH`; endpoints: GET /v1/models,
 POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI).
 FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
+Every failure a client can cause is answered in OpenAI's error format and leaves the connection usable;
+prompt work (chat template, tokenization) runs in a thread, so the event loop (and /health) never stalls.
 """
 
 import asyncio
 import functools
 import hmac
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import GraphLLMError
-from ..runtime.sampling import COMPLETIONS_MAX_TOKENS, SamplingParams
+from ..runtime.engine import EngineClosed
+from ..runtime.sampling import COMPLETIONS_MAX_TOKENS, SERVER_MAX_TOKENS, SamplingParams
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -26,34 +30,54 @@ if TYPE_CHECKING:
     from ..runtime.engine import Request as Generation
 
 WEBUI = Path(__file__).parent / "index.html"
+MAX_BODY_BYTES = 4 << 20  # the default request body limit (serve's --max-body-bytes)
+CHAT_ROLES = ("system", "user", "assistant")
+TOOL_FIELDS = ("tools", "tool_choice", "tool_calls", "functions", "function_call")  # tools are not implemented
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+log = logging.getLogger("graphllm.server")
 
 
 class APIError(Exception):
     """An error answered in OpenAI's format: {"error": {"message", "type", "param", "code"}}."""
 
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
+    def __init__(self, status: int, message: str, code: str | None = None, kind: str = "invalid_request_error",
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status, self.message, self.code, self.kind = status, message, code, kind
+        self.status, self.message, self.code, self.kind, self.param = status, message, code, kind, param
+        self.headers = headers
 
     @classmethod
     def of(cls, exc: Exception) -> "APIError":
-        """Any exception as an API error: user errors are 400, anything else 500."""
+        """Any exception as an API error: user errors are 4xx, a shutdown 503, anything else 500 (logged)."""
+        from fastapi.exceptions import RequestValidationError
+        from starlette.exceptions import HTTPException
+
         if isinstance(exc, APIError):
             return exc
+        if isinstance(exc, RequestValidationError):
+            problems = "; ".join("the body is not valid JSON" if e["type"] == "json_invalid"
+                                 else f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
+                                 for e in exc.errors())
+            return cls(400, f"invalid request body: {problems}")
+        if isinstance(exc, HTTPException):
+            return cls(exc.status_code, str(exc.detail), headers=exc.headers)
+        if isinstance(exc, EngineClosed):
+            return cls(503, "the server is shutting down; the request was not completed", "server_shutting_down",
+                       "server_error")
         if isinstance(exc, GraphLLMError):
             return cls(400, str(exc))
+        log.error("internal error", exc_info=exc)
         return cls(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
 
     def payload(self) -> dict[str, Any]:
         """The error object."""
-        return {"error": {"message": self.message, "type": self.kind, "param": None, "code": self.code}}
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> "JSONResponse":
         """The JSON response for this error."""
         from starlette.responses import JSONResponse
 
-        return JSONResponse(self.payload(), status_code=self.status)
+        return JSONResponse(self.payload(), status_code=self.status, headers=self.headers)
 
 
 # ---------------------------------------------------------------- request bodies
@@ -70,12 +94,13 @@ def _bodies() -> tuple[type, type]:
         top_p: float | None = None
         top_k: int = 0  # extension (llama.cpp, vLLM)
         repetition_penalty: float = 1.0  # extension
-        seed: int | None = None
+        seed: int | None = None  # -1: random (llama.cpp)
         stop: str | list[str] | None = None
         n: int = 1
         stream: bool = False
         stream_options: dict[str, Any] | None = None
         ignore_eos: bool = False  # extension, for benchmarks
+        skip_special_tokens: bool = True  # extension (vLLM)
 
     class Message(BaseModel):
         model_config = ConfigDict(extra="allow")
@@ -95,21 +120,60 @@ def _bodies() -> tuple[type, type]:
 def _sampling(body: Any, max_tokens: int | None) -> SamplingParams:
     """SamplingParams from a body (OpenAI defaults: temperature 1, top_p 1); validated."""
     if body.n != 1:
-        raise APIError(400, "only n=1 is supported")
+        raise APIError(400, "only n=1 is supported", param="n")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return SamplingParams(temperature=1.0 if body.temperature is None else body.temperature,
                           top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k,
                           repetition_penalty=body.repetition_penalty, seed=body.seed, max_tokens=max_tokens,
-                          stop=stop, ignore_eos=body.ignore_eos).validate()
+                          stop=stop, ignore_eos=body.ignore_eos,
+                          skip_special_tokens=body.skip_special_tokens).validate()
 
 
-def _message_text(message: Any) -> str:
-    """A message's text; content given as parts must be text parts."""
-    if isinstance(message.content, list):
-        if any(part.get("type") != "text" for part in message.content):
-            raise APIError(400, "only text content parts are supported")
-        return "".join(str(part.get("text", "")) for part in message.content)
-    return message.content or ""
+def _check_text(value: Any, path: str = "") -> None:
+    """400 naming the field when a string in this parsed JSON is not valid Unicode (a lone surrogate)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise APIError(400, f"{path or 'body'} is not valid text: it holds a lone surrogate "
+                                f"(\\u{ord(value[e.start]):04x}) at character {e.start}", param=path or None) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{path}[{i}]")
+
+
+def _no_tools(fields: dict[str, Any] | None, where: str = "") -> None:
+    """400 naming the first tool-calling field present: tools are not implemented."""
+    for name in TOOL_FIELDS:
+        if (fields or {}).get(name) is not None:
+            raise APIError(400, f"{where}{name} is not supported: this server does not implement tools",
+                           param=where + name)
+
+
+def _chat_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
+    """The messages as the chat template takes them; 400 naming the field of a role or content not allowed."""
+    out = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]."
+        _no_tools(message.model_extra, where)
+        if message.role not in CHAT_ROLES:
+            raise APIError(400, f"{where}role must be one of {', '.join(map(repr, CHAT_ROLES))}, got {message.role!r}",
+                           param=where + "role")
+        out.append({"role": message.role, "content": _message_text(message.content, where + "content")})
+    return out
+
+
+def _message_text(content: Any, where: str) -> str:
+    """A message's text: a string or a list of text parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    got = "null" if content is None else "other content parts"
+    raise APIError(400, f"{where} must be a string or a list of text parts, got {got}", param=where)
 
 
 # ---------------------------------------------------------------- responses
@@ -174,8 +238,9 @@ async def _stream(gen: "Generation", out: _Output, options: dict[str, Any]) -> A
         if include_usage:
             yield _sse(out.envelope([], True, usage=out.usage(gen.completion_tokens)))
         yield "data: [DONE]\n\n"
-    except Exception as exc:  # noqa: BLE001 - the status line is sent: report it as an event
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: report it as an event, then end
         yield _sse(APIError.of(exc).payload())
+        yield "data: [DONE]\n\n"
     finally:
         gen.cancel()
 
@@ -211,14 +276,17 @@ async def _whole(gen: "Generation", out: _Output, http: "Request") -> "Response"
 
 
 # ---------------------------------------------------------------- the app
-def _auth_middleware(app: Any, api_key: str) -> Any:
-    """ASGI wrapper: /v1/ requests need `Authorization: Bearer <api_key>` (401 in OpenAI's format)."""
-    expected = f"Bearer {api_key}".encode()
+ASGIApp = Any  # an ASGI application: async (scope, receive, send)
+
+
+def _auth_middleware(app: ASGIApp, api_key: str) -> ASGIApp:
+    """ASGI wrapper: /v1/ requests need `Authorization: Bearer <api_key>` (scheme in any case; 401 otherwise)."""
+    expected = api_key.encode()
 
     async def wrapped(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, expected):
+            scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), expected):
                 error = APIError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
                                  "invalid_api_key")
                 await error.response()(scope, receive, send)
@@ -228,41 +296,138 @@ def _auth_middleware(app: Any, api_key: str) -> Any:
     return wrapped
 
 
-def create_app(engine: "Engine", model_name: str, api_key: str | None = None) -> Any:
-    """The ASGI app serving `engine` under `model_name` (wrapped for the API key when one is set)."""
+def _host_name(host: bytes) -> str:
+    """The name in a Host header, without its port or IPv6 brackets, lower-cased."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def _host_middleware(app: ASGIApp, allowed: frozenset[str]) -> ASGIApp:
+    """ASGI wrapper: requests whose Host header names none of ``allowed`` get 403 (DNS rebinding)."""
+
+    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            host = _host_name(dict(scope["headers"]).get(b"host", b""))
+            if host not in allowed:
+                error = APIError(403, f"the Host header {host!r} is not allowed; start the server with "
+                                      f"--allowed-hosts naming it (or '*' for any)", "host_not_allowed",
+                                 "permission_error")
+                await error.response()(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+def _body_limit_middleware(app: ASGIApp, limit: int) -> ASGIApp:
+    """ASGI wrapper: a body over ``limit`` bytes gets 413 before it is parsed: at once when Content-Length
+    says so, else as soon as the bytes received pass it (the connection is then closed)."""
+    from starlette.exceptions import HTTPException
+
+    message = f"the request body exceeds the server's limit of {limit} bytes (--max-body-bytes)"
+    too_large = {"status_code": 413, "detail": message, "headers": {"Connection": "close"}}
+
+    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if int(length) > limit:  # the HTTP parser has checked that it is a number
+            await APIError.of(HTTPException(**too_large)).response()(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            event = await receive()
+            received += len(event.get("body", b""))
+            if received > limit:
+                raise HTTPException(**too_large)
+            return event
+
+        await app(scope, counted, send)
+
+    return wrapped
+
+
+def _guarded_route() -> type:
+    """The FastAPI route class whose handlers answer every exception as an API error (none reaches uvicorn,
+    which would log a traceback and drop the keep-alive connection)."""
+    from fastapi.routing import APIRoute
+
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self) -> Any:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Any) -> "Response":
+                try:
+                    return await handler(request)
+                except Exception as exc:  # noqa: BLE001 - answered in OpenAI's format
+                    return APIError.of(exc).response()
+
+            return guarded
+
+    return GuardedRoute
+
+
+def default_hosts(bound: str) -> frozenset[str] | None:
+    """The Host names allowed by default: the local names and ``bound`` when it is a loopback address;
+    None (any) when the server listens beyond this machine."""
+    import ipaddress
+
+    try:
+        loopback = bound in LOCAL_HOSTS or ipaddress.ip_address(bound).is_loopback
+    except ValueError:
+        return None
+    return frozenset((*LOCAL_HOSTS, bound.lower())) if loopback else None
+
+
+def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
+               allowed_hosts: Sequence[str] | None = LOCAL_HOSTS, max_body_bytes: int = MAX_BODY_BYTES,
+               default_max_tokens: int | None = SERVER_MAX_TOKENS) -> ASGIApp:
+    """The ASGI app serving `engine` under `model_name`: Host check (None or '*': any host), API key (when
+    set), body size limit; chat completions without max_tokens stop after ``default_max_tokens`` (None: none)."""
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.exceptions import HTTPException
 
     ChatBody, CompletionBody = _bodies()  # noqa: N806 - classes
     app = FastAPI(title="graphllm", docs_url=None, redoc_url=None, openapi_url=None)
-    tok = engine.llm.tokenizer
-
-    async def error(_: Request, exc: Exception) -> JSONResponse:
-        return APIError.of(exc).response()
-
-    for kind in (APIError, GraphLLMError, Exception):
-        app.add_exception_handler(kind, error)
-
-    @app.exception_handler(RequestValidationError)
-    async def bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join("the body is not valid JSON" if e["type"] == "json_invalid"
-                             else f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
-                             for e in exc.errors())
-        return APIError(400, f"invalid request body: {problems}").response()
+    app.router.route_class = _guarded_route()
+    tok, context = engine.llm.tokenizer, engine.llm.max_context
+    # no text longer than this fits the context, as no token stands for more characters than its vocabulary
+    # string (times 4: normalization may shrink text, at most 3 jamo into 1 Hangul syllable)
+    max_chars = 4 * context * max(len(tok.token_text(i)) for i in range(tok.vocab_size))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return APIError(exc.status_code, str(exc.detail)).response()
+        return APIError.of(exc).response()
 
-    def check_model(body: Any) -> None:
+    def check_body(body: Any) -> None:
+        _check_text(body.model_dump())
+        _no_tools(body.model_extra)
         if body.model is not None and body.model != model_name:
             raise APIError(404, f"The model '{body.model}' does not exist (this server has '{model_name}')",
-                           "model_not_found")
+                           "model_not_found", param="model")
 
-    async def respond(body: Any, http: Request, ids: list[int], max_tokens: int | None, chat: bool) -> Response:
-        params = _sampling(body, max_tokens)
+    def encode(text: str) -> list[int]:  # the tokenizer holds the GIL while it runs: never on a text that cannot fit
+        if len(text) > max_chars:
+            raise APIError(400, f"the prompt has {len(text)} characters, more than the context of {context} tokens "
+                                f"can hold; shorten it or raise --max-context")
+        return tok.encode(text)
+
+    def chat_ids(messages: list[dict[str, str]]) -> list[int]:
+        return encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+
+    def prompt_ids(prompt: str | list[int]) -> list[int]:
+        ids = encode(prompt) if isinstance(prompt, str) else list(prompt)
+        if any(not 0 <= i < tok.vocab_size for i in ids):
+            raise APIError(400, f"prompt token ids must be in [0, {tok.vocab_size})", param="prompt")
+        return ids
+
+    async def respond(body: Any, http: Request, ids: list[int], params: SamplingParams, chat: bool) -> Response:
         gen = engine.submit(ids, params)
         out = _Output(chat, model_name, len(ids))
         if body.stream:
@@ -277,25 +442,24 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None) ->
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody, http: Request) -> Response:
-        check_model(body)
-        messages = [{"role": m.role, "content": _message_text(m)} for m in body.messages]
-        ids = tok.encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+        check_body(body)
+        messages = _chat_messages(body.messages)
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        return await respond(body, http, ids, limit, True)  # None: until the context is full
+        params = _sampling(body, default_max_tokens if limit is None else limit)
+        ids = await asyncio.to_thread(chat_ids, messages)
+        return await respond(body, http, ids, params, True)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, http: Request) -> Response:
-        check_model(body)
+        check_body(body)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             if len(prompt) != 1:
-                raise APIError(400, "only one prompt per request is supported")
+                raise APIError(400, "only one prompt per request is supported", param="prompt")
             prompt = prompt[0]
-        ids = tok.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if any(not 0 <= i < tok.vocab_size for i in ids):
-            raise APIError(400, f"prompt token ids must be in [0, {tok.vocab_size})")
-        limit = COMPLETIONS_MAX_TOKENS if body.max_tokens is None else body.max_tokens
-        return await respond(body, http, ids, limit, False)
+        params = _sampling(body, COMPLETIONS_MAX_TOKENS if body.max_tokens is None else body.max_tokens)
+        ids = await asyncio.to_thread(prompt_ids, prompt)
+        return await respond(body, http, ids, params, False)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -305,4 +469,8 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None) ->
     async def page() -> HTMLResponse:
         return HTMLResponse(WEBUI.read_text(encoding="utf-8"))
 
-    return _auth_middleware(app, api_key) if api_key else app
+    wrapped = _body_limit_middleware(app, max_body_bytes)
+    if api_key:
+        wrapped = _auth_middleware(wrapped, api_key)
+    hosts = None if allowed_hosts is None or "*" in allowed_hosts else frozenset(h.lower() for h in allowed_hosts)
+    return wrapped if hosts is None else _host_middleware(wrapped, hosts)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
+import json
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -26,8 +32,9 @@ GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
 
 
 @contextlib.contextmanager
-def running_server(log: Path, *args: str, model: Path = TINY, executor: str = "reference") -> Iterator[str]:
-    """Start `python -m graphllm.server` on a free loopback port; yield its base URL; stop it."""
+def server_process(log: Path, *args: str, model: Path = TINY,
+                   executor: str = "reference") -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start `python -m graphllm.server` on a free loopback port; yield its base URL and process; stop it."""
     cmd = [sys.executable, "-m", "graphllm.server", "-p", str(model), "--executor", executor, "--port", "0", *args]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -36,7 +43,7 @@ def running_server(log: Path, *args: str, model: Path = TINY, executor: str = "r
         while not (m := re.search(r"at (http://127\.0\.0\.1:\d+)/v1", log.read_text())):
             assert proc.poll() is None and time.monotonic() < deadline, f"server did not start:\n{log.read_text()}"
             time.sleep(0.05)
-        yield m.group(1)
+        yield m.group(1), proc
     finally:
         proc.terminate()
         try:
@@ -44,6 +51,13 @@ def running_server(log: Path, *args: str, model: Path = TINY, executor: str = "r
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def running_server(log: Path, *args: str, model: Path = TINY, executor: str = "reference") -> Iterator[str]:
+    """Start `python -m graphllm.server` on a free loopback port; yield its base URL; stop it."""
+    with server_process(log, *args, model=model, executor=executor) as (base, _):
+        yield base
 
 
 def client(base: str, key: str | None = KEY) -> openai.OpenAI:
@@ -55,7 +69,8 @@ def client(base: str, key: str | None = KEY) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
     with running_server(tmp_path_factory.mktemp("server") / "server.log", "--api-key", KEY,
-                        "--max-batch", "16") as base:
+                        "--max-batch", "16",
+                        "--default-max-tokens", "20") as base:
         yield base
 
 
@@ -194,22 +209,177 @@ def test_16_concurrent_streams_each_get_their_solo_text(server, solo):
     assert health(server)["steps"] - steps < 16 * 24 / 2  # decode steps were shared
 
 
+def address(base: str) -> tuple[str, int]:
+    """Host and port of a base URL."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def raw_request(body: dict[str, Any], path: str = "/v1/completions") -> bytes:
+    """An HTTP/1.1 POST with a JSON body, as bytes."""
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+def wait_for(base: str, done: Callable[[dict], bool], seconds: float = 10) -> dict:
+    """Poll /health until ``done`` holds for it (bounded); its last answer."""
+    deadline = time.monotonic() + seconds
+    while not done(h := health(base)):
+        assert time.monotonic() < deadline, h
+        time.sleep(0.002)
+    return h
+
+
 @pytest.mark.parametrize("stream", [True, False])
 def test_client_disconnect_cancels_the_generation(server, api, stream):
-    before = health(server)["steps"]
-    request = {"prompt": "Hi", "max_tokens": 240, "stream": stream, "temperature": 0, "ignore_eos": True}
-    headers = {"Authorization": f"Bearer {KEY}"}
-    if stream:
-        with httpx.stream("POST", server + "/v1/completions", json=request, headers=headers, trust_env=False) as r:
-            assert sum(1 for _, line in zip(range(4), r.iter_lines())) == 4
-    else:
-        with pytest.raises(httpx.TimeoutException):
-            httpx.post(server + "/v1/completions", json=request, headers=headers, trust_env=False, timeout=0.05)
-    deadline = time.monotonic() + 10
-    while (h := health(server))["running"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert h["running"] == 0 and h["steps"] - before < 120  # far fewer than the 240 asked for
+    """The client leaves while its generation runs (250 tokens cannot finish in the moment between): the engine
+    drops it unfinished (finish "cancelled", counted in /health) and frees its slot."""
+    cancelled = health(server)["cancelled"]
+    request = {"prompt": "Hi", "max_tokens": 250, "stream": stream, "temperature": 0, "ignore_eos": True}
+    with socket.create_connection(address(server)) as sock:
+        sock.sendall(raw_request(request))
+        wait_for(server, lambda h: h["running"] > 0)
+    h = wait_for(server, lambda h: h["running"] == 0)
+    assert h["cancelled"] == cancelled + 1
     assert api.completions.create(model="tiny_llama", prompt="Hi", max_tokens=3).usage.completion_tokens <= 3
+
+
+def test_hostile_input_is_400_naming_the_field_and_the_connection_stays_usable(server):
+    conn = http.client.HTTPConnection(*address(server), timeout=60)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+    def post(path: str, body: bytes) -> tuple[int, dict]:
+        conn.request("POST", path, body, headers)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+
+    status, reply = post("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "Hi"}], "seed": -1}')
+    assert status == 200 and reply["usage"]["completion_tokens"] <= 20  # the server's --default-max-tokens
+    local = conn.sock.getsockname()
+    user = '{"role": "user", "content": "x"}'
+    for body, param, message in [
+        ('{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages[0].content",
+         "messages[0].content is not valid text: it holds a lone surrogate (\\ud800) at character 0"),
+        ('{"messages": [{"role": "wizard", "content": "x"}]}', "messages[0].role",
+         "messages[0].role must be one of 'system', 'user', 'assistant', got 'wizard'"),
+        ('{"messages": [{"role": "user", "content": null}]}', "messages[0].content",
+         "messages[0].content must be a string or a list of text parts, got null"),
+        (f'{{"messages": [{user}, {{"role": "assistant", "content": null, "tool_calls": [{{"id": "c"}}]}}]}}',
+         "messages[1].tool_calls", "messages[1].tool_calls is not supported: this server does not implement tools"),
+        (f'{{"messages": [{user}], "tools": [{{"type": "function"}}]}}', "tools",
+         "tools is not supported: this server does not implement tools"),
+        (f'{{"messages": [{user}], "max_tokens": -5}}', None, "max_tokens must be >= 0, got -5"),
+        (f'{{"messages": [{user}], "seed": -5}}', None, "seed must be >= 0 (or -1 for a random seed), got -5"),
+    ]:
+        status, reply = post("/v1/chat/completions", body.encode())
+        assert (status, reply["error"]["message"], reply["error"]["param"]) == (400, message, param)
+        assert reply["error"]["type"] == "invalid_request_error"
+    status, reply = post("/v1/completions", b'{"prompt": "Hi", "stop": ["\\udc80"], "max_tokens": 2}')
+    assert (status, reply["error"]["param"]) == (400, "stop[0]")
+    status, reply = post("/v1/completions", b'{"prompt": "Hi", "seed": -1, "temperature": 1, "max_tokens": 2}')
+    assert status == 200 and conn.sock.getsockname() == local  # the same keep-alive connection throughout
+    conn.close()
+
+
+def test_large_bodies_get_413_while_health_answers_at_once(server):
+    polls: list[float] = []
+    stop = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(trust_env=False) as http:
+            while not stop.is_set() and len(polls) < 5000:
+                start = time.monotonic()
+                assert http.get(server + "/health", timeout=30).status_code == 200
+                polls.append(time.monotonic() - start)
+                time.sleep(0.01)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        with socket.create_connection(address(server), timeout=10) as sock:  # 50 MB announced, none sent
+            sock.sendall(raw_request({}).replace(b"Content-Length: 2", b"Content-Length: 52428800"))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 413 ")
+        headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+        r = httpx.post(server + "/v1/completions", content=(b"x" * (1 << 20) for _ in range(50)), headers=headers,
+                       trust_env=False, timeout=60)  # 50 MB without a length
+        assert r.status_code == 413 and r.json()["error"]["message"] == (
+            "the request body exceeds the server's limit of 4194304 bytes (--max-body-bytes)")
+        prompt = "hello world " * 340_000  # 4 MB: under the limit, far over the context
+        r = httpx.post(server + "/v1/chat/completions", json={"messages": [{"role": "user", "content": prompt}]},
+                       headers=headers, trust_env=False, timeout=60)
+        assert r.status_code == 400 and "the context of 256 tokens" in r.json()["error"]["message"]
+        r = httpx.post(server + "/v1/completions", json={"prompt": "hello world " * 300}, headers=headers,
+                       trust_env=False, timeout=60)
+        assert r.status_code == 400 and "context holds 256" in r.json()["error"]["message"]
+    finally:
+        stop.set()
+        poller.join()
+    assert polls and max(polls) < 1.0
+
+
+def test_host_header_must_name_this_server_and_bearer_is_case_insensitive(server):
+    port = address(server)[1]
+    for host, status in [("evil.example", 403), (f"evil.example:{port}", 403), (f"localhost:{port}", 200),
+                         (f"127.0.0.1:{port}", 200), (f"[::1]:{port}", 200)]:
+        r = httpx.get(server + "/health", headers={"Host": host}, trust_env=False)
+        assert r.status_code == status, host
+    r = httpx.get(server + "/v1/models", headers={"Host": "rebound.example"}, trust_env=False)
+    assert r.json()["error"] == {"message": "the Host header 'rebound.example' is not allowed; start the server "
+                                            "with --allowed-hosts naming it (or '*' for any)",
+                                 "type": "permission_error", "param": None, "code": "host_not_allowed"}
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        r = httpx.get(server + "/v1/models", headers={"Authorization": f"{scheme} {KEY}"}, trust_env=False)
+        assert r.status_code == 200, scheme
+
+
+def test_default_hosts():
+    from graphllm.server.app import default_hosts
+
+    assert default_hosts("127.0.0.1") == {"localhost", "127.0.0.1", "::1"}
+    assert default_hosts("127.0.0.2") == {"localhost", "127.0.0.1", "::1", "127.0.0.2"}
+    assert default_hosts("0.0.0.0") is None and default_hosts("192.168.1.5") is None
+
+
+def test_special_tokens_are_skipped_unless_asked(api):
+    def text(**extra: Any) -> str:
+        return api.completions.create(model="tiny_llama", prompt="Hi", max_tokens=200, temperature=50, seed=0,
+                                      extra_body={"ignore_eos": True, **extra}).choices[0].text
+    assert "<|endoftext|>" not in text() and "<|endoftext|>" in text(skip_special_tokens=False)
+
+
+def read_stream(base: str, lines: list[str]) -> None:
+    """One long streamed completion; its SSE data lines go to ``lines``."""
+    request = {"prompt": "Hi", "max_tokens": 250, "stream": True, "temperature": 0, "ignore_eos": True}
+    with httpx.stream("POST", base + "/v1/completions", json=request, headers={"Authorization": f"Bearer {KEY}"},
+                      trust_env=False, timeout=60) as r:
+        lines.extend(line for line in r.iter_lines() if line.startswith("data: "))
+
+
+@pytest.mark.parametrize("sig, grace, exit_code", [(signal.SIGTERM, 0, -signal.SIGTERM), (signal.SIGINT, 2, 130)])
+def test_shutdown_ends_every_stream_and_exits_within_the_grace(tmp_path, sig, grace, exit_code):
+    """Streams that cannot finish in the grace period (queued ones at once) end with an error event and [DONE]."""
+    log = tmp_path / "server.log"
+    with server_process(log, "--api-key", KEY, "--max-batch", "1", "--shutdown-grace", str(grace)) as (base, proc):
+        streams: list[list[str]] = [[] for _ in range(12)]
+        readers = [threading.Thread(target=read_stream, args=(base, lines)) for lines in streams]
+        for reader in readers:
+            reader.start()
+        wait_for(base, lambda h: h["running"] and h["waiting"])
+        proc.send_signal(sig)
+        start = time.monotonic()
+        assert proc.wait(grace + 5) == exit_code
+        assert time.monotonic() - start < grace + 5
+        for reader in readers:
+            reader.join(10)
+    ended = [json.loads(lines[-2][6:]) for lines in streams]
+    assert all(lines[-1] == "data: [DONE]" for lines in streams)
+    errors = [e["error"] for e in ended if "error" in e]
+    assert errors and all(e == {"message": "the server is shutting down; the request was not completed",
+                                "type": "server_error", "param": None, "code": "server_shutting_down"}
+                          for e in errors)
+    assert all(e["choices"][0]["finish_reason"] == "length" for e in ended if "error" not in e)
+    assert "Traceback" not in log.read_text()
 
 
 def test_serve_and_webui_subcommands_default_to_loopback():
@@ -218,6 +388,9 @@ def test_serve_and_webui_subcommands_default_to_loopback():
     for command in ("serve", "webui"):
         a = parser.parse_args([command, "-m", "x", "--max-batch", "4"])
         assert (a.host, a.port, a.max_batch, a.api_key) == ("127.0.0.1", 8080, 4, None) and callable(a.func)
+        assert (a.allowed_hosts, a.max_body_bytes, a.default_max_tokens, a.shutdown_grace) == (None, 4 << 20, 512, 5)
+    a = parser.parse_args(["serve", "--allowed-hosts", "*", "--default-max-tokens", "-1", "--shutdown-grace", "0.5"])
+    assert (a.allowed_hosts, a.default_max_tokens, a.shutdown_grace) == (["*"], None, 0.5)
 
 
 def test_unusable_port_is_one_error_line(tmp_path):

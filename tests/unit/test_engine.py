@@ -99,7 +99,7 @@ def test_batched_requests_equal_solo_generation(solo, tiny4, params):
     for prompt, (text, finish, n) in zip(PROMPTS, results):
         expected = solo.complete(prompt, params)
         assert (text, finish, n) == (expected.text, expected.finish_reason, len(expected.token_ids))
-    assert engine.stats() == {"running": 0, "waiting": 0, "slots": 4, "steps": engine.steps}
+    assert engine.stats() == {"running": 0, "waiting": 0, "slots": 4, "steps": engine.steps, "cancelled": 0}
 
 
 def test_stop_string_cuts_like_generate(solo, tiny4):
