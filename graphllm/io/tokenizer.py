@@ -112,8 +112,12 @@ class Tokenizer:
 
     # ------------------------------------------------------------ text
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of `text`; BOS is prepended only when asked and the model's config says so."""
-        ids = self.hf.encode(text, add_special_tokens=False).ids
+        """Token ids of `text`; BOS is prepended only when asked and the model's config says so.
+
+        encode_batch releases the GIL while it works (encode does not), so a long prompt tokenized in a
+        server thread does not stall the event loop.
+        """
+        ids = self.hf.encode_batch([text], add_special_tokens=False)[0].ids
         if add_special_tokens and self._add_bos and (not ids or ids[0] != self._bos):
             ids = [self._bos, *ids]
         return ids
