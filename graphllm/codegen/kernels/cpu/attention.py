@@ -209,27 +209,6 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                 for i in T.vectorized(d):
                     out[th // hq, th % hq * d + i] = comb[i] * stats[2]
 
-    if rope:
-        @T.prim_func
-        def attention_rope(
-            q_arg: T.handle,
-            k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-            v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-            pos: T.Buffer((t_len,), "int32"),
-            slot: T.Buffer((t_len,), "int32"),
-            threads: T.Buffer((1,), "int32"),
-            rope_pos: T.Buffer((t_len,), "int32"),
-            sin: T.Buffer((rows, cols), "float32"),
-            cos: T.Buffer((rows, cols), "float32"),
-            out: T.Buffer((t_len, hq * d), "float32"),
-        ):
-            T.func_attr({"tirx.noalias": True})
-            q = T.match_buffer(q_arg, q_shape, "float32")
-            attend(T.decl_buffer((t_len, q_rows, d), "float32", data=q.data), k_cache, v_cache, pos, slot, threads,
-                   rope_pos, sin, cos, out)
-
-        return attention_rope
-
     @T.prim_func
     def attention(
         q_arg: T.handle,
@@ -238,14 +217,29 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
         pos: T.Buffer((t_len,), "int32"),
         slot: T.Buffer((t_len,), "int32"),
         threads: T.Buffer((1,), "int32"),
+        rope_pos: T.Buffer((t_len,), "int32"),
+        sin: T.Buffer((rows, cols), "float32"),
+        cos: T.Buffer((rows, cols), "float32"),
         out: T.Buffer((t_len, hq * d), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         q = T.match_buffer(q_arg, q_shape, "float32")
-        qh = T.decl_buffer((t_len, q_rows, d), "float32", data=q.data)
-        attend(qh, k_cache, v_cache, pos, slot, threads, pos, qh, qh, out)  # no RoPE: the tables are never read
+        attend(T.decl_buffer((t_len, q_rows, d), "float32", data=q.data), k_cache, v_cache, pos, slot, threads,
+               rope_pos, sin, cos, out)
 
-    return attention
+    return attention if has_rope else _without_params(attention, ROPE_PARAMS)
+
+
+ROPE_PARAMS = ("rope_pos", "sin", "cos")  # parameters a kernel without fused RoPE drops (its body never reads them)
+
+
+def _without_params(func: PrimFunc, names: tuple[str, ...]) -> PrimFunc:
+    """The PrimFunc without the named parameters (which its body does not use): one entry point written for both
+    the RoPE-fused and the plain kernel."""
+    from tvm import tirx
+
+    keep = [p for p in func.params if p.name not in names]
+    return tirx.PrimFunc(keep, func.body, func.ret_type, func.attrs)
 
 
 def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] | None = None,
@@ -289,41 +283,24 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
             for i in T.vectorized(d):
                 v_cache[slot[t], pos[t], h, i] = v_cur[t, v0 + h, i]
 
-    if rope:
-        @T.prim_func
-        def kv_write_rope(
-            k_arg: T.handle,
-            v_arg: T.handle,
-            pos: T.Buffer((t_len,), "int32"),
-            slot: T.Buffer((t_len,), "int32"),
-            rope_pos: T.Buffer((t_len,), "int32"),
-            sin: T.Buffer((rows, cols), "float32"),
-            cos: T.Buffer((rows, cols), "float32"),
-            k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-            v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-        ):
-            T.func_attr({"tirx.noalias": True})
-            k_in = T.match_buffer(k_arg, kv_shape, "float32")
-            v_in = T.match_buffer(v_arg, kv_shape, "float32")
-            write(k_in, v_in, pos, slot, rope_pos, sin, cos, k_cache, v_cache)
-
-        return kv_write_rope
-
     @T.prim_func
     def kv_write(
         k_arg: T.handle,
         v_arg: T.handle,
         pos: T.Buffer((t_len,), "int32"),
         slot: T.Buffer((t_len,), "int32"),
+        rope_pos: T.Buffer((t_len,), "int32"),
+        sin: T.Buffer((rows, cols), "float32"),
+        cos: T.Buffer((rows, cols), "float32"),
         k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
         v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
     ):
         T.func_attr({"tirx.noalias": True})
         k_in = T.match_buffer(k_arg, kv_shape, "float32")
         v_in = T.match_buffer(v_arg, kv_shape, "float32")
-        write(k_in, v_in, pos, slot, pos, k_cache, k_cache, k_cache, v_cache)  # no RoPE: the tables are never read
+        write(k_in, v_in, pos, slot, rope_pos, sin, cos, k_cache, v_cache)
 
-    return kv_write
+    return kv_write if rope else _without_params(kv_write, ROPE_PARAMS)
 
 
 def _attention_kernel(req: LowerRequest, knobs: Mapping[str, Any], hq: int, hk: int, d: int,
