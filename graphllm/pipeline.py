@@ -18,7 +18,7 @@ from .dsl.textir import parse_graph
 from .dsl.types import TensorType
 from .errors import GraphBuildError, GraphLLMError
 from .io.loader import LoadedModel, WeightSource, load_model, weight_types
-from .models import builtin_model
+from .models import builtin_model, check_sizes
 from .passes.manager import DEFAULT_PIPELINE, FUSION_PASSES, run_passes
 from .passes.verify import verify
 
@@ -67,6 +67,7 @@ def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
 
     The traced graph is verified before any pass (every later layer needs the inferred types).
     """
+    check_sizes(config, weight_types)
     description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
     return run_passes(verify(trace(description, config, weight_types, notes=notes)), passes, after=after,
                       print_ir_after_all=print_ir_after_all, dtype=dtype, notes=notes)

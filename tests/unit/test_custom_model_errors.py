@@ -1,5 +1,6 @@
 """Broken custom model files: each error names the op or tensor and the user's file:line."""
 
+import re
 import json
 import textwrap
 from pathlib import Path
@@ -198,3 +199,16 @@ def test_a_missing_projection_is_named_not_reported_as_a_shape_clash(tmp_path):
     msg = error_of(path)
     assert f"note: {path}:{line}: tensor 'model.layers.0.mlp.down_prj.weight' is missing from the checkpoint" in msg
     assert "read the embedding table instead" in msg
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_attention_heads", 8, "config (num_attention_heads * head_dim, hidden_size) = (128, 64) contradicts the checkpoint"),
+    ("intermediate_size", 100, "config (intermediate_size, hidden_size) = (100, 64) contradicts the checkpoint"),
+    ("vocab_size", 10, "model.embed_tokens.weight is [320, 64]"),
+    ("num_hidden_layers", 1, "config num_hidden_layers = 1 contradicts the checkpoint, which has 2 layers"),
+])
+def test_a_config_that_contradicts_the_weights_names_the_value(key, value, message):
+    from graphllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_graph({**CONFIG, key: value}, TYPES)
