@@ -7,12 +7,17 @@ from pathlib import Path
 import pytest
 
 from graphllm.cli import main
-from graphllm.tools.check import check_model
+from graphllm.tools.check import Tolerance, check_model
 from graphllm.errors import GraphLLMError
 
 ROOT = Path(__file__).parents[2]
 EXAMPLE = (ROOT / "examples" / "qwen2_fastllm.py").read_text()
 QWEN2 = str(ROOT / "tests" / "fixtures" / "tiny_qwen2")
+FAMILIES = ["gemma2", "llama", "mistral", "phi3", "qwen2", "qwen3"]
+# a decode-only bug: every layer's attention uses layer 0's KV cache. On the prompt each layer writes its
+# keys before reading them, so the prompt matches; a decode step reads another layer's keys.
+SHARED_CACHE = ('data["pastKey."][i], data["pastValue."][i], data["k"]',
+                'data["pastKey."][0], data["pastValue."][0], data["k"]')
 
 # bug name -> (line of the example to change, its replacement, the line the divergence is reported at
 # (None: the changed line), words the report must contain)
@@ -45,12 +50,13 @@ def line_of(path: Path, text: str) -> int:
 
 
 def test_a_correct_file_matches_stage_by_stage(tmp_path):
-    report = check_model(QWEN2, model_file(tmp_path))
-    assert report.ok and report.logits_diff == 0.0
+    report = check_model(QWEN2, model_file(tmp_path), tokens=2)
+    assert report.ok and report.steps[0].logits.abs == 0.0 and len(report.steps) == 3
     assert [s for s in report.stats] == [(0, 0), (1, 0), (1, 1), (2, 0)]
-    assert all(s.compared > 0 and s.max_diff == 0 for s in report.stats.values())
+    assert all(s.compared > 0 and s.worst.abs == 0 and s.worst.cos == 1 for s in report.stats.values())
     lines = report.lines()
     assert lines[1].strip().startswith("layer 0:") and "matches the builtin reference" in lines[-1]
+    assert "relative 0" in lines[1] and "top-1 agrees 3/3" in lines[-2]
 
 
 def test_renamed_values_and_other_op_orders_still_match(tmp_path):
@@ -87,6 +93,7 @@ def test_cli_exit_status_and_output(tmp_path, capsys):
     old, new, _, _ = BUGS["wrong_eps"]
     path = model_file(tmp_path, old, new, "bad.py")
     assert main(["check", "-m", QWEN2, "--custom", str(path), "--tol", "0.5"]) == 0  # within a loose tolerance
+    assert main(["check", "-m", QWEN2, "--custom", str(path), "--rtol", "0.5"]) == 0
     assert main(["check", "-m", QWEN2, "--custom", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"{path}:{line_of(path, new)}: RMSNorm" in out
@@ -97,15 +104,51 @@ def test_cli_exit_status_and_output(tmp_path, capsys):
 def test_against_transformers_without_it_says_how_to_install(tmp_path, monkeypatch):
     for name in ("torch", "transformers"):
         monkeypatch.setitem(sys.modules, name, None)  # import -> ImportError, as when not installed
-    with pytest.raises(GraphLLMError, match="pip install torch transformers"):
+    with pytest.raises(GraphLLMError, match=r"needs torch and transformers.*pip install 'graphllm\[check\]'"):
         check_model(QWEN2, model_file(tmp_path), against="transformers")
 
 
-def test_against_transformers_layer_by_layer(tmp_path):
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    good = check_model(QWEN2, model_file(tmp_path), against="transformers")
-    assert good.ok and set(good.stats) == {(0, 0), (1, 0), (2, 0)}  # transformers normalizes the last layer's output
-    old, new, _, _ = BUGS["wrong_eps"]
-    bad = check_model(QWEN2, model_file(tmp_path, old, new, "bad.py"), against="transformers")
-    assert bad.divergence.stage == (1, 0) and "AddTo -> 'hiddenStates'" in bad.divergence.where
+def test_the_check_extra_installs_what_transformers_needs():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert 'check = ["torch' in text and '"transformers' in text and '"accelerate' in text
+
+
+def test_tokens_catch_a_decode_only_bug_at_its_line(tmp_path):
+    path = model_file(tmp_path, *SHARED_CACHE, "shared_cache.py")
+    assert check_model(QWEN2, path).ok  # the prompt alone cannot see it
+    report = check_model(QWEN2, path, tokens=3)
+    assert not report.ok and report.divergence.step == 1
+    assert report.divergence.where.startswith(f"{path}:{line_of(path, 'self.FusedAttention(')}:")
+    text = "\n".join(report.lines())
+    assert "at decode step 1" in text and "use the KV cache of layer 0" in text, text
+
+
+def test_quantized_dtype_is_judged_on_kl_and_tokens(tmp_path):
+    report = check_model(QWEN2, model_file(tmp_path), dtype="int8", tokens=2)
+    assert not report.judged and report.divergence is None and len(report.steps) == 3
+    assert report.stats[(1, 0)].worst.abs > 0  # float32 reference, int8 custom
+    text = "\n".join(report.lines())
+    assert report.ok and "not judged" in text and "KL max" in text, text
+    assert not check_model(QWEN2, model_file(tmp_path), dtype="int8", max_kl=0.0).ok
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_builtin_family_matches_transformers_with_the_defaults(family):
+    pytest.importorskip("torch", reason="needs torch: pip install 'graphllm[check]'")
+    pytest.importorskip("transformers", reason="needs transformers: pip install 'graphllm[check]'")
+    model = str(ROOT / "tests" / "fixtures" / f"tiny_{family}")
+    report = check_model(model, ROOT / "graphllm" / "models" / f"{family}.py", against="transformers", tokens=2)
+    assert report.ok, report.lines()
+    assert set(report.stats) == {(0, 0), (1, 0), (2, 0)}  # transformers normalizes the last layer's output
+    assert all(s.worst.rel < Tolerance().rtol / 20 for s in report.stats.values()), report.lines()
+
+
+@pytest.mark.parametrize("bug", sorted(BUGS) + ["shared_cache"])
+def test_a_broken_file_diverges_from_transformers(tmp_path, bug):
+    pytest.importorskip("torch", reason="needs torch: pip install 'graphllm[check]'")
+    pytest.importorskip("transformers", reason="needs transformers: pip install 'graphllm[check]'")
+    old, new = SHARED_CACHE if bug == "shared_cache" else BUGS[bug][:2]
+    report = check_model(QWEN2, model_file(tmp_path, old, new, f"{bug}.py"), against="transformers", tokens=2)
+    assert not report.ok and report.divergence.stage == (1, 0), report.lines()
+    assert report.divergence.step == (1 if bug == "shared_cache" else 0)
+    assert "AddTo -> 'hiddenStates'" in report.divergence.where
