@@ -14,6 +14,8 @@ ARCHITECTURES = {
     "mistral": ("MistralForCausalLM", "mistral"),
     "phi3": ("Phi3ForCausalLM", "phi3"),
     "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+    "gemma3_text": ("Gemma3ForCausalLM", "gemma3"),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3"),
 }
 
 
