@@ -15,7 +15,6 @@ ARCHITECTURES = {
     "phi3": ("Phi3ForCausalLM", "phi3"),
     "gemma2": ("Gemma2ForCausalLM", "gemma2"),
     "gemma3_text": ("Gemma3ForCausalLM", "gemma3"),
-    "gemma3": ("Gemma3ForCausalLM", "gemma3"),
 }
 
 

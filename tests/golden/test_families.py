@@ -26,16 +26,10 @@ def loaded(request, family):
     return LLM.load(folder, executor=request.param, max_context=64, num_slots=2), exp
 
 
-def test_prefill_and_greedy_decode_match_transformers(loaded):
+def test_prefill_and_greedy_decode_match_transformers(loaded, greedy_matches):
     llm, exp = loaded
     for p in range(3):
-        ids = exp[f"prompt{p}_ids"].tolist()
-        logits = llm.step(ids, range(len(ids)), [len(ids)], [0])[0]
-        position = len(ids)
-        for k, expected in enumerate(exp[f"prompt{p}_step_logits"]):
-            np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0, err_msg=f"prompt {p} step {k}")
-            logits = llm.decode(int(exp[f"prompt{p}_new_tokens"][k]), position, slot=0)
-            position += 1
+        greedy_matches(llm, exp, p, TOL)
 
 
 def test_packed_sequences_match_separate_prefills(loaded):
