@@ -17,6 +17,8 @@ from ..errors import ConfigError
 DEFAULT_ROPE_THETA = 10000.0
 ROPE_SCALINGS = ("default", "linear", "llama3")
 LAYER_TYPES = ("sliding_attention", "full_attention")
+GEMMA3 = ("gemma3", "gemma3_text")
+LOCAL_ROPE_INPUTS = ("sinLocal", "cosLocal")
 _REQUIRED = object()
 
 
@@ -80,11 +82,17 @@ class Rope:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 1.0
     original_max_positions: int = 0
+    freq_factors: tuple[float, ...] = ()  # llama.cpp's rope_freqs: each pair's frequency is divided by its factor
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], notes: list[str] | None = None) -> "Rope":
-        """Read rotary_dim / partial_rotary_factor, rope_theta and rope_scaling (or HF's rope_parameters)."""
+    def from_config(cls, config: Mapping[str, Any], notes: list[str] | None = None,
+                    layer_type: str = "full_attention") -> "Rope":
+        """Read rotary_dim / partial_rotary_factor, rope_theta and rope_scaling (or HF's rope_parameters, also
+        per layer type); a "sliding_attention" rope reads rope_local_base_freq and no rope_scaling (Gemma 3)."""
         params = config.get("rope_parameters") or {}
+        if any(t in params for t in LAYER_TYPES):
+            params = params.get(layer_type) or {}
+        local = layer_type == "sliding_attention"
         dim = head_dim(config)
         if config.get("rotary_dim"):
             pairs = _int("rotary_dim", config["rotary_dim"], 2) // 2
@@ -94,20 +102,24 @@ class Rope:
             pairs = int(dim * factor) // 2
         if not 1 <= pairs <= dim // 2:
             raise ConfigError(f"config rotates {2 * pairs} dimensions of heads of {dim}: expected 2 to {dim}")
-        theta = config.get("rope_theta", params.get("rope_theta"))
+        theta = config.get("rope_local_base_freq" if local else "rope_theta", params.get("rope_theta"))
         if theta is None:
             theta = DEFAULT_ROPE_THETA
             if notes is not None:
                 notes.append(f"config has no rope_theta: using {DEFAULT_ROPE_THETA:g}")
         theta = _float("rope_theta", theta)
-        scaling, where = config.get("rope_scaling"), "config rope_scaling"
+        factors = tuple(_float("rope_freq_factors", f) for f in config.get("rope_freq_factors") or ())
+        if factors and len(factors) != pairs:
+            raise ConfigError(f"config rope_freq_factors has {len(factors)} values: expected {pairs}")
+        scaling, where = (None if local else config.get("rope_scaling")), "config rope_scaling"
         if not scaling:
             scaling, where = params, "config rope_parameters"
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         if kind == "default":
-            return cls(pairs, theta)
+            return cls(pairs, theta, freq_factors=factors)
         if kind == "linear":
-            return cls(pairs, theta, kind, _float("rope_scaling.factor", _value(scaling, "factor", where=where)))
+            return cls(pairs, theta, kind, _float("rope_scaling.factor", _value(scaling, "factor", where=where)),
+                       freq_factors=factors)
         if kind == "llama3":
             factor, low, high = (_float(f"rope_scaling.{k}", _value(scaling, k, where=where))
                                  for k in ("factor", "low_freq_factor", "high_freq_factor"))
@@ -115,13 +127,29 @@ class Rope:
                        _value(scaling, "original_max_position_embeddings", where=where))
             if low >= high:
                 raise ConfigError(f"config rope_scaling low_freq_factor = {low} must be below high_freq_factor = {high}")
-            return cls(pairs, theta, kind, factor, low, high, old)
+            return cls(pairs, theta, kind, factor, low, high, old, factors)
         raise ConfigError(f"rope_scaling type {kind!r} is not supported (supported: {', '.join(ROPE_SCALINGS)})")
+
+
+def local_rope(config: Mapping[str, Any], notes: list[str] | None = None) -> Rope | None:
+    """The rope of sliding-window layers when it differs from the global one (Gemma 3's rope_local_base_freq,
+    or rope_parameters per layer type), else None; it must rotate as many pairs."""
+    params = config.get("rope_parameters") or {}
+    if config.get("rope_local_base_freq") is None and "sliding_attention" not in params:
+        return None
+    rope, local = Rope.from_config(config), Rope.from_config(config, notes, "sliding_attention")
+    if local.pairs != rope.pairs:
+        raise ConfigError(f"config rotates {2 * local.pairs} dimensions on sliding layers and {2 * rope.pairs} "
+                          f"on the others: expected the same")
+    return None if local == rope else local
 
 
 def _layer_types(config: Mapping[str, Any], model_type: str, layers: int) -> list[str] | None:
     """Which layers slide: layer_types, else the family's rule as transformers defines it (None: all)."""
     types = config.get("layer_types")
+    if types is None and model_type in GEMMA3:
+        period = _int("sliding_window_pattern", config.get("sliding_window_pattern", 6))
+        types = ["sliding_attention" if (i + 1) % period else "full_attention" for i in range(layers)]
     if types is None and model_type == "gemma2":
         types = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
     if types is None and model_type == "qwen2" and config.get("max_window_layers") is not None:
@@ -164,6 +192,8 @@ class ArchConfig:
     rope: Rope
     hidden_act: str
     windows: tuple[int | None, ...]  # per layer; None: full causal attention
+    local_rope: Rope | None  # the rope of the layers in local_layers (Gemma 3), when it differs from rope
+    local_layers: tuple[bool, ...]  # per layer: rotates with local_rope (sinLocal/cosLocal)
     attn_scale: float  # query_pre_attn_scalar ** -0.5, else head_dim ** -0.5
     attn_softcap: float | None
     final_softcap: float | None
@@ -184,8 +214,10 @@ class ArchConfig:
                               f"num_key_value_heads = {kv_heads}")
         layers = _int("num_hidden_layers", _value(config, "num_hidden_layers"))
         dim = head_dim(config)
-        default_act = "gelu_pytorch_tanh" if model_type == "gemma2" else "silu"
+        default_act = "gelu_pytorch_tanh" if model_type in ("gemma2", *GEMMA3) else "silu"
         vocab = config.get("vocab_size")
+        local = local_rope(config, notes)
+        types = _layer_types(config, model_type, layers) or ["full_attention"] * layers
         return cls(
             model_type=model_type,
             hidden_size=_int("hidden_size", _value(config, "hidden_size")),
@@ -200,7 +232,13 @@ class ArchConfig:
             rope=Rope.from_config(config, notes),
             hidden_act=str(config.get("hidden_activation") or config.get("hidden_act") or default_act),
             windows=_windows(config, model_type, layers),
+            local_rope=local,
+            local_layers=tuple(local is not None and t == "sliding_attention" for t in types),
             attn_scale=_float("query_pre_attn_scalar", _value(config, "query_pre_attn_scalar", dim)) ** -0.5,
             attn_softcap=_softcap(config, "attn_logit_softcapping"),
             final_softcap=_softcap(config, "final_logit_softcapping"),
         )
+
+    def rope_inputs(self, layer: int) -> tuple[str, str]:
+        """The reserved sin/cos inputs that layer rotates q and k with: sinLocal/cosLocal on local-rope layers."""
+        return LOCAL_ROPE_INPUTS if self.local_layers[layer] else ("sin", "cos")

@@ -27,7 +27,7 @@ class ReferenceExecutor:
         self.max_context = max_context
         self.weights = {n: _float_weight(weights[graph[n]["attrs"]["name"]], graph[n]["type"])
                         for n in graph.nodes_of(WEIGHT_OP)}
-        self.sin, self.cos = rope_tables(graph.config)
+        self.tables = rope_tables(graph.config)
         self.caches: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for n in graph.order():
             spec = O.get_spec(graph[n]["op"])
@@ -58,10 +58,8 @@ class ReferenceExecutor:
             "positionIds": np.asarray(positions, np.int32),
             "seqLens": np.asarray(seq_lens, np.int32),
             "attentionMask": np.zeros(len(input_ids), np.int32),
-            "sin": self.sin,
-            "cos": self.cos,
             "atype": np.zeros((), np.float32),
-        }
+        } | self.tables
         ctx = O.RefContext(caches=self.caches, seq_lens=feeds["seqLens"], slots=np.asarray(slots, np.int64),
                            positions=feeds["positionIds"])
         values: dict[str, np.ndarray] = {}

@@ -1,5 +1,8 @@
 """Read a GGUF file: an HF-style config from its metadata and its tensors under Hugging Face names.
 
+Architectures (`_ARCHS`): llama (Llama 1-3.x, Mistral), qwen2, qwen3, phi3, gemma2, gemma3, each read as
+llama.cpp's converter wrote it (permuted Q/K rows, Gemma's 1 + w norms, Llama 3's rope_freqs factors).
+
 Tensors stay memory-mapped as raw GGML blocks (`GGUFTensor.raw()`) and are dequantized to float32
 only when asked. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16 and F32 are decoded here
 (the codegen mirrors these block layouts, and F16/BF16 matrices can be handed over as they are:
@@ -35,31 +38,59 @@ from graphllm.io.weights import TensorWeights
 
 QT = GGMLQuantizationType
 
-# arch -> (model_type, HF class, whether the converter permuted the Q/K rows)
-_ARCHS: dict[str, tuple[str, str, bool]] = {
-    "llama": ("llama", "LlamaForCausalLM", True),
-    "qwen2": ("qwen2", "Qwen2ForCausalLM", False),
-}
-
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-_LAYER_NAMES = {
+_ATTENTION = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
+}
+_QK_NORMS = {"attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
+_MLP = {"ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+_LLAMA_NORMS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
+_GEMMA_NORMS = {
     "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+_PHI3 = {
+    "attn_qkv": "self_attn.qkv_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_up": "mlp.gate_up_proj",  # gate rows first, then up: HF's fused layout
+    "ffn_down": "mlp.down_proj",
+}
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """How llama.cpp's converter wrote one GGUF architecture: the HF family, whether Q/K rows were
+    permuted, each layer tensor's HF name (all of them required), and the shift added to norm weights."""
+
+    model_type: str
+    hf_class: str
+    permuted: bool
+    layer_names: Mapping[str, str]
+    norm_shift: float = 0.0  # Gemma: the file holds 1 + w, the HF checkpoint w
+
+
+_ARCHS: dict[str, _Arch] = {
+    "llama": _Arch("llama", "LlamaForCausalLM", True, _ATTENTION | _MLP | _LLAMA_NORMS),  # also Mistral's
+    "qwen2": _Arch("qwen2", "Qwen2ForCausalLM", False, _ATTENTION | _MLP | _LLAMA_NORMS),
+    "qwen3": _Arch("qwen3", "Qwen3ForCausalLM", False, _ATTENTION | _QK_NORMS | _MLP | _LLAMA_NORMS),
+    "phi3": _Arch("phi3", "Phi3ForCausalLM", False, _PHI3 | _LLAMA_NORMS),
+    "gemma2": _Arch("gemma2", "Gemma2ForCausalLM", False, _ATTENTION | _MLP | _GEMMA_NORMS, 1.0),
+    "gemma3": _Arch("gemma3_text", "Gemma3ForCausalLM", False, _ATTENTION | _QK_NORMS | _MLP | _GEMMA_NORMS, 1.0),
 }
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 _GLOBAL_REQUIRED = ("token_embd.weight", "output_norm.weight")
-_LAYER_REQUIRED = tuple(f"{k}.weight" for k in _LAYER_NAMES)
+_LLAMA3_FACTORS = "rope_freqs.weight"  # llama.cpp's form of Llama 3.x rope scaling: per-pair frequency divisors
+_GEMMA_27B_LAYERS = {"gemma2": (46,), "gemma3": (62,)}
+_UNSUPPORTED_TENSORS = {"rope_factors_long.weight": "LongRoPE (Phi-3 128k) rope scaling"}
 
 
 class _FastReader(GGUFReader):
@@ -134,6 +165,7 @@ class GGUFTensor:
     shape: tuple[int, ...]  # HF layout: [out, in] for matrices
     data: np.ndarray = field(repr=False)  # uint8 [rows, row_bytes] in file row order
     n_head: int | None = None  # set when the file's rows are llama.cpp-permuted Q/K rows
+    shift: float = 0.0  # subtracted from every value: the file holds w + shift (Gemma's norms)
 
     @property
     def qformat(self) -> str | None:
@@ -142,8 +174,8 @@ class GGUFTensor:
 
     @property
     def float_dtype(self) -> str | None:
-        """float32, float16 or bfloat16 when the file holds plain numbers of that type, else None."""
-        return _FLOATS[self.ggml_type].name if self.ggml_type in _FLOATS else None
+        """float32, float16 or bfloat16 when the file holds this tensor's numbers as they are, else None."""
+        return _FLOATS[self.ggml_type].name if self.ggml_type in _FLOATS and not self.shift else None
 
     @property
     def block_size(self) -> int:
@@ -172,7 +204,8 @@ class GGUFTensor:
     def dequantize(self) -> np.ndarray:
         """The tensor as float32 in HF layout (read-only when it is an F32 view of the file)."""
         try:
-            return dequantize_raw(self.raw(), self.ggml_type).reshape(self.shape)
+            values = dequantize_raw(self.raw(), self.ggml_type).reshape(self.shape)
+            return values - np.float32(self.shift) if self.shift else values
         except NotImplementedError as exc:
             raise ModelLoadError(
                 f"tensor {self.gguf_name!r} has GGML type {self.ggml_type.name}, which cannot be dequantized"
@@ -191,26 +224,26 @@ def _short_float(x: float) -> float:
     return float(str(np.float32(x)))
 
 
-def hf_tensor_name(gguf_name: str) -> str:
-    """The Hugging Face name of a GGUF tensor; names with no HF counterpart are kept as they are."""
+def hf_tensor_name(gguf_name: str, arch: str = "llama") -> str:
+    """The Hugging Face name of a GGUF tensor of a GGUF architecture; names with no HF counterpart are kept."""
     base, _, suffix = gguf_name.rpartition(".")
     if base in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[base]}.{suffix}"
-    m = _LAYER_RE.fullmatch(gguf_name)
-    if m and m.group(2) in _LAYER_NAMES:
-        return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.{m.group(3)}"
+    m, names = _LAYER_RE.fullmatch(gguf_name), _ARCHS[arch].layer_names
+    if m and m.group(2) in names:
+        return f"model.layers.{m.group(1)}.{names[m.group(2)]}.{m.group(3)}"
     return gguf_name
 
 
 def build_config(fields: Mapping[str, ReaderField], tensor_names: set[str], path: Path) -> dict[str, Any]:
-    """An HF-style config dict for a llama or qwen2 GGUF (`tensor_names` are GGUF names): the metadata
-    renamed, with no defaults of its own (ArchConfig, which reads it, applies and notes those)."""
+    """An HF-style config dict for a GGUF of one of `_ARCHS` (`tensor_names` are GGUF names): the metadata
+    renamed, with no defaults of its own but llama.cpp's (ArchConfig, which reads it, applies and notes those)."""
     arch = field_value(fields, "general.architecture")
     if arch not in _ARCHS:
         raise ModelLoadError(
             f"{path}: GGUF architecture {arch!r} is not supported (supported: {', '.join(sorted(_ARCHS))})"
         )
-    model_type, hf_class, _ = _ARCHS[arch]
+    model_type, hf_class = _ARCHS[arch].model_type, _ARCHS[arch].hf_class
 
     def get(key: str, default: Any = ...) -> Any:
         value = field_value(fields, f"{arch}.{key}", default)
@@ -223,7 +256,7 @@ def build_config(fields: Mapping[str, ReaderField], tensor_names: set[str], path
     config: dict[str, Any] = {
         "model_type": model_type,
         "architectures": [hf_class],
-        "hidden_act": "silu",
+        "hidden_act": "gelu_pytorch_tanh" if _ARCHS[arch].norm_shift else "silu",
         "hidden_size": int(get("embedding_length")),
         "intermediate_size": int(get("feed_forward_length")),
         "num_hidden_layers": int(get("block_count")),
@@ -239,9 +272,16 @@ def build_config(fields: Mapping[str, ReaderField], tensor_names: set[str], path
         config["num_key_value_heads"] = int(kv_heads)
     if theta is not None:
         config["rope_theta"] = _short_float(theta)
-    head_dim = get("attention.key_length", None) or get("rope.dimension_count", None)
+    rope_dims = get("rope.dimension_count", None)
+    head_dim = get("attention.key_length", None) or (None if arch == "phi3" else rope_dims)
     if head_dim is not None:
         config["head_dim"] = int(head_dim)
+    if arch == "phi3" and rope_dims is not None:  # partial rotary
+        config["rotary_dim"] = int(rope_dims)
+    window = get("attention.sliding_window", None)
+    if window:  # Phi-3 writes 0 for none; llama.cpp's Mistral conversion writes none at all
+        config["sliding_window"] = int(window)
+    config.update(_gemma_config(arch, get, config))
     scaling = get("rope.scaling.type", None)
     if scaling not in (None, "none"):
         config["rope_scaling"] = {"rope_type": scaling, "factor": _short_float(get("rope.scaling.factor", 1.0))}
@@ -253,6 +293,29 @@ def build_config(fields: Mapping[str, ReaderField], tensor_names: set[str], path
         if value is not None:
             config["pad_token_id" if key == "padding" else f"{key}_token_id"] = int(value)
     return config
+
+
+def _gemma_config(arch: str, get: Any, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Gemma 2 / 3 keys: soft-caps, the query scale, and Gemma 3's local RoPE base and layer pattern, with
+    llama.cpp's defaults where its converter writes nothing (query_pre_attn_scalar, the local base, the pattern)."""
+    if arch not in ("gemma2", "gemma3"):
+        return {}
+    out = {key: float(get(key)) for key in ("attn_logit_softcapping", "final_logit_softcapping")
+           if get(key, None)}
+    scale = get("attention.scale", None)
+    layers, hidden, heads = config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]
+    if scale:
+        out["query_pre_attn_scalar"] = _short_float(float(scale) ** -2)
+    elif layers in _GEMMA_27B_LAYERS[arch]:  # llama.cpp: the 27B models scale queries by (hidden / heads) ** -0.5
+        out["query_pre_attn_scalar"] = hidden // heads
+    if arch == "gemma3":
+        out["rope_local_base_freq"] = _short_float(get("rope.freq_base_swa", 10000.0))
+        pattern = get("attention.sliding_window_pattern", 6)
+        if isinstance(pattern, list):
+            out["layer_types"] = ["sliding_attention" if p else "full_attention" for p in pattern]
+        else:
+            out["sliding_window_pattern"] = int(pattern)
+    return out
 
 
 def _file_type(fields: Mapping[str, ReaderField], tensors: Mapping[str, GGUFTensor]) -> str:
@@ -296,13 +359,18 @@ def _read(path: Path) -> GGUFReader:
                              f"describes more): download it again") from None
 
 
-def _check_complete(tensors: Mapping[str, GGUFTensor], layers: int, path: Path) -> None:
-    """Every tensor a llama/qwen2 model of `layers` layers needs is present; names the first missing one."""
+def _check_complete(tensors: Mapping[str, GGUFTensor], arch: str, layers: int, path: Path) -> None:
+    """Every tensor a model of this GGUF architecture and `layers` layers needs is present, and none that
+    graphllm cannot compute with; names the first such tensor."""
     gguf_names = {t.gguf_name for t in tensors.values()}
-    required = list(_GLOBAL_REQUIRED) + [f"blk.{i}.{name}" for i in range(layers) for name in _LAYER_REQUIRED]
+    for name, what in _UNSUPPORTED_TENSORS.items():
+        if name in gguf_names:
+            raise ModelLoadError(f"{path}: the GGUF file has {name!r}: {what} is not supported")
+    required = list(_GLOBAL_REQUIRED) + [f"blk.{i}.{name}.weight" for i in range(layers)
+                                         for name in _ARCHS[arch].layer_names]
     for name in required:
         if name not in gguf_names:
-            raise ModelLoadError(f"{path}: the GGUF file lacks the tensor {name!r} ({hf_tensor_name(name)})")
+            raise ModelLoadError(f"{path}: the GGUF file lacks the tensor {name!r} ({hf_tensor_name(name, arch)})")
 
 
 def _warn_dequantized(tensors: Mapping[str, GGUFTensor], path: Path) -> None:
@@ -426,12 +494,10 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     fields, entries = _read_indexed(path)
     gguf_names = {t.name for t in entries}
     config = build_config(fields, gguf_names, path)
-    try:
-        arch = ArchConfig.from_config(config)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: GGUF metadata: {e}") from None
-    permuted = _ARCHS[config["model_type"]][2]
-    heads = {"attn_q": arch.num_heads, "attn_k": arch.num_kv_heads}
+    arch = field_value(fields, "general.architecture")
+    family = _ARCHS[arch]
+    heads = {"attn_q": config["num_attention_heads"],
+             "attn_k": config.get("num_key_value_heads", config["num_attention_heads"])}
     tensors: dict[str, GGUFTensor] = {}
     for t in entries:
         if not _can_dequantize(t.tensor_type):
@@ -446,11 +512,18 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
             rows = shape[0]
         data = t.data.view(np.uint8).reshape(rows, -1)
         m = _LAYER_RE.fullmatch(t.name)
-        n_head = heads.get(m.group(2)) if (m and permuted) else None
+        n_head = heads.get(m.group(2)) if (m and family.permuted) else None
         if n_head is not None and rows != shape[0]:
             raise ModelLoadError(f"{path}: cannot un-permute the quantized 1-D tensor {t.name!r}")
-        name = hf_tensor_name(t.name)
-        tensors[name] = GGUFTensor(name, t.name, t.tensor_type, shape, data, n_head)
-    _check_complete(tensors, arch.num_layers, path)
+        name = hf_tensor_name(t.name, arch)
+        shift = family.norm_shift if name.endswith("norm.weight") else 0.0
+        tensors[name] = GGUFTensor(name, t.name, t.tensor_type, shape, data, n_head, shift)
+    if _LLAMA3_FACTORS in tensors:
+        config["rope_freq_factors"] = [float(f) for f in tensors[_LLAMA3_FACTORS].load()]
+    try:
+        layers = ArchConfig.from_config(config).num_layers
+    except ConfigError as e:
+        raise ConfigError(f"{path}: GGUF metadata: {e}") from None
+    _check_complete(tensors, arch, layers, path)
     _warn_dequantized(tensors, path)
     return GGUFModel(path, fields, config, tensors, TensorWeights(tensors), _file_type(fields, tensors))

@@ -19,6 +19,7 @@ ARCHITECTURES = {
     "mistral": ("MistralForCausalLM", "mistral"),
     "phi3": ("Phi3ForCausalLM", "phi3"),
     "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+    "gemma3_text": ("Gemma3ForCausalLM", "gemma3"),
 }
 
 

@@ -6,6 +6,8 @@ from graphllm.dsl.graph import ComputeGraph
 
 
 class Gemma2Model(ComputeGraph):
+    qk_norm = False  # Gemma 3: a (1 + weight) RMSNorm over each head of q and k (q_norm, k_norm) before RoPE
+
     def build(self):
         weight, data, arch = self.weight, self.data, self.arch
         head_dim, eps = arch.head_dim, arch.rms_norm_eps
@@ -19,8 +21,11 @@ class Gemma2Model(ComputeGraph):
             for x in ("q", "k", "v"):
                 self.Linear(data["attenInput"], attn[x + "_proj.weight"], attn[x + "_proj.bias"], data[x])
                 self.ExpandHead(data[x], head_dim)
+            sin, cos = arch.rope_inputs(i)
             for x in ("q", "k"):
-                self.LlamaRotatePosition2D(data[x], data["positionIds"], data["sin"], data["cos"], arch.rope.pairs)
+                if self.qk_norm:
+                    self.RMSNorm(data[x], attn[x + "_norm.weight"], eps, data[x], 1.0)
+                self.LlamaRotatePosition2D(data[x], data["positionIds"], data[sin], data[cos], arch.rope.pairs)
             self.FusedAttention(data["q"], data["pastKey."][i], data["pastValue."][i], data["k"], data["v"],
                                 data["attenInput"], data["attentionMask"], data["attenOutput"], data["seqLens"],
                                 arch.attn_scale, window=arch.windows[i], softcap=arch.attn_softcap)

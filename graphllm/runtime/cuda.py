@@ -109,9 +109,9 @@ class CudaExecutor(CompiledExecutor):
         self.weights = {v: self._upload(a) for v, a in self._load_weights(weights, pack_cache).items()}
         from ..dsl.inputs import rope_tables
 
-        sin, cos = rope_tables(plan.config)
-        self.inputs = {"sin": self._upload(np.ascontiguousarray(sin, np.float32)),
-                       "cos": self._upload(np.ascontiguousarray(cos, np.float32))}
+        tables = rope_tables(plan.config)
+        uploaded = {id(a): self._upload(np.ascontiguousarray(a, np.float32)) for a in tables.values()}
+        self.inputs = {name: uploaded[id(a)] for name, a in tables.items()}  # sinLocal may be sin
         self.staged = np.zeros((len(_STAGED), max(chunk, self.max_seqs)), np.int32)  # host side of the step inputs
         self.staged_dev = self._empty(self.staged.shape, "int32")
         self.caches = {layer: (self._empty(shape, "float32"), self._empty(shape, "float32"))

@@ -57,12 +57,13 @@ class CompiledExecutor:
         self.output = plan.output
         self._check_weights(weights)
         self.weights = self._load_weights(weights, pack_cache)
-        sin, cos = rope_tables(plan.config)
+        tables = rope_tables(plan.config)
+        aligned = {id(a): _aligned(a) for a in tables.values()}  # sinLocal may be sin itself
         self.inputs = {
             "inputIds": aligned_empty(chunk, "int32"), "positionIds": aligned_empty(chunk, "int32"),
             "seqLens": aligned_empty(self.max_seqs, "int32"), "attentionMask": aligned_empty(chunk, "int32"),
-            "sin": _aligned(sin), "cos": _aligned(cos), "atype": aligned_empty((), "float32"),
-        }
+            "atype": aligned_empty((), "float32"),
+        } | {name: aligned[id(a)] for name, a in tables.items()}
         self.extras = {"positions": self.inputs["positionIds"], "slots": aligned_empty(chunk, "int32"),
                        "last_rows": aligned_empty(self.max_seqs, "int32"), "threads": aligned_empty(1, "int32")}
         self.extras["threads"][0] = self.threads

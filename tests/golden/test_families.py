@@ -1,4 +1,4 @@
-"""Qwen3, Mistral, Phi-3 and Gemma 2 built-in descriptions vs transformers (tiny fixtures), both executors."""
+"""Qwen3, Mistral, Phi-3, Gemma 2, Gemma 3 and Llama 3 (rope scaling) built-in descriptions vs transformers (tiny fixtures), both executors."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import pytest
 from graphllm.runtime.llm import LLM
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-FAMILIES = ["tiny_qwen3", "tiny_mistral", "tiny_phi3", "tiny_gemma2"]
+FAMILIES = ["tiny_qwen3", "tiny_mistral", "tiny_phi3", "tiny_gemma2", "tiny_gemma3", "tiny_llama3"]
 TOL = 1e-4
 
 
@@ -26,16 +26,10 @@ def loaded(request, family):
     return LLM.load(folder, executor=request.param, max_context=64, num_slots=2), exp
 
 
-def test_prefill_and_greedy_decode_match_transformers(loaded):
+def test_prefill_and_greedy_decode_match_transformers(loaded, greedy_matches):
     llm, exp = loaded
     for p in range(3):
-        ids = exp[f"prompt{p}_ids"].tolist()
-        logits = llm.step(ids, range(len(ids)), [len(ids)], [0])[0]
-        position = len(ids)
-        for k, expected in enumerate(exp[f"prompt{p}_step_logits"]):
-            np.testing.assert_allclose(logits, expected, atol=TOL, rtol=0, err_msg=f"prompt {p} step {k}")
-            logits = llm.decode(int(exp[f"prompt{p}_new_tokens"][k]), position, slot=0)
-            position += 1
+        greedy_matches(llm, exp, p, TOL)
 
 
 def test_packed_sequences_match_separate_prefills(loaded):
@@ -54,6 +48,12 @@ def test_each_family_gets_its_own_description(family):
     if folder.name == "tiny_gemma2":  # layer 0 slides over 4 keys, layer 1 is global; both soft-cap
         assert [a.get("window") for a in attention] == [4, None] and {a["softcap"] for a in attention} == {6.0}
         assert "Tanh" in ops and all(graph[n]["attrs"]["weightOffset"] == 1.0 for n in graph.nodes_of("RMSNorm"))
+    elif folder.name == "tiny_gemma3":  # layer 0 slides with the local rope; q and k normalized per head
+        assert [a.get("window") for a in attention] == [4, None] and {a.get("softcap") for a in attention} == {None}
+        inputs = {graph[n]["attrs"]["name"] for n in graph.nodes_of("Input")}
+        assert {"sin", "cos", "sinLocal", "cosLocal"} <= inputs and sum(1 for _ in graph.nodes_of("RMSNorm")) == 13
+    elif folder.name == "tiny_llama3":  # llama3 rope scaling lives in the sin/cos tables, not in the graph
+        assert graph.config["rope_parameters"]["rope_type"] == "llama3"
     elif folder.name == "tiny_mistral":
         assert [a.get("window") for a in attention] == [4, 4]
     elif folder.name == "tiny_phi3":

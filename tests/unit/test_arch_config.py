@@ -91,9 +91,31 @@ def test_rope_scalings_and_tables():
     assert Rope.from_config({**base, "rope_scaling": llama3}) == Rope(2, 10000.0, "llama3", 8.0, 1.0, 4.0, 8192)
     assert Rope.from_config({**base, "rotary_dim": 2}).pairs == 1
     assert input_types(base)["sin"] == TensorType((16, 2), "float32")
-    sin, cos = rope_tables(base)
+    tables = rope_tables(base)
+    sin, cos = tables["sin"], tables["cos"]
     assert sin.shape == cos.shape == (16, 2) and sin.dtype == np.float32
     assert np.allclose(sin[3], np.sin(3 * 10000.0 ** -(np.arange(0, 4, 2) / 4)))
+    assert tables["sinLocal"] is sin and tables["cosLocal"] is cos  # one rope: the local inputs alias it
+    factors = rope_tables({**base, "rope_freq_factors": [1.0, 4.0]})["sin"]
+    assert np.allclose(factors[3], np.sin(3 * 10000.0 ** -(np.arange(0, 4, 2) / 4) / [1.0, 4.0]))
+
+
+def test_gemma3_local_and_global_ropes():
+    legacy = {"model_type": "gemma3_text", "hidden_size": 8, "num_attention_heads": 2, "num_hidden_layers": 4,
+              "intermediate_size": 8, "rms_norm_eps": 1e-6, "max_positions": 16, "rope_theta": 1e6,
+              "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+              "sliding_window": 4, "sliding_window_pattern": 2}
+    nested = {k: v for k, v in legacy.items() if not k.startswith("rope")} | {"rope_parameters": {
+        "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}
+    for config in (legacy, nested):
+        arch = ArchConfig.from_config(config)
+        assert arch.rope == Rope(2, 1e6, "linear", 8.0) and arch.local_rope == Rope(2, 1e4)
+        assert arch.windows == (4, None, 4, None) and arch.local_layers == (True, False, True, False)
+        assert [arch.rope_inputs(i) for i in (0, 1)] == [("sinLocal", "cosLocal"), ("sin", "cos")]
+        tables = rope_tables(config)
+        assert np.allclose(tables["sinLocal"][3], np.sin(3 * 1e4 ** -(np.arange(0, 4, 2) / 4)))
+        assert np.allclose(tables["sin"][3], np.sin(3 * 1e6 ** -(np.arange(0, 4, 2) / 4) / 8))
 
 
 BAD = [
