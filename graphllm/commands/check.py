@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 
 from ..tools.check import DEFAULT_PROMPT, check_model
-from .common import add_model_arg
+from .common import add_command, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `check` to the subcommands."""
-    p = sub.add_parser("check", help="run a custom model file next to the built-in description (or "
+    p = add_command(sub, "check", "run a custom model file next to the built-in description (or "
                        "transformers) and report where their values part, layer by layer")
     add_model_arg(p, custom_required=True)
     p.add_argument("--against", default="builtin", choices=["builtin", "transformers"],
