@@ -70,7 +70,10 @@ class Chat:
         elif name in ("/save", "/load") and not arg:
             self.note(f"{name} needs a file name: {name} FILE")
         elif name == "/save":
-            Path(arg).write_text(json.dumps(self.messages, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            try:
+                Path(arg).write_text(json.dumps(self.messages, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            except OSError as e:
+                raise GraphLLMError(f"cannot write {arg}: {e.strerror or e}") from None
             self.note(f"saved {len(self.messages)} messages to {arg}")
         elif name == "/load":
             self.messages = read_conversation(Path(arg))

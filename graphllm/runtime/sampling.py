@@ -55,7 +55,9 @@ class SamplingParams:
 
 def chat_sampling(generation_config: Mapping[str, Any]) -> dict[str, float]:
     """CHAT_SAMPLING with the values a model's generation_config (generation_config.json) sets over it."""
-    return {name: type(default)(generation_config.get(name, default)) for name, default in CHAT_SAMPLING.items()}
+    given = {name: generation_config.get(name) for name in CHAT_SAMPLING}
+    return {name: default if given[name] is None else type(default)(given[name])
+            for name, default in CHAT_SAMPLING.items()}
 
 
 class Sampler:

@@ -126,4 +126,5 @@ def test_commands(home, tmp_path):
     (tmp_path / "bad.json").write_text('{"role": "user"}')
     assert "is not a conversation" in send(child, "/load bad.json")
     assert "needs a file name" in send(child, "/save")
+    assert "error: cannot write no/such/folder.json" in send(child, "/save no/such/folder.json")
     assert finish(child) == 0

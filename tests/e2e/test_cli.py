@@ -189,7 +189,7 @@ def test_chat_samples_with_the_model_defaults_unless_given():
     from graphllm.runtime.sampling import CHAT_SAMPLING, chat_sampling
     from graphllm.commands.common import sampling_from_args
 
-    model = chat_sampling({"temperature": 0.6, "top_p": 0.95, "eos_token_id": 2})
+    model = chat_sampling({"temperature": 0.6, "top_p": 0.95, "top_k": None, "eos_token_id": 2})
     assert model == {**CHAT_SAMPLING, "temperature": 0.6, "top_p": 0.95}
     a = subcommand_parsers()["chat"].parse_args(["--top-k", "5"])
     params = sampling_from_args(a, model)
