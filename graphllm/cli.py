@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `graphllm` console script."""
     warnings.formatwarning = lambda message, *_args, **_kw: f"warning: {message}\n"  # one line, as errors are
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # no arguments: the overview, as a successful answer
+        parser.print_help()
+        return 0
     a = parser.parse_args(argv)
     return run_main(lambda: a.func(a))
 

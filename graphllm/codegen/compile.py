@@ -173,11 +173,11 @@ def _progress(enabled: bool) -> Callable[..., None]:
         return lambda text, done=False: print(text, file=sys.stderr) if done else None
     from tqdm import tqdm
 
-    bar = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
+    bar = tqdm(total=None, desc="lowering", bar_format="step {n}: {desc} [{elapsed}]", file=sys.stderr, leave=False)
 
     def update(text: str, done: bool = False) -> None:
-        bar.set_description_str(text)
-        bar.refresh()
+        bar.n += 1
+        bar.set_description_str(text)  # drawn now: the step after it (TVM's build) may be long
         if done:
             bar.close()
             print(text, file=sys.stderr)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_args, load_llm
+from .common import add_command, add_model_args, load_llm
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `bench` to the subcommands."""
-    p = sub.add_parser("bench", help="prefill/decode tokens/s, first-token time, memory, bandwidth")
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--gen-tokens", type=int, default=128)
-    p.add_argument("--repeat", type=int, default=3)
+    p = add_command(sub, "bench", "prefill/decode tokens/s, first-token time, memory, bandwidth")
+    p.add_argument("--prompt-tokens", type=int, default=128, help="prompt length prefilled in one step")
+    p.add_argument("--gen-tokens", type=int, default=128, help="tokens decoded one by one")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement (their median is reported)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     add_model_args(p)
     p.set_defaults(func=bench)

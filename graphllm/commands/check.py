@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 
 from ..tools.check import DEFAULT_MAX_KL, DEFAULT_PROMPT, DEFAULT_RTOL, Tolerance, check_model
-from .common import add_dtype_arg, add_model_arg
+from .common import add_command, add_dtype_arg, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `check` to the subcommands."""
-    p = sub.add_parser("check", help="run a custom model file next to the built-in description (or "
+    p = add_command(sub, "check", "run a custom model file next to the built-in description (or "
                        "transformers) and report where their values part, layer by layer")
     add_model_arg(p, custom_required=True)
     add_dtype_arg(p)

@@ -3,17 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
+from pathlib import Path
 import warnings
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import GraphLLMError
 from ..pipeline import GraphOptions
-from ..runtime.sampling import SamplingParams
+from ..runtime.sampling import CHAT_SAMPLING, SamplingParams
 
 if TYPE_CHECKING:
     from ..runtime.llm import LLM
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help lines that end with the option's default unless they name it already (or it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, description: str) -> argparse.ArgumentParser:
+    """A subcommand's parser: its description in the overview and atop its --help, defaults in every help line."""
+    return sub.add_parser(name, help=description, description=description, formatter_class=HelpFormatter)
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"'}
+
+
+def process_escapes(text: str) -> str:
+    """llama.cpp's escapes: \\n, \\t, \\r, \\\\, \\', \\" and \\xNN become the characters; any other backslash stays."""
+    def one(m: re.Match[str]) -> str:
+        code = m.group(1)
+        return chr(int(code[1:], 16)) if code[0] == "x" else _ESCAPES[code]
+    return re.sub(r"\\(x[0-9a-fA-F]{2}|[ntr'\"\\])", one, text)
+
+
+def add_escape_arg(p: argparse.ArgumentParser) -> None:
+    """--no-escape: take the prompt, --system and --stop literally (llama.cpp's -e is on by default)."""
+    p.add_argument("--no-escape", dest="escape", action="store_false",
+                   help="do not turn \\n, \\t, \\\\ (and \\r, \\', \\\", \\xNN) in the prompt, --system and "
+                        "--stop into characters (default: they are, as llama.cpp does)")
+
+
+def escaped(a: argparse.Namespace, text: str | None) -> str | None:
+    """A command-line text with its escapes processed unless --no-escape was given."""
+    return process_escapes(text) if text is not None and a.escape else text
 
 
 def usable_cores() -> int:
@@ -90,7 +131,8 @@ def add_model_arg(p: argparse.ArgumentParser, *, custom_required: bool = False) 
     p.add_argument("-m", "--model", "-p", "--path", dest="model", default=None,
                    help="an HF folder or a .gguf file (default: SmolLM2-135M-Instruct, downloaded once)")
     p.add_argument("--custom", default=None, required=custom_required,
-                   help="a ComputeGraph file whose __model__ replaces the built-in description")
+                   help="a ComputeGraph file whose __model__ replaces the built-in description" +
+                   ("" if custom_required else " (default: none)"))
 
 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:
@@ -144,10 +186,13 @@ def add_runtime_args(p: argparse.ArgumentParser) -> None:
     """How the model runs: executor and threads, device, compiled artifact, context length."""
     add_executor_args(p)
     add_device_args(p)
-    p.add_argument("--max-context", type=context_arg, default=None, help="KV cache length in tokens (default: min(model, 4096))")
+    p.add_argument("-c", "--ctx-size", "--max-context", dest="max_context", type=context_arg, default=None,
+                   help="KV cache length in tokens (default: min(model, 4096))")
     p.add_argument("--artifact", default=None,
-                   help="a folder written by `graphllm compile` (skips compiling; without -m: its model)")
+                   help="a folder written by `graphllm compile` (skips compiling; without -m: its model; default: "
+                        "the build cache)")
     add_tuned_arg(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="also say which cached build was loaded")
 
 
 def add_tuned_arg(p: argparse.ArgumentParser) -> None:
@@ -169,25 +214,34 @@ def graph_options(a: argparse.Namespace, **extra: object) -> GraphOptions:
                         passes=getattr(a, "passes", None), no_fuse=getattr(a, "no_fuse", False), **extra)
 
 
-def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
-    """Sampling flags as llama.cpp users know them; temperature 0 (the default) is greedy."""
-    p.add_argument("--temperature", "--temp", type=float, default=0.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", "--repeat-penalty", type=float, default=1.0)
+def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int, chat: bool = False) -> None:
+    """Sampling flags as llama.cpp users know them: greedy by default, or (``chat``) the conversation defaults."""
+    default = ("the model's generation_config, else {}" if chat else "{}").format
+    greedy = {"temperature": 0.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}
+    shown = CHAT_SAMPLING if chat else greedy
+    p.add_argument("--temperature", "--temp", type=float, default=None if chat else greedy["temperature"],
+                   help=f"softmax temperature, 0 is greedy (default: {default(shown['temperature'])})")
+    p.add_argument("--top-k", type=int, default=None if chat else greedy["top_k"],
+                   help=f"sample from the k likeliest tokens, 0 is off (default: {default(shown['top_k'])})")
+    p.add_argument("--top-p", type=float, default=None if chat else greedy["top_p"],
+                   help=f"nucleus sampling, 1 is off (default: {default(shown['top_p'])})")
+    p.add_argument("--repetition-penalty", "--repeat-penalty", type=float,
+                   default=None if chat else greedy["repetition_penalty"],
+                   help=f"penalty on tokens already seen, 1 is off (default: {default(shown['repetition_penalty'])})")
     p.add_argument("--seed", type=seed_arg, default=None, help="random seed (default and -1: random)")
-    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens)
-    p.add_argument("--stop", action="append", default=[], type=text_arg, help="stop string (repeatable)")
+    p.add_argument("-n", "--max-tokens", type=int, default=max_tokens, help="tokens to generate at most")
+    p.add_argument("--stop", action="append", default=[], type=text_arg, help="stop string (repeatable; default: none)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
     p.add_argument("--special", action="store_true", help="print special tokens (<|endoftext|>, ...) as text")
+    add_escape_arg(p)
 
 
-def sampling_from_args(a: argparse.Namespace) -> SamplingParams:
-    """SamplingParams from parsed flags (validated)."""
-    return SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                          repetition_penalty=a.repetition_penalty, seed=a.seed, max_tokens=a.max_tokens,
-                          stop=list(a.stop), ignore_eos=a.ignore_eos,
-                          skip_special_tokens=not a.special).validate()
+def sampling_from_args(a: argparse.Namespace, defaults: dict[str, float] | None = None) -> SamplingParams:
+    """SamplingParams from parsed flags (validated); flags left unset (None) take ``defaults`` (chat's)."""
+    given = {name: getattr(a, name) for name in CHAT_SAMPLING}
+    chosen = {name: value if value is not None else (defaults or CHAT_SAMPLING)[name] for name, value in given.items()}
+    return SamplingParams(**chosen, seed=a.seed, max_tokens=a.max_tokens, stop=[escaped(a, s) for s in a.stop],
+                          ignore_eos=a.ignore_eos, skip_special_tokens=not a.special).validate()
 
 
 def print_notes(notes: list[str]) -> None:
@@ -209,9 +263,22 @@ def load_llm(a: argparse.Namespace, num_slots: int = 1, **overrides: object) -> 
                   passes=graph_options(a).pipeline(), num_slots=num_slots, show_progress=sys.stderr.isatty(),
                   tuned=not a.no_tuned)
     model = artifact_model(a.artifact) if a.model is None and a.artifact is not None else a.model
+    check_model_path(model)
+    if a.verbose:
+        logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
     llm = LLM.load(model, **{**kwargs, **overrides})
     print_notes(llm.notes)
     return llm
+
+
+def check_model_path(model: str | os.PathLike | None) -> None:
+    """A -m/-p argument that is no file but reads like a prompt gets an error saying the prompt is positional."""
+    if model is None or Path(model).exists():
+        return
+    text = str(model)
+    if " " in text and "/" not in text and os.sep not in text and not Path(text).suffix:
+        raise GraphLLMError(f"-m/-p takes a model path, and {text!r} is none: the prompt is positional "
+                            f"(graphllm run \"{text}\"; fastllm's -p is the model's path)")
 
 
 def run_main(func: Callable[[], int]) -> int:

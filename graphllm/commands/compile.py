@@ -6,22 +6,23 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import GraphLLMError
 from ..io.output import check_output_folder
 from ..pipeline import build
 from ..plan import ARTIFACT, ModelRef
-from .common import add_device_args, add_graph_args, add_model_arg, add_tuned_arg, graph_options, print_notes
+from .common import (add_command, add_device_args, add_graph_args, add_model_arg, add_tuned_arg, graph_options,
+                     print_notes)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `compile` to the subcommands."""
-    p = sub.add_parser("compile", help="build the model's kernels with TVM into a folder")
+    p = add_command(sub, "compile", "build the model's kernels with TVM into a folder")
     p.add_argument("-o", "--output", required=True,
                    help="artifact folder to write (new, empty or an earlier artifact, which is replaced)")
     p.add_argument("--force", action="store_true",
                    help="write into a folder that holds other files, beside them (nothing of yours is removed)")
     p.add_argument("--ir", default=None,
-                   help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's description")
+                   help="compile this text IR file (e.g. from `graphllm dump`) as written, instead of the model's "
+                        "description (default: none)")
     add_model_arg(p)
     add_graph_args(p)
     add_device_args(p)

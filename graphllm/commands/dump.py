@@ -12,13 +12,13 @@ from pathlib import Path
 
 from ..errors import GraphLLMError
 from ..pipeline import build
-from ..tools.dump import FORMATS, render, write_new
-from .common import add_graph_args, add_model_arg, graph_options, print_notes
+from ..tools.dump import FORMATS, render, slice_layers, write_new
+from .common import add_command, add_graph_args, add_model_arg, graph_options, print_notes
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `dump` to the subcommands."""
-    p = sub.add_parser("dump", help="write the graph as text IR, DOT, SVG or JSON, before/after any pass")
+    p = add_command(sub, "dump", "write the graph as text IR, DOT, SVG or JSON, before/after any pass")
     add_model_arg(p)
     add_graph_args(p)
     p.add_argument("--format", default="text", choices=FORMATS, help="text IR (default), Graphviz DOT, SVG "
@@ -26,10 +26,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--after", default=None, metavar="PASS",
                    help="stop after this pass ('input': the graph before any pass; default: the whole pipeline)")
     p.add_argument("--print-ir-after-all", default=None, metavar="DIR", type=Path,
-                   help="also write the text IR before the first pass and after each pass into DIR (NN_pass.ir)")
+                   help="also write the text IR before the first pass and after each pass into DIR (NN_pass.ir; "
+                        "default: none)")
+    p.add_argument("--layers", default=None, type=layers_arg, metavar="A-B",
+                   help="draw only the nodes of layer A to B (or one layer N) and the values they read "
+                        "(default: the whole graph)")
     p.add_argument("-o", "--output", default=None, type=Path, help="file to write (default: stdout)")
     p.add_argument("--force", action="store_true", help="overwrite an existing output file or IR folder")
     p.set_defaults(func=dump)
+
+
+def layers_arg(value: str) -> range:
+    """--layers: one layer N or an inclusive range A-B."""
+    first, _, last = value.partition("-")
+    if not (first.isdigit() and (last.isdigit() or not last)) or int(last or first) < int(first):
+        raise argparse.ArgumentTypeError(f"expected a layer N or a range A-B (A <= B), got {value!r}")
+    return range(int(first), int(last or first) + 1)
 
 
 def dump(a: argparse.Namespace) -> int:
@@ -43,7 +55,7 @@ def dump(a: argparse.Namespace) -> int:
         raise GraphLLMError(f"{ir_dir} already holds .ir files; pass --force to overwrite them")
     built = build(a.model, graph_options(a, after=a.after, print_ir_after_all=ir_dir))
     print_notes(built.notes)
-    data = render(built.graph, a.format)
+    data = render(built.graph if a.layers is None else slice_layers(built.graph, a.layers), a.format)
     if a.output is None:
         sys.stdout.write(data)
         return 0

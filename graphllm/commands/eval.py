@@ -7,16 +7,16 @@ import sys
 from pathlib import Path
 
 from ..errors import GraphLLMError
-from .common import add_dtype_arg, add_executor_args, add_model_arg
+from .common import add_command, add_dtype_arg, add_executor_args, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `eval` to the subcommands."""
-    p = sub.add_parser("eval", help="perplexity of a text file and KL divergence from float32")
+    p = add_command(sub, "eval", "perplexity of a text file and KL divergence from float32")
     p.add_argument("--text", required=True, help="a UTF-8 text file")
     p.add_argument("--window", type=int, default=256, help="tokens per evaluation window (fresh context)")
     p.add_argument("--chunk", type=int, default=64, help="tokens per step")
-    p.add_argument("--max-tokens", type=int, default=None, help="evaluate at most this many tokens")
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate at most this many tokens (default: all)")
     add_dtype_arg(p)
     add_executor_args(p)
     add_model_arg(p)

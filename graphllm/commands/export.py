@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_dtype_arg, add_model_arg
+from .common import add_command, add_dtype_arg, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `export` to the subcommands."""
-    p = sub.add_parser("export", help="write the model with quantized weights (safetensors + config)")
+    p = add_command(sub, "export", "write the model with quantized weights (safetensors + config)")
     p.add_argument("-o", "--output", required=True, help="folder to write")
     p.add_argument("--force", action="store_true",
                    help="write into a folder that holds other files, beside them (nothing of yours is removed)")

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import GraphLLMError
 from ..runtime.sampling import SERVER_MAX_TOKENS
-from .common import add_model_args, load_llm, run_main
+from .common import HelpFormatter, add_command, add_model_args, load_llm, run_main
 
 if TYPE_CHECKING:
     import uvicorn
@@ -28,8 +28,10 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=8080, help="port (0: any free port; the URL is printed)")
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/ endpoints")
-    p.add_argument("--max-batch", type=int, default=8, help="concurrent sequences (KV-cache slots)")
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/ endpoints (default: none, open)")
+    p.add_argument("-np", "--parallel", "--max-batch", dest="max_batch", type=int, default=8,
+                   help="concurrent sequences (KV-cache slots)")
     p.add_argument("--max-step-tokens", type=int, default=128,
                    help="tokens per step: one per running reply, prompts in chunks in the rest (so long prompts "
                         "do not stall replies); at most the executor's packed-step size (128)")
@@ -81,7 +83,7 @@ def seconds_arg(value: str) -> float:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `serve` and `webui` to the subcommands."""
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text)
+        p = add_command(sub, name, help_text)
         add_server_args(p)
         p.set_defaults(func=serve)
 
@@ -147,7 +149,7 @@ def serve(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None, command: str = "serve") -> int:
     """fastllm-style entry point: `python -m graphllm.server|webui -p PATH [-t N] [--custom FILE]`."""
     parser = argparse.ArgumentParser(prog=f"python -m graphllm.{'server' if command == 'serve' else command}",
-                                     description=COMMANDS[command])
+                                     description=COMMANDS[command], formatter_class=HelpFormatter)
     add_server_args(parser)
     a = parser.parse_args(argv)
     return run_main(lambda: serve(a))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import GraphLLMError
-from .common import add_dtype_arg, add_model_arg, threads_arg
+from .common import add_command, add_dtype_arg, add_model_arg, threads_arg
 
 if TYPE_CHECKING:
     from ..codegen.tuning import TuningDB
@@ -17,14 +17,15 @@ if TYPE_CHECKING:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `tune` to the subcommands."""
-    p = sub.add_parser("tune", help="search the model's kernel knobs on this machine (used by compile/run/serve/bench)")
+    p = add_command(sub, "tune", "search the model's kernel knobs on this machine (used by compile/run/serve/bench)")
     add_model_arg(p)
     add_dtype_arg(p)
     p.add_argument("-t", "--threads", type=threads_arg, default=None,
                    help="kernel threads to tune for (default and -1: physical cores)")
     limit = p.add_mutually_exclusive_group()
-    limit.add_argument("--budget-minutes", type=float, default=None, help="stop searching after about this long")
-    limit.add_argument("--trials", type=int, default=None, help="candidates per kernel at most")
+    limit.add_argument("--budget-minutes", type=float, default=None,
+                       help="stop searching after about this long (default: no limit)")
+    limit.add_argument("--trials", type=int, default=None, help="candidates per kernel at most (default: no limit)")
     p.add_argument("--db", default=None, help="database folder (default: GRAPHLLM_HOME/tuning)")
     action = p.add_mutually_exclusive_group()
     action.add_argument("--report", action="store_true", help="print what the database holds for this host, then stop")

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -31,6 +32,8 @@ from .executor import CompiledExecutor
 
 if TYPE_CHECKING:
     from ..codegen.tuning import TuningChoice
+
+log = logging.getLogger(__name__)
 
 CODEGEN_SOURCES = Path(__file__).parents[1] / "codegen"
 CACHE_ENTRY = dataclasses.replace(ARTIFACT, what="cached build", whole=True)  # graphllm's own: replaced whole
@@ -135,25 +138,24 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
     make = functools.partial(make, folder, pack_cache=packed_dir(folder, weights))
     if folder.exists():  # the usual start: a good entry, used without waiting for a lock
         with contextlib.suppress(Exception):  # looked at again under the lock: it may be being replaced
-            return _load_entry(make, folder, notes)
+            return _load_entry(make, folder)
     with file_lock(graphllm_home() / "locks" / f"build-{folder.name}.lock"):
         if folder.exists():  # another process may have built it while this one waited
             try:
-                return _load_entry(make, folder, notes)
+                return _load_entry(make, folder)
             except Exception as e:  # any failure to load an entry of the cache rebuilds it
                 reason = e.reason if isinstance(e, DamagedBuild) else f"{type(e).__name__}: {e}"
                 warnings.warn(f"the cached build {folder} is unusable ({reason}); rebuilding it")
         from ..codegen.compile import compile_graph
 
         compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY, knobs=chosen.knobs)
-    notes.append(f"compiled the model's kernels into {folder}")
-    return make()
+    return make()  # compile_graph said so in one line
 
 
-def _load_entry(make: Callable[[], CompiledExecutor], folder: Path, notes: list[str]) -> CompiledExecutor:
-    """The executor of a cache entry (its files checked first), noted as loaded."""
+def _load_entry(make: Callable[[], CompiledExecutor], folder: Path) -> CompiledExecutor:
+    """The executor of a cache entry (its files checked first), logged as loaded (level INFO)."""
     executor = make()
-    notes.append(f"loaded the build from {folder}")
+    log.info("loaded the build from %s", folder)  # shown by -v/--verbose only: a cached start is quiet
     return executor
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -15,6 +16,9 @@ CHAT_MAX_TOKENS = 512  # one reply of `graphllm chat`
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SERVER_MAX_TOKENS = 512  # /v1/chat/completions without max_tokens (serve's --default-max-tokens)
 RANDOM_SEED = -1  # seed -1 means a random seed (llama.cpp's convention), as does None
+
+# sampling for a conversation (chat, the server and the web page) when the model's generation_config sets none
+CHAT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
 
 
 @dataclass
@@ -47,6 +51,13 @@ class SamplingParams:
             if not ok:
                 raise GenerationError(f"{name} {requirement}, got {getattr(self, name)!r}")
         return self
+
+
+def chat_sampling(generation_config: Mapping[str, Any]) -> dict[str, float]:
+    """CHAT_SAMPLING with the values a model's generation_config (generation_config.json) sets over it."""
+    given = {name: generation_config.get(name) for name in CHAT_SAMPLING}
+    return {name: default if given[name] is None else type(default)(given[name])
+            for name, default in CHAT_SAMPLING.items()}
 
 
 class Sampler:

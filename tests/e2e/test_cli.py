@@ -1,5 +1,6 @@
 """The command line on the tiny fixture model: run, chat, python -m graphllm.chat, and bad input."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -47,7 +48,8 @@ def test_run_stop_string(capsys):
 
 
 def test_chat_keeps_history_and_resets():
-    r = cli("chat", "-m", str(TINY), "-n", "4", stdin="hi\nagain\n/reset\nhi\n/exit\nnever read\n")
+    r = cli("chat", "-m", str(TINY), "-n", "4", "--temperature", "0",
+            stdin="hi\nagain\n/reset\nhi\n/exit\nnever read\n")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert "(conversation cleared)" in lines
@@ -99,8 +101,8 @@ def test_broken_model_folders(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--threads", "0"], "argument -t/--threads: must be >= 1 (or -1 for all cores), got 0"),
     (["-t", "-2"], "argument -t/--threads: must be >= 1 (or -1 for all cores), got -2"),
-    (["--max-context", "-1"], "argument --max-context: must be >= 2 tokens, got -1"),
-    (["--max-context", "0"], "argument --max-context: must be >= 2 tokens, got 0"),
+    (["--max-context", "-1"], "argument -c/--ctx-size/--max-context: must be >= 2 tokens, got -1"),
+    (["--max-context", "0"], "argument -c/--ctx-size/--max-context: must be >= 2 tokens, got 0"),
     (["--seed", "-5"], "argument --seed: must be >= 0 (or -1 for a random seed), got -5"),
     (["--threads", "two"], "argument -t/--threads: expected an integer, got 'two'"),
 ])
@@ -139,3 +141,90 @@ def test_chat_survives_an_invalid_utf8_line():
 def test_fastllm_module_entry_points(module):
     r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "-p" in r.stdout and "--custom" in r.stdout and "-t" in r.stdout
+
+
+def test_no_arguments_print_the_overview():
+    r = cli()
+    assert r.returncode == 0 and r.stdout.startswith("usage: graphllm") and "run" in r.stdout and not r.stderr
+
+
+def subcommand_parsers():
+    from graphllm.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices
+
+
+def test_every_option_has_a_help_line_with_its_default():
+    for name, parser in subcommand_parsers().items():
+        assert parser.description, name
+        formatter = parser.formatter_class(parser.prog)
+        for action in parser._actions:
+            assert action.help, (name, action.option_strings)
+            valued = action.option_strings and action.nargs != 0 and not action.required
+            if valued and action.default is not None:
+                assert "default" in formatter._get_help_string(action), (name, action.option_strings)
+
+
+def test_help_says_what_chat_samples_with_and_that_run_is_greedy():
+    chat_help = " ".join(cli("chat", "--help").stdout.split())
+    said = "the model's generation_config, else temperature 0.7, top-p 0.9, top-k 40, repetition penalty 1.1"
+    assert said in chat_help
+    assert "(default: the model's generation_config, else 0.7)" in chat_help
+    run_help = " ".join(cli("run", "--help").stdout.split())
+    assert "greedy by default" in run_help and "(default: 0.0)" in run_help
+    assert "--top-k" not in " ".join(cli("dump", "--help").stdout.split())  # sampling is not offered where unused
+
+
+def test_llama_cpp_aliases():
+    parsers = subcommand_parsers()
+    a = parsers["run"].parse_args(["-c", "64", "x"])
+    assert a.max_context == 64 and parsers["chat"].parse_args(["--ctx-size", "32"]).max_context == 32
+    assert parsers["serve"].parse_args(["-np", "4"]).max_batch == 4
+    assert parsers["serve"].parse_args(["--parallel", "3"]).max_batch == 3
+
+
+def test_chat_samples_with_the_model_defaults_unless_given():
+    from graphllm.runtime.sampling import CHAT_SAMPLING, chat_sampling
+    from graphllm.commands.common import sampling_from_args
+
+    model = chat_sampling({"temperature": 0.6, "top_p": 0.95, "top_k": None, "eos_token_id": 2})
+    assert model == {**CHAT_SAMPLING, "temperature": 0.6, "top_p": 0.95}
+    a = subcommand_parsers()["chat"].parse_args(["--top-k", "5"])
+    params = sampling_from_args(a, model)
+    assert (params.temperature, params.top_p, params.top_k, params.repetition_penalty) == (0.6, 0.95, 5, 1.1)
+    greedy = sampling_from_args(subcommand_parsers()["run"].parse_args(["x"]))
+    assert (greedy.temperature, greedy.top_k, greedy.top_p, greedy.repetition_penalty) == (0.0, 0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("text, expected", [
+    (r"a\nb", "a\nb"), (r"tab\there", "tab\there"), (r"back\\n", "back\\n"), (r"q\"x\'", "q\"x'"),
+    (r"\x41\r", "A\r"), (r"\q stays", "\\q stays"), ("plain", "plain"),
+])
+def test_escapes_as_llama_cpp(text, expected):
+    from graphllm.commands.common import process_escapes
+
+    assert process_escapes(text) == expected
+
+
+def test_prompt_stop_and_system_escapes_and_no_escape(capsys):
+    base = ["run", "-m", str(TINY), "-n", "8", "--ignore-eos", "--executor", "reference"]
+    main([*base, "Hello\\nworld", "--echo"])
+    assert capsys.readouterr().out.startswith("Hello\nworld")
+    main([*base, "Hello\\nworld", "--echo", "--no-escape"])
+    assert capsys.readouterr().out.startswith("Hello\\nworld")
+    main([*base, "Hello", "--system", "Be\\tbrief", "--echo"])
+    echoed = capsys.readouterr().out
+    assert "Be\tbrief" in echoed and "Hello" in echoed and echoed.index("Be\tbrief") < echoed.index("Hello")
+    a = subcommand_parsers()["run"].parse_args(["x", "--stop", "\\n\\n"])
+    from graphllm.commands.common import sampling_from_args
+
+    assert sampling_from_args(a).stop == ["\n\n"]
+
+
+def test_dash_p_with_a_prompt_says_the_prompt_is_positional():
+    r = cli("run", "-p", "What is the capital of France")
+    assert r.returncode == 2 and "the prompt is positional" in r.stderr and "Traceback" not in r.stderr
+    r = cli("run", "-p", "/nonexistent/model.gguf", "x")
+    assert r.returncode == 2 and "positional" not in r.stderr

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,33 @@ def test_dump_dtype_shows_the_quantized_graph(capsys):
     assert dump("--dtype", "int4g16") == 0
     out = capsys.readouterr().out
     assert "q4_1g16[" in out and "= FusedLinear(" in out
+
+
+@pytest.mark.parametrize("fmt", ["text", "dot", "json", "svg"])
+def test_layers_draws_a_slice_in_every_format(fmt, tmp_path, capsys):
+    if fmt == "svg" and shutil.which("dot") is None:
+        pytest.skip("Graphviz `dot` is not installed")
+    out = tmp_path / f"slice.{fmt}"
+    assert dump("--format", fmt, "--layers", "1", "-o", str(out)) == 0
+    whole = tmp_path / f"whole.{fmt}"
+    assert dump("--format", fmt, "-o", str(whole)) == 0
+    text, full = out.read_text(), whole.read_text()
+    assert "model.layers.1.mlp.down_proj.weight" in text and "model.layers.0." not in text
+    assert "embed_tokens" not in text and "lm_head" not in text and len(text) < len(full)
+
+
+def test_layers_keeps_what_connects_them(capsys):
+    assert dump("--layers", "0-1") == 0
+    sliced = capsys.readouterr().out
+    assert "model.layers.0.self_attn" in sliced and "model.layers.1.mlp" in sliced
+    assert "%hiddenStates#1 :" in sliced  # the embedding's output, which layer 0 reads, drawn without its inputs
+    assert "@model.embed_tokens.weight" not in sliced
+
+
+@pytest.mark.parametrize("value, message", [("5", "--layers 5: the model has layers 0-1"),
+                                            ("2-1", "expected a layer N or a range A-B"),
+                                            ("a", "expected a layer N or a range A-B")])
+def test_layers_out_of_range_or_malformed(value, message, capsys):
+    with pytest.raises(SystemExit) if message.startswith("expected") else nullcontext():
+        assert dump("--layers", value) == 2
+    assert message in capsys.readouterr().err
