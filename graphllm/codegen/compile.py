@@ -45,6 +45,19 @@ def kernel_key(req: LowerRequest, knobs: Mapping[str, Any]) -> str:
     return f"{req.key()}_k{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
+def kernel_requests(graph: Graph) -> dict[str, tuple[LowerRequest, int]]:
+    """The graph's distinct kernel requests, by request key, with how many nodes use each (plan order)."""
+    out: dict[str, tuple[LowerRequest, int]] = {}
+    for node in graph.order():
+        op = graph[node]["op"]
+        if op in (INPUT_OP, WEIGHT_OP) or op in HOST_OPS:
+            continue
+        req = request_of(graph, node)
+        if not is_view(op, req):
+            out[req.key()] = (req, out[req.key()][1] + 1 if req.key() in out else 1)
+    return out
+
+
 def make_plan(graph: Graph, target: dict[str, Any], progress: Callable[[str], None] | None = None,
               knobs: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[Plan, dict[str, Any]]:
     """Lower every node (with `knobs` {request key: knob values} over the defaults, e.g. tuned ones): returns
@@ -146,7 +159,10 @@ def compile_graph(graph: Graph, out_dir: str | os.PathLike, target: dict[str, An
     target = dict(target or detect_target())
     start = time.perf_counter()
     bar = _progress(show_progress)
-    plan, funcs = make_plan(graph, target, progress=lambda key: bar(f"lowering {key}"), knobs=knobs)
+    total = len({kernel_key(req, (knobs or {}).get(key, {})) for key, (req, _) in kernel_requests(graph).items()})
+    count = iter(range(1, total + 1))
+    plan, funcs = make_plan(graph, target, progress=lambda key: bar(f"lowering kernel {next(count)} of {total} ({key})"),
+                            knobs=knobs)
     bar(f"building {len(funcs)} kernels for {target.get('mcpu', target.get('arch', target['kind']))}")
     try:
         executable = build_module(funcs, target)
@@ -173,10 +189,9 @@ def _progress(enabled: bool) -> Callable[..., None]:
         return lambda text, done=False: print(text, file=sys.stderr) if done else None
     from tqdm import tqdm
 
-    bar = tqdm(total=None, desc="lowering", bar_format="step {n}: {desc} [{elapsed}]", file=sys.stderr, leave=False)
+    bar = tqdm(total=None, desc="lowering", bar_format="{desc} [{elapsed}]", file=sys.stderr, leave=False)
 
     def update(text: str, done: bool = False) -> None:
-        bar.n += 1
         bar.set_description_str(text)  # drawn now: the step after it (TVM's build) may be long
         if done:
             bar.close()

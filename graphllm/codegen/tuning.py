@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, Union
 
 from .. import __version__
-from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
+from ..dsl.graph import Graph
 from ..errors import GraphLLMError
 from ..host import cpu_flags, physical_cores, tvm_version
 from ..io.download import graphllm_home
 from .knobs import KnobError, resolve
-from .compile import request_of
-from .lower import HOST_OPS, LowerRequest, is_view, knobs_of
+from .compile import kernel_requests
+from .lower import LowerRequest, knobs_of
 from .target import target_kind
 
 DB_FILE = "knobs.json"
@@ -143,19 +143,6 @@ def read_records(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data.get("kernels"), dict) or not isinstance(data.get("models"), dict):
         raise GraphLLMError(f"{path}: malformed tuning database (no kernels/models tables)")
     return data
-
-
-def kernel_requests(graph: Graph) -> dict[str, tuple[LowerRequest, int]]:
-    """The graph's distinct kernel requests, by request key, with how many nodes use each (plan order)."""
-    out: dict[str, tuple[LowerRequest, int]] = {}
-    for node in graph.order():
-        op = graph[node]["op"]
-        if op in (INPUT_OP, WEIGHT_OP) or op in HOST_OPS:
-            continue
-        req = request_of(graph, node)
-        if not is_view(op, req):
-            out[req.key()] = (req, out[req.key()][1] + 1 if req.key() in out else 1)
-    return out
 
 
 @dataclass(frozen=True)

@@ -60,13 +60,13 @@ def _run(home, *args):
 
 
 def test_a_first_start_in_a_terminal_shows_the_compile_progress(tmp_path):
-    """In a terminal the compile shows a live line (step k: what it does), then one line saying it compiled."""
+    """In a terminal the compile shows a live line (kernel k of n), then one line saying it compiled."""
     import pexpect
 
     env = dict(os.environ, GRAPHLLM_HOME=str(tmp_path / "home"))
     child = pexpect.spawn(sys.executable, ["-m", "graphllm.cli", "run", "-m", str(FIXTURES / "tiny_llama"), "Hi",
                                            "-n", "2"], env=env, encoding="utf-8", timeout=600)
-    child.expect(r"step \d+: lowering \w+")  # the display is refreshed at most every 0.1 s
+    child.expect(r"lowering kernel \d+ of \d+ \(\w+\)")  # the display is refreshed at most every 0.1 s
     child.expect(r"compiled \d+ kernels in [\d.]+ s -> ")
     child.expect(pexpect.EOF)
     child.close()

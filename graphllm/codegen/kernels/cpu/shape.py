@@ -53,7 +53,6 @@ def lower_split(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
 def lower_repeat(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     """out = repeatTimes copies of input one after another along axis (numpy.tile semantics)."""
     axis, times = _axis(req, "input"), int(attrs_of(req)["repeatTimes"])
-    size = int(req.types["input"].shape[axis])
 
     def body(x: Any) -> Any:
         """The tiling; the modulo folds away once the row is split into its copies."""
