@@ -138,8 +138,9 @@ def add_model_arg(p: argparse.ArgumentParser, *, custom_required: bool = False) 
 def add_dtype_arg(p: argparse.ArgumentParser) -> None:
     """--dtype: the weights' type (quantization is a pass of the pipeline)."""
     p.add_argument("--dtype", default=None,
-                   help="weights: float32, float16, bfloat16, int8, int8g<G>, int4, int4g<G> (weight-only; "
-                        "default: as stored, Q8_0/Q4_0/Q4_1 blocks and F16/BF16 matrices are kept)")
+                   help="weights: float32, float16, bfloat16, int8, int8g<G>, int4, int4g<G>, q5_0, q5_1 (weight-only; "
+                        "default: as stored, GGUF Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/Q4_K/Q5_K/Q6_K blocks and F16/BF16 "
+                        "matrices are kept)")
 
 
 def add_graph_args(p: argparse.ArgumentParser) -> None:
