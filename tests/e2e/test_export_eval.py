@@ -53,3 +53,15 @@ def test_eval_reports_perplexity_and_kl(tmp_path, capsys):
 def test_eval_missing_text_is_a_clear_error(capsys):
     assert main(["eval", "-m", str(TINY), "--text", "/nonexistent.txt"]) == 2
     assert "cannot read --text" in capsys.readouterr().err
+
+
+def test_eval_reads_a_k_quant_file_in_its_blocks(tmp_path, capsys):
+    """eval on a Q4_K_M file: perplexity of the file's blocks; its float32 reference is the same dequantized weights."""
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT)
+    kq = Path(__file__).parents[1] / "fixtures" / "gguf_kquant" / "tiny_llama_k.Q4_K_M.gguf"
+    assert main(["eval", "-m", str(kq), "--text", str(text), "--window", "32", "--chunk", "16",
+                 "--executor", "reference"]) == 0
+    r = _numbers(capsys.readouterr().out)
+    assert r["perplexity"] > 1 and r["perplexity"] == pytest.approx(r["float32 ppl"], rel=1e-4)
+    assert r["mean KL"] < 1e-6
