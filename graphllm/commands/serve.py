@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, help_text in COMMANDS.items():
         p = add_command(sub, name, help_text)
         add_server_args(p)
-        p.set_defaults(func=serve)
+        p.set_defaults(func=serve, open_page=name == "webui")
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -138,6 +140,8 @@ def serve(a: argparse.Namespace) -> int:
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3)
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)
+    if getattr(a, "open_page", False):
+        _open_page(f"{url}/".replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:"))
     try:
         _server(config, engine, a.shutdown_grace).run(sockets=[sock])
     finally:
@@ -146,10 +150,22 @@ def serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def _open_page(url: str) -> None:
+    """`webui`: open the chat page in the user's browser when there is a display, else say where it is."""
+    import webbrowser
+
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or sys.platform in ("darwin", "win32"):
+        print(f"opening {url} in your browser", file=sys.stderr, flush=True)
+        threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()  # the socket already listens
+    else:
+        print(f"no display: open {url} in a browser", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None, command: str = "serve") -> int:
     """fastllm-style entry point: `python -m graphllm.server|webui -p PATH [-t N] [--custom FILE]`."""
     parser = argparse.ArgumentParser(prog=f"python -m graphllm.{'server' if command == 'serve' else command}",
                                      description=COMMANDS[command], formatter_class=HelpFormatter)
     add_server_args(parser)
+    parser.set_defaults(open_page=command == "webui")
     a = parser.parse_args(argv)
     return run_main(lambda: serve(a))

@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP server (FastAPI + uvicorn) over the batching engine, plus the chat page at `/`.
 
 `graphllm serve -m MODEL` or `python -m graphllm.server -p PATH`; endpoints: GET /v1/models,
-POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI).
+POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI, its
+vendored scripts under /static/) and GET /v1/graphllm/defaults (the chat defaults the page starts from).
 FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
 Every failure a client can cause is answered in OpenAI's error format and leaves the connection usable;
 prompt work (chat template, tokenization) runs in a thread, so the event loop (and /health) never stalls.
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GraphLLMError
 from ..runtime.engine import EngineClosed
-from ..runtime.sampling import COMPLETIONS_MAX_TOKENS, SERVER_MAX_TOKENS, SamplingParams
+from ..runtime.sampling import COMPLETIONS_MAX_TOKENS, RANDOM_SEED, SERVER_MAX_TOKENS, SamplingParams, chat_sampling
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ..runtime.engine import Request as Generation
 
 WEBUI = Path(__file__).parent / "index.html"
+WEBUI_STATIC = Path(__file__).parent / "static"  # the page's vendored libraries (see VENDORED.md there)
 MAX_BODY_BYTES = 4 << 20  # the default request body limit (serve's --max-body-bytes)
 CHAT_ROLES = ("system", "user", "assistant")
 TOOL_FIELDS = ("tools", "tool_choice", "tool_calls", "functions", "function_call")  # tools are not implemented
@@ -391,6 +393,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     set), body size limit; chat completions without max_tokens stop after ``default_max_tokens`` (None: none)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
     ChatBody, CompletionBody = _bodies()  # noqa: N806 - classes
@@ -465,9 +468,18 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, **engine.stats()}
 
+    @app.get("/v1/graphllm/defaults")
+    async def defaults() -> dict[str, Any]:
+        """The sampling a conversation starts from (as `graphllm chat`): the model's generation_config over
+        CHAT_SAMPLING, this server's default max_tokens (null: until the context is full), a random seed."""
+        return {**chat_sampling(engine.llm.model.generation_config), "max_tokens": default_max_tokens,
+                "seed": RANDOM_SEED}
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
         return HTMLResponse(WEBUI.read_text(encoding="utf-8"))
+
+    app.mount("/static", StaticFiles(directory=WEBUI_STATIC), name="static")
 
     wrapped = _body_limit_middleware(app, max_body_bytes)
     if api_key:
