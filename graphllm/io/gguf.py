@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import re
 import warnings
@@ -33,6 +32,7 @@ from gguf.gguf_reader import ReaderField
 from graphllm.dsl import qformats
 from graphllm.dsl.arch import ArchConfig
 from graphllm.errors import ConfigError, ModelLoadError
+from graphllm.io.cache import read_checked_json, write_checked_json
 from graphllm.io.download import graphllm_home
 from graphllm.io.weights import TensorWeights
 
@@ -412,40 +412,28 @@ def _index_path(path: Path) -> Path:
     return graphllm_home() / "gguf-index" / f"{key}.json"
 
 
-def _checksum(payload: str) -> str:
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
 def _load_index(index: Path) -> tuple[dict[str, Any], list[list[Any]]] | None:
-    """The cached header (JSON, its checksum verified), or None when absent; a damaged one warns and is rebuilt."""
+    """The cached header (checked JSON, io/cache.py), or None when absent; a damaged one warns and is rebuilt."""
     try:
-        doc = json.loads(index.read_text(encoding="utf-8"))
+        doc = read_checked_json(index.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        warnings.warn(f"the GGUF index {index} is unreadable ({e}); rebuilding it", stacklevel=3)
+        warnings.warn(f"the GGUF index {index} is damaged ({e}); rebuilding it", stacklevel=3)
         return None
-    if not (isinstance(doc, dict) and doc.get("version") == _INDEX_VERSION and isinstance(doc.get("payload"), str)
-            and doc.get("checksum") == _checksum(doc["payload"])):
-        warnings.warn(f"the GGUF index {index} is damaged or of another version; rebuilding it", stacklevel=3)
+    if doc.get("version") != _INDEX_VERSION or not isinstance(doc.get("values"), dict) \
+            or not isinstance(doc.get("table"), list):
+        warnings.warn(f"the GGUF index {index} is of another version; rebuilding it", stacklevel=3)
         return None
-    values, table = json.loads(doc["payload"])
-    return values, table
+    return doc["values"], doc["table"]
 
 
 def _save_index(index: Path, values: dict[str, Any], table: list[list[Any]]) -> None:
-    """Keep the parsed header as checksummed JSON (atomically; a read-only cache only costs the next parse)."""
-    try:
-        payload = json.dumps([values, table])
-    except (TypeError, ValueError):
-        return  # a metadata value JSON cannot hold: parse this file each time
+    """Keep the parsed header as checked JSON (a read-only cache, or a value JSON cannot hold, only costs time)."""
     try:
         index.parent.mkdir(parents=True, exist_ok=True)
-        tmp = index.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"version": _INDEX_VERSION, "checksum": _checksum(payload), "payload": payload}),
-                       encoding="utf-8")
-        os.replace(tmp, index)
-    except OSError:
+        write_checked_json(index, {"version": _INDEX_VERSION, "values": values, "table": table})
+    except (OSError, TypeError, ValueError):
         pass
 
 
