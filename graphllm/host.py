@@ -20,9 +20,14 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+def usable_cores() -> int:
+    """CPU cores (hyper-threads included) this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def physical_cores() -> int:
     """Return the number of physical cores this process may run on (hyper-threads not counted)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    usable = usable_cores()
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

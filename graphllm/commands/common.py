@@ -12,6 +12,7 @@ import warnings
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import GraphLLMError
+from ..host import usable_cores
 from ..pipeline import GraphOptions
 from ..runtime.sampling import CHAT_SAMPLING, SamplingParams
 
@@ -55,11 +56,6 @@ def add_escape_arg(p: argparse.ArgumentParser) -> None:
 def escaped(a: argparse.Namespace, text: str | None) -> str | None:
     """A command-line text with its escapes processed unless --no-escape was given."""
     return process_escapes(text) if text is not None and a.escape else text
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def threads_arg(value: str) -> int | None:
