@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import GenerationError
 from .grammar import grammar_matcher
-from .sampling import Sampler, SamplingParams, token_logprobs
+from .sampling import Sampler, SamplingParams
 
 
 @dataclass(slots=True)
@@ -93,10 +93,7 @@ class TokenStream:
     def accept(self, logits: Any) -> None:
         """Sample the next token from these logits (penalized, then masked by the grammar if any) and queue
         the chunk(s) it yields; the last one ends the sequence."""
-        logits = self.sampler.penalize(logits, self.history)
-        if self.grammar is not None:
-            logits = self.grammar.mask(logits)
-        token = self.sampler.pick(logits)
+        token = self.sampler(logits, self.history, self.grammar)
         if self.grammar is not None:
             self.grammar.consume(token)
         if token in self.eos:
@@ -106,7 +103,7 @@ class TokenStream:
         text, stopped = self.stops.feed(self.decoder.feed(token))
         chunk = Chunk(token, text)
         if self.params.logprobs is not None:
-            chunk.logprob, chunk.top_logprobs = token_logprobs(logits, token, self.params.logprobs)
+            chunk.logprob, chunk.top_logprobs = self.sampler.logprobs
         self.out.append(chunk)
         if stopped:
             self.out.append(self.final("stop", flush=False))

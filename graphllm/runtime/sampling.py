@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import GenerationError
-from .grammar import GrammarSpec
+from .grammar import GrammarMatcher, GrammarSpec
 
 # max_tokens defaults, the only place they are written (None: until the context is full)
 DEFAULT_MAX_TOKENS = 128  # `graphllm run` and the Python API
@@ -67,15 +67,25 @@ def chat_sampling(generation_config: Mapping[str, Any]) -> dict[str, float]:
 
 
 class Sampler:
-    """Picks the next token from one sequence's logits; owns its random generator."""
+    """Picks the next token from one sequence's logits; owns its random generator. When params.logprobs is
+    set, ``logprobs`` holds the last pick's log-probability and its likeliest alternatives (token_logprobs)."""
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params.validate()
         self.rng = np.random.default_rng(None if params.seed == RANDOM_SEED else params.seed)
+        self.logprobs: tuple[float, list[tuple[int, float]]] | None = None
 
-    def __call__(self, logits: np.ndarray, history: list[int] | None = None) -> int:
-        """The next token id given the logits [vocab] and the ids so far (for the repetition penalty)."""
-        return self.pick(self.penalize(logits, history))
+    def __call__(self, logits: np.ndarray, history: list[int] | None = None,
+                 grammar: GrammarMatcher | None = None) -> int:
+        """The next token id given the logits [vocab], the ids so far (for the repetition penalty) and the
+        grammar whose mask applies (the caller advances it past the token)."""
+        logits = self.penalize(logits, history)
+        if grammar is not None:
+            logits = grammar.mask(logits)
+        token = self.pick(logits)
+        if self.params.logprobs is not None:
+            self.logprobs = token_logprobs(logits, token, self.params.logprobs)
+        return token
 
     def penalize(self, logits: np.ndarray, history: list[int] | None) -> np.ndarray:
         """The logits with the repetition penalty applied to the ids seen (the same array when it is off)."""
