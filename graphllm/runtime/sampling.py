@@ -67,22 +67,25 @@ def chat_sampling(generation_config: Mapping[str, Any]) -> dict[str, float]:
 
 
 class Sampler:
-    """Picks the next token from one sequence's logits; owns its random generator. When params.logprobs is
-    set, ``logprobs`` holds the last pick's log-probability and its likeliest alternatives (token_logprobs)."""
+    """Picks the next token from one sequence's logits; owns its random generator and, if the sequence has
+    one, its grammar's matcher. When params.logprobs is set, ``logprobs`` holds the last pick's
+    log-probability and its likeliest alternatives (token_logprobs)."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, grammar: GrammarMatcher | None = None) -> None:
         self.params = params.validate()
         self.rng = np.random.default_rng(None if params.seed == RANDOM_SEED else params.seed)
+        self.grammar = grammar
         self.logprobs: tuple[float, list[tuple[int, float]]] | None = None
 
-    def __call__(self, logits: np.ndarray, history: list[int] | None = None,
-                 grammar: GrammarMatcher | None = None) -> int:
-        """The next token id given the logits [vocab], the ids so far (for the repetition penalty) and the
-        grammar whose mask applies (the caller advances it past the token)."""
+    def __call__(self, logits: np.ndarray, history: list[int] | None = None) -> int:
+        """The next token id given the logits [vocab] and the ids so far (for the repetition penalty); with a
+        grammar, only a token it allows, which advances it."""
         logits = self.penalize(logits, history)
-        if grammar is not None:
-            logits = grammar.mask(logits)
+        if self.grammar is not None:
+            logits = self.grammar.mask(logits)
         token = self.pick(logits)
+        if self.grammar is not None:
+            self.grammar.consume(token)
         if self.params.logprobs is not None:
             self.logprobs = token_logprobs(logits, token, self.params.logprobs)
         return token
