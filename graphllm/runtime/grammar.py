@@ -141,9 +141,12 @@ def _one_line(message: str) -> str:
     return " ".join(line for line in lines if line.strip("^ ") and not re.match(r"\d+ \|", line))
 
 
-def compile_grammar(tokenizer: Any, spec: GrammarSpec) -> None:
-    """Compile ``spec`` for this tokenizer into the cache now (GenerationError if it does not compile)."""
-    _bridge(tokenizer).compiled(spec)
+def compile_grammar(tokenizer: Any, spec: GrammarSpec | None) -> None:
+    """Build llguidance's view of this tokenizer (once) and compile ``spec`` into the cache, now (GenerationError
+    if it does not compile); with None, only the view (which token_bytes uses)."""
+    bridge = _bridge(tokenizer)
+    if spec is not None:
+        bridge.compiled(spec)
 
 
 def grammar_matcher(tokenizer: Any, spec: GrammarSpec) -> GrammarMatcher:

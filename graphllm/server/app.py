@@ -473,7 +473,8 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
         return ids
 
     async def respond(body: Any, http: Request, ids: list[int], params: SamplingParams, chat: bool) -> Response:
-        if params.grammar is not None:  # compiled (and cached) off the event loop; a bad grammar is a 400
+        if params.grammar is not None or params.logprobs is not None:
+            # off the event loop: llguidance's view of the tokenizer (built once), the grammar (cached; a bad one: 400)
             await asyncio.to_thread(compile_grammar, tok, params.grammar)
         gen = engine.submit(ids, params)
         out = _Output(chat, model_name, len(ids), tok if params.logprobs is not None else None)
