@@ -236,8 +236,8 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int, chat: bool = 
     constrain.add_argument("--json-schema", metavar="FILE", default=None,
                            help="constrain the output to JSON valid against the JSON schema in FILE")
     constrain.add_argument("--grammar", metavar="FILE", default=None,
-                           help="constrain the output to the Lark grammar in FILE (llguidance's Lark: /regex/ "
-                                "terminals, %%json {schema})")
+                           help="constrain the output to the grammar in FILE: llguidance's Lark (/regex/ terminals, "
+                                "%%json {schema}) or llama.cpp's GBNF")
     add_escape_arg(p)
 
 
@@ -261,7 +261,7 @@ def grammar_from_args(a: argparse.Namespace) -> GrammarSpec | None:
     except OSError as exc:
         raise GraphLLMError(f"{flag}: cannot read {path}: {exc.strerror}") from None
     if flag == "--grammar":
-        return GrammarSpec("lark", text)
+        return GrammarSpec("lark", text)  # GBNF is recognized and converted
     try:
         schema = json.loads(text)
     except ValueError as exc:

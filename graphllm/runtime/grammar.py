@@ -30,8 +30,8 @@ ANY_JSON_OBJECT = '{"type": "object"}'
 
 @dataclass(frozen=True)
 class GrammarSpec:
-    """What a sequence's output must match: ``kind`` and its ``source`` (the schema as JSON text, Lark text,
-    or the regex; empty for json_object)."""
+    """What a sequence's output must match: ``kind`` and its ``source`` (the schema as JSON text, Lark text
+    (or llama.cpp's GBNF, converted), or the regex; empty for json_object)."""
 
     kind: str
     source: str = ""
@@ -98,7 +98,7 @@ class _Bridge:
         matcher = _compile(self.tokenizer, spec)
         with self._lock:
             self._compiled[spec] = matcher
-            if len(self._compiled) > GRAMMAR_CACHE_SIZE:
+            while len(self._compiled) > GRAMMAR_CACHE_SIZE:
                 self._compiled.popitem(last=False)
         return matcher
 
@@ -124,7 +124,7 @@ def _compile(tokenizer: Any, spec: GrammarSpec) -> Any:
         if spec.kind in ("json_schema", "json_object"):
             grammar = LLMatcher.grammar_from_json_schema(spec.source or ANY_JSON_OBJECT, defaults=JSON_OPTIONS)
         elif spec.kind == "lark":
-            grammar = LLMatcher.grammar_from_lark(spec.source)
+            grammar = LLMatcher.grammar_from_lark(_as_lark(spec.source))
         else:
             grammar = LLMatcher.grammar_from_regex(spec.source)
     except ValueError as exc:
@@ -133,6 +133,16 @@ def _compile(tokenizer: Any, spec: GrammarSpec) -> Any:
     if matcher.is_error():
         raise GenerationError(f"the {spec.kind} grammar is invalid: {_one_line(matcher.get_error())}")
     return matcher
+
+
+def _as_lark(source: str) -> str:
+    """Lark text as it is; llama.cpp's GBNF (``root ::= ...``) converted to Lark by llguidance's converter."""
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    try:
+        return any_to_lark(source)
+    except Exception as exc:  # noqa: BLE001 - the converter raises bare Exception for a bad grammar
+        raise GenerationError(f"the lark grammar is invalid (read as GBNF): {_one_line(str(exc))}") from None
 
 
 def _one_line(message: str) -> str:

@@ -18,7 +18,7 @@ NEUTRAL_VALUES: dict[str, tuple[Any, ...]] = {  # not implemented: accepted only
     "service_tier": ("auto", "default"), "modalities": (["text"],), "best_of": (1,), "echo": (False,),
     "suffix": ("",),
 }
-GRAMMAR_TYPES = ("lark", "regex")  # the `grammar` extension field's types
+GRAMMAR_TYPES = ("lark", "gbnf", "regex")  # the `grammar` extension field's types (GBNF: llama.cpp's, as Lark)
 
 
 def unsupported_field(fields: dict[str, Any] | None) -> tuple[str, str] | None:
@@ -43,7 +43,7 @@ def _same_number(value: Any, neutral: tuple[Any, ...]) -> bool:
 
 def request_grammar(response_format: dict[str, Any] | None, grammar: dict[str, Any] | None) -> GrammarSpec | None:
     """The grammar asked for by ``response_format`` (OpenAI's) or ``grammar`` (this server's extension:
-    {"type": "lark" | "regex", "value": TEXT}); GenerationError naming the field when malformed."""
+    {"type": "lark" | "gbnf" | "regex", "value": TEXT}); GenerationError naming the field when malformed."""
     if grammar is not None:
         if response_format is not None and response_format.get("type") != "text":
             raise GenerationError("give either response_format or grammar, not both")
@@ -51,8 +51,8 @@ def request_grammar(response_format: dict[str, Any] | None, grammar: dict[str, A
         if kind not in GRAMMAR_TYPES:
             raise GenerationError(f"grammar.type must be one of {', '.join(GRAMMAR_TYPES)}, got {kind!r}")
         if not isinstance(value, str) or not value.strip():
-            raise GenerationError("grammar.value must be a non-empty string (the Lark grammar or the regex)")
-        return GrammarSpec(kind, value)
+            raise GenerationError("grammar.value must be a non-empty string (the grammar or the regex)")
+        return GrammarSpec("regex" if kind == "regex" else "lark", value)
     if response_format is None:
         return None
     kind = response_format.get("type")

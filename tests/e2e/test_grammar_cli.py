@@ -22,6 +22,7 @@ RUN = ["run", "-m", str(TINY), "--executor", "reference", "--temp", "1", "-n", "
 def files(tmp_path) -> Path:
     (tmp_path / "schema.json").write_text(json.dumps(SCHEMA))
     (tmp_path / "yesno.lark").write_text('start: ("yes" | "no") "!"\n')
+    (tmp_path / "yesno.gbnf").write_text('root ::= ("yes" | "no") "?"\n')
     (tmp_path / "list.json").write_text("[1, 2]")
     (tmp_path / "broken.json").write_text('{"type": ')
     (tmp_path / "broken.lark").write_text("start: (\n")
@@ -34,6 +35,8 @@ def test_run_json_schema_and_grammar(files, capsys):
         jsonschema.validate(json.loads(capsys.readouterr().out), SCHEMA)
         assert main([*RUN, "--seed", seed, "--grammar", str(files / "yesno.lark")]) == 0
         assert capsys.readouterr().out in ("yes!\n", "no!\n")
+        assert main([*RUN, "--seed", seed, "--grammar", str(files / "yesno.gbnf")]) == 0
+        assert capsys.readouterr().out in ("yes?\n", "no?\n")
 
 
 def test_chat_json_schema_constrains_every_reply(files, capsys, monkeypatch):

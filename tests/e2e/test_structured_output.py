@@ -105,6 +105,9 @@ def test_lark_and_regex_grammars(api):
     for seed in range(3):
         text = _chat(api, seed, extra_body={"grammar": {"type": "lark", "value": lark}}).message.content
         assert re.fullmatch(r"(yes|no) [0-9]{1,3}", text), text
+        gbnf = 'root ::= ("on" | "off") "=" [a-c]{2}'
+        text = _chat(api, seed, extra_body={"grammar": {"type": "gbnf", "value": gbnf}}).message.content
+        assert re.fullmatch(r"(on|off)=[a-c]{2}", text), text
         r = api.completions.create(model="tiny_llama", prompt="code:", temperature=1.0, seed=seed, max_tokens=20,
                                    extra_body={"grammar": {"type": "regex", "value": "[A-F]{2}-[0-9]{3}"}})
         assert r.choices[0].finish_reason == "stop" and re.fullmatch(r"[A-F]{2}-[0-9]{3}", r.choices[0].text)
@@ -202,7 +205,8 @@ def test_neutral_and_information_fields_are_accepted(api):
     ({"response_format": {"type": "xml"}}, "response_format.type"),
     ({"extra_body": {"grammar": {"type": "lark", "value": "start: ("}}}, "lark grammar is invalid"),
     ({"extra_body": {"grammar": {"type": "regex", "value": "a(b"}}}, "regex grammar is invalid"),
-    ({"extra_body": {"grammar": {"type": "gbnf", "value": "x"}}}, "grammar.type"),
+    ({"extra_body": {"grammar": {"type": "xml", "value": "x"}}}, "grammar.type"),
+    ({"extra_body": {"grammar": {"type": "gbnf", "value": "root ::= ("}}}, "read as GBNF"),
     ({"top_logprobs": 2}, "top_logprobs needs logprobs"),
     ({"logprobs": True, "top_logprobs": 21}, "logprobs must be in"),
 ])

@@ -62,6 +62,12 @@ def test_a_finished_grammar_is_done_and_a_bad_token_is_an_error(tok):
         other.consume(tok.encode("x", add_special_tokens=False)[0])
 
 
+def test_gbnf_is_read_as_lark(tok):
+    matcher = grammar_matcher(tok, GrammarSpec("lark", 'root ::= "a" [0-9]'))
+    allowed = np.flatnonzero(np.isfinite(matcher.mask(np.zeros(tok.vocab_size, np.float32))))
+    assert {tok.decode([int(i)]) for i in allowed} <= {"a"} | {f"a{d}" for d in range(10)}
+
+
 def test_compiled_grammars_are_cached_per_spec_in_a_bounded_lru(tok, monkeypatch):
     monkeypatch.setattr(grammar, "GRAMMAR_CACHE_SIZE", 2)
     bridge = grammar._bridge(tok)
@@ -82,6 +88,7 @@ def test_compiled_grammars_are_cached_per_spec_in_a_bounded_lru(tok, monkeypatch
     (GrammarSpec("lark", "start: ("), "lark grammar is invalid"),
     (GrammarSpec("lark", "start: foo"), 'unknown name: "foo"'),
     (GrammarSpec("regex", "a(b"), "unclosed group"),
+    (GrammarSpec("lark", "root ::= foo"), "(read as GBNF): Rule 'foo' not found"),
 ])
 def test_a_grammar_that_does_not_compile_is_a_one_line_error(tok, spec, words):
     with pytest.raises(GenerationError) as err:
