@@ -108,7 +108,7 @@ def _bodies() -> tuple[type, type]:
         ignore_eos: bool = False  # extension, for benchmarks
         skip_special_tokens: bool = True  # extension (vLLM)
         response_format: dict[str, Any] | None = None
-        grammar: dict[str, Any] | None = None  # extension: {"type": "lark" | "gbnf" | "regex", "value": TEXT}
+        grammar: dict[str, Any] | str | None = None  # extension: {"type": "lark"|"gbnf"|"regex", "value": TEXT}
 
     class Message(BaseModel):
         model_config = ConfigDict(extra="allow")

@@ -41,13 +41,15 @@ def _same_number(value: Any, neutral: tuple[Any, ...]) -> bool:
             and any(isinstance(v, int) and not isinstance(v, bool) and value == v for v in neutral))
 
 
-def request_grammar(response_format: dict[str, Any] | None, grammar: dict[str, Any] | None) -> GrammarSpec | None:
+def request_grammar(response_format: dict[str, Any] | None,
+                    grammar: dict[str, Any] | str | None) -> GrammarSpec | None:
     """The grammar asked for by ``response_format`` (OpenAI's) or ``grammar`` (this server's extension:
-    {"type": "lark" | "gbnf" | "regex", "value": TEXT}); GenerationError naming the field when malformed."""
+    {"type": "lark" | "gbnf" | "regex", "value": TEXT}, or the text alone as llama.cpp's server takes it,
+    GBNF or Lark); GenerationError naming the field when malformed."""
     if grammar is not None:
         if response_format is not None and response_format.get("type") != "text":
             raise GenerationError("give either response_format or grammar, not both")
-        kind, value = grammar.get("type"), grammar.get("value")
+        kind, value = ("gbnf", grammar) if isinstance(grammar, str) else (grammar.get("type"), grammar.get("value"))
         if kind not in GRAMMAR_TYPES:
             raise GenerationError(f"grammar.type must be one of {', '.join(GRAMMAR_TYPES)}, got {kind!r}")
         if not isinstance(value, str) or not value.strip():

@@ -108,6 +108,8 @@ def test_lark_and_regex_grammars(api):
         gbnf = 'root ::= ("on" | "off") "=" [a-c]{2}'
         text = _chat(api, seed, extra_body={"grammar": {"type": "gbnf", "value": gbnf}}).message.content
         assert re.fullmatch(r"(on|off)=[a-c]{2}", text), text
+        text = _chat(api, seed, extra_body={"grammar": gbnf}).message.content  # llama.cpp's form: the text alone
+        assert re.fullmatch(r"(on|off)=[a-c]{2}", text), text
         r = api.completions.create(model="tiny_llama", prompt="code:", temperature=1.0, seed=seed, max_tokens=20,
                                    extra_body={"grammar": {"type": "regex", "value": "[A-F]{2}-[0-9]{3}"}})
         assert r.choices[0].finish_reason == "stop" and re.fullmatch(r"[A-F]{2}-[0-9]{3}", r.choices[0].text)
