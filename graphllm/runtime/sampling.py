@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import GenerationError
+from .grammar import GrammarSpec
 
 # max_tokens defaults, the only place they are written (None: until the context is full)
 DEFAULT_MAX_TOKENS = 128  # `graphllm run` and the Python API
@@ -34,6 +35,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False
     skip_special_tokens: bool = True  # leave special tokens (<|endoftext|>, ...) out of the text
+    grammar: GrammarSpec | None = None  # constrain the output to this grammar (grammar.py)
 
     def validate(self) -> "SamplingParams":
         """Raise GenerationError naming the first bad field and its value."""
