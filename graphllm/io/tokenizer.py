@@ -6,6 +6,7 @@ GGUF metadata, where the BPE model is rebuilt from the stored vocabulary, merges
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -130,20 +132,36 @@ class Tokenizer:
         """A StreamDecoder for the ids generated after `prompt_ids`."""
         return StreamDecoder(self, prompt_ids, skip_special_tokens)
 
+    @functools.cached_property
+    def supports_tools(self) -> bool:
+        """Whether the chat template renders tool definitions (it reads the ``tools`` variable)."""
+        if not self.chat_template:
+            return False
+        environment = self._compiled().environment
+        return "tools" in jinja2.meta.find_undeclared_variables(environment.parse(self.chat_template))
+
+    def _compiled(self) -> jinja2.Template:
+        """The chat template, compiled once."""
+        if self._template is None:
+            self._template = _compile_template(self.chat_template or "")
+        return self._template
+
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                            **variables: Any) -> str:
-        """Render `messages` with the model's chat template (extra template variables pass through)."""
+                            tools: list[dict[str, Any]] | None = None, **variables: Any) -> str:
+        """Render `messages` with the model's chat template; ``tools`` (OpenAI's function list, as transformers
+        passes it: None when absent) needs a template that reads them. Extra template variables pass through."""
         if not self.chat_template:
             raise ConfigError("this model has no chat template; use plain completion instead")
-        if self._template is None:
-            self._template = _compile_template(self.chat_template)
+        if tools and not self.supports_tools:
+            raise ConfigError("this model's chat template does not support tools (it never renders `tools`)")
         context = {
             "bos_token": self.token_text(self._bos) if self._bos is not None else "",
             "eos_token": self.token_text(self._eos[0]) if self._eos else "",
             **variables,
         }
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
+            return self._compiled().render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                           **context)
         except _TemplateRaise as exc:
             raise GenerationError(f"the chat template rejected the conversation: {exc}") from exc
         except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:

@@ -172,7 +172,7 @@ class ToolCallParser:
         found = [(i, m) for m in self.fmt.opens if (i := self.pending.find(m)) >= 0]
         if not self.started and self.fmt.leading and self.pending.lstrip().startswith(self.fmt.leading):
             found.append((len(self.pending) - len(self.pending.lstrip()), ""))
-        return min(found, default=(-1, ""))
+        return min(found, default=(-1, ""), key=lambda f: (f[0], -len(f[1])))  # the longer marker at a tie
 
     def _held_tail(self) -> int:
         """How many trailing characters to hold: whitespace plus a prefix of a marker (all, before the output's
@@ -202,6 +202,44 @@ class ToolCallParser:
 
 
 # ---------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class ToolUse:
+    """What a chat request asks of tools: the checked definitions, the choice ("none", "auto", "required" or a
+    tool's name), whether several calls may be made, and the call format of the model."""
+
+    tools: list[dict[str, Any]]
+    choice: str
+    parallel: bool
+    fmt: ToolFormat
+
+    def grammar(self) -> GrammarSpec | None:
+        """The grammar that forces a valid call ("required" or a named tool), else None."""
+        return None if self.choice in ("none", "auto") else self.fmt.grammar(self.tools, self.choice, self.parallel)
+
+    def parser(self) -> ToolCallParser | None:
+        """A parser for one generation's text (None with "none": the model is not to call tools)."""
+        return None if self.choice == "none" else ToolCallParser(self.fmt, frozenset(t["function"]["name"]
+                                                                                     for t in self.tools))
+
+
+def tool_use(tools: Any, choice: Any, parallel: Any, tokenizer: Any) -> ToolUse | None:
+    """The checked tool request (None without tools); a template that cannot render tools, or whose call format
+    is not recognised, is refused."""
+    if tools is None:
+        check_tool_choice(choice, None)
+        return None
+    tools = check_tools(tools)
+    if not isinstance(parallel, bool):
+        raise ToolRequestError("parallel_tool_calls must be true or false", "parallel_tool_calls")
+    if not tokenizer.supports_tools:
+        raise ToolRequestError("this model's chat template does not support tools", "tools")
+    fmt = detect_format(tokenizer.chat_template)
+    if fmt is None:
+        raise ToolRequestError(f"this model's chat template renders tools in a call format graphllm does not know "
+                               f"(known: {', '.join(f.name for f in FORMATS)})", "tools")
+    return ToolUse(tools, check_tool_choice(choice, tools), parallel, fmt)
+
+
 def check_tools(tools: Any) -> list[dict[str, Any]]:
     """OpenAI's ``tools``: a list of {"type": "function", "function": {"name", "description"?, "parameters"?}}."""
     if not isinstance(tools, list) or not tools:
