@@ -170,8 +170,10 @@ class ToolCallParser:
     def _find_open(self) -> tuple[int, str]:
         """Where the first call marker starts in the pending text (-1 if none) and the marker."""
         found = [(i, m) for m in self.fmt.opens if (i := self.pending.find(m)) >= 0]
-        if not self.started and self.fmt.leading and self.pending.lstrip().startswith(self.fmt.leading):
-            found.append((len(self.pending) - len(self.pending.lstrip()), ""))
+        head = self.pending.lstrip()
+        if not self.started and self.fmt.leading and head.startswith(self.fmt.leading) and \
+                not any(m.startswith(head) for m in self.fmt.opens):  # not what may still become a marker
+            found.append((len(self.pending) - len(head), ""))
         return min(found, default=(-1, ""), key=lambda f: (f[0], -len(f[1])))  # the longer marker at a tie
 
     def _held_tail(self) -> int:
