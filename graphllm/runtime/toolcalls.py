@@ -55,6 +55,7 @@ class ToolFormat:
     close: str | None
     leading: str | None
     args_keys: tuple[str, ...]  # where a call's arguments are, first found wins
+    joiner: str  # between two calls
     id_length: int  # Mistral's templates accept only 9-character ids
 
     def new_id(self) -> str:
@@ -89,21 +90,20 @@ class ToolFormat:
                      "required": ["name", self.args_keys[0]], "additionalProperties": False} for f in allowed]
         call = variants[0] if len(variants) == 1 else {"anyOf": variants}
         many = parallel and choice == "required"
-        if self.name == "hermes":
-            body, rule = f"call: {_lark_text(self.opens[0] + chr(10))} %json {json.dumps(call)} " \
-                         f"{_lark_text(chr(10) + self.close)}", 'call ("\\n" call)*' if many else "call"
-        elif self.name == "llama3_json":
-            body, rule = f"call: %json {json.dumps(call)}", 'call ("; " call)*' if many else "call"
-        else:
-            schema = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1})}
-            body, rule = f"call: %json {json.dumps(schema)}", "call"
+        if self.name == "mistral":  # the calls are one JSON list
+            call, many = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1})}, False
+        parts = [f"%json {json.dumps(call)}"]
+        if self.close:
+            parts = [json.dumps(self.opens[0] + "\n"), *parts, json.dumps("\n" + self.close)]
+        body = "call: " + " ".join(parts)
+        rule = f"call ({json.dumps(self.joiner)} call)*" if many else "call"
         return GrammarSpec("lark", f"start: {rule}\n{body}\n")
 
 
 FORMATS = (
-    ToolFormat("hermes", ("<tool_call>",), "</tool_call>", None, ("arguments", "parameters"), 0),
-    ToolFormat("mistral", ("[TOOL_CALLS]",), None, "[", ("arguments", "parameters"), 9),
-    ToolFormat("llama3_json", ("<|python_tag|>",), None, "{", ("parameters", "arguments"), 0),
+    ToolFormat("hermes", ("<tool_call>",), "</tool_call>", None, ("arguments", "parameters"), "\n", 0),
+    ToolFormat("mistral", ("[TOOL_CALLS]",), None, "[", ("arguments", "parameters"), ", ", 9),
+    ToolFormat("llama3_json", ("<|python_tag|>",), None, "{", ("parameters", "arguments"), "; ", 0),
 )
 
 
@@ -220,8 +220,8 @@ class ToolUse:
 
     def parser(self) -> ToolCallParser | None:
         """A parser for one generation's text (None with "none": the model is not to call tools)."""
-        return None if self.choice == "none" else ToolCallParser(self.fmt, frozenset(t["function"]["name"]
-                                                                                     for t in self.tools))
+        names = frozenset(t["function"]["name"] for t in self.tools)
+        return None if self.choice == "none" else ToolCallParser(self.fmt, names)
 
 
 def tool_use(tools: Any, choice: Any, parallel: Any, tokenizer: Any) -> ToolUse | None:
@@ -325,8 +325,3 @@ def _loads(text: str) -> Any:
         return json.loads(text)
     except (json.JSONDecodeError, TypeError):
         return None
-
-
-def _lark_text(text: str) -> str:
-    """A Lark string literal of ``text``."""
-    return json.dumps(text)
