@@ -10,16 +10,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GenerationError
-from .sampling import Sampler, SamplingParams
+from .grammar import grammar_matcher
+from .sampling import Sampler, SamplingParams, token_logprobs
 
 
 @dataclass(slots=True)
 class Chunk:
-    """One streamed piece: the sampled token (None on the final chunk) and the text it completed."""
+    """One streamed piece: the sampled token (None on the final chunk) and the text it completed; when
+    logprobs were asked for, the token's log-probability and its likeliest alternatives (id, logprob)."""
 
     token: int | None
     text: str
     finish_reason: str | None = None
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
 
 
 class StopMatcher:
@@ -72,7 +76,10 @@ class TokenStream:
         self.history = list(prompt_ids)  # prompt + generated ids
         # the history length at which the sequence ends: max_tokens new tokens or a full context
         self.limit = max_context if params.max_tokens is None else min(max_context, len(prompt_ids) + params.max_tokens)
-        self.eos = frozenset() if params.ignore_eos else frozenset(tokenizer.eos_token_ids)
+        # a grammar decides where the output ends: it allows end-of-text only where the output is complete
+        self.grammar = None if params.grammar is None else grammar_matcher(tokenizer, params.grammar)
+        ignore_eos = params.ignore_eos and self.grammar is None
+        self.eos = frozenset() if ignore_eos else frozenset(tokenizer.eos_token_ids)
         self.decoder = tokenizer.stream_decoder(prompt_ids, skip_special_tokens=params.skip_special_tokens)
         self.stops = StopMatcher(params.stop)
         self.finish_reason: str | None = None
@@ -84,16 +91,27 @@ class TokenStream:
         return len(self.history) - self.prompt_tokens
 
     def accept(self, logits: Any) -> None:
-        """Sample the next token from these logits and queue the chunk(s) it yields; the last one ends the sequence."""
-        token = self.sampler(logits, self.history)
+        """Sample the next token from these logits (penalized, then masked by the grammar if any) and queue
+        the chunk(s) it yields; the last one ends the sequence."""
+        logits = self.sampler.penalize(logits, self.history)
+        if self.grammar is not None:
+            logits = self.grammar.mask(logits)
+        token = self.sampler.pick(logits)
+        if self.grammar is not None:
+            self.grammar.consume(token)
         if token in self.eos:
             self.out.append(self.final("stop", flush=True))
             return
         self.history.append(token)
         text, stopped = self.stops.feed(self.decoder.feed(token))
-        self.out.append(Chunk(token, text))
+        chunk = Chunk(token, text)
+        if self.params.logprobs is not None:
+            chunk.logprob, chunk.top_logprobs = token_logprobs(logits, token, self.params.logprobs)
+        self.out.append(chunk)
         if stopped:
             self.out.append(self.final("stop", flush=False))
+        elif self.grammar is not None and self.grammar.done:
+            self.out.append(self.final("stop", flush=True))
         elif len(self.history) >= self.limit:
             self.out.append(self.final("length", flush=True))
 

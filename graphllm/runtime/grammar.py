@@ -1,12 +1,29 @@
-"""Constrained decoding: a grammar (JSON schema, any JSON, Lark, regex) as a per-token mask of allowed ids."""
+"""Constrained decoding: a grammar (JSON schema, any JSON object, Lark, regex) as a per-token mask of allowed ids.
+
+The engine is llguidance (Rust, the one llama.cpp uses; no torch). xgrammar (vLLM, SGLang) was the other
+candidate, but its wheel requires torch, transformers and triton, which decided it. Measured with
+SmolLM2-135M's tokenizer (49152 ids): building llguidance's tokenizer 0.19 s (once per loaded tokenizer),
+compiling a small schema under 1 ms (its lexer is built lazily), a per-token mask about 27 us (median).
+Compiled grammars are cached per spec (LRU) and each sequence gets a cheap copy of the compiled matcher.
+"""
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ..errors import GenerationError
 
 GRAMMAR_KINDS = ("json_schema", "json_object", "lark", "regex")
+GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per tokenizer
+# compact JSON: no free whitespace, so a model cannot pad its output with blanks until max_tokens
+JSON_OPTIONS = {"whitespace_flexible": False}
+ANY_JSON_OBJECT = '{"type": "object"}'
 
 
 @dataclass(frozen=True)
@@ -22,3 +39,116 @@ class GrammarSpec:
             raise GenerationError(f"grammar kind must be one of {', '.join(GRAMMAR_KINDS)}, got {self.kind!r}")
         if self.kind != "json_object" and not self.source.strip():
             raise GenerationError(f"a {self.kind} grammar needs a non-empty source")
+
+
+class GrammarMatcher:
+    """One sequence's grammar state: masks its logits before sampling, consumes the sampled token after."""
+
+    __slots__ = ("_matcher", "_vocab", "_words")
+
+    def __init__(self, matcher: Any, vocab_size: int) -> None:
+        self._matcher = matcher
+        self._vocab = vocab_size
+        self._words = np.zeros((vocab_size + 31) // 32, np.int32)  # llguidance's bitmask, one bit per id
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        """A copy of the logits with every id the grammar forbids next (and any id past the vocabulary) at -inf."""
+        m = self._matcher
+        m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
+        if m.is_error():
+            raise GenerationError(f"the grammar failed: {_one_line(m.get_error())}")
+        n = min(self._vocab, logits.shape[-1])
+        allowed = np.unpackbits(self._words.view(np.uint8), count=n, bitorder="little").view(bool)
+        out = np.full(logits.shape, -np.inf, logits.dtype)
+        np.copyto(out[:n], logits[:n], where=allowed)
+        return out
+
+    def consume(self, token: int) -> None:
+        """Advance past the sampled token (one the mask allowed)."""
+        if not self._matcher.consume_token(token):
+            raise GenerationError(f"the grammar rejected token {token}: {_one_line(self._matcher.get_error())}")
+
+    @property
+    def done(self) -> bool:
+        """The grammar is complete and allows nothing more: the sequence ends."""
+        return self._matcher.is_stopped()
+
+
+class _Bridge:
+    """llguidance's view of one graphllm tokenizer and the grammars compiled for it (LRU)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        import llguidance
+
+        self.tokenizer = llguidance.LLTokenizer(tokenizer.hf.to_str(), n_vocab=tokenizer.vocab_size,
+                                                eos_token=tokenizer.eos_token_ids or None)
+        self.vocab_size = self.tokenizer.vocab_size
+        self._compiled: OrderedDict[GrammarSpec, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def compiled(self, spec: GrammarSpec) -> Any:
+        """The compiled matcher of ``spec`` in its start state (never advanced: sequences take copies)."""
+        with self._lock:
+            matcher = self._compiled.get(spec)
+            if matcher is not None:
+                self._compiled.move_to_end(spec)
+                return matcher
+        matcher = _compile(self.tokenizer, spec)
+        with self._lock:
+            self._compiled[spec] = matcher
+            if len(self._compiled) > GRAMMAR_CACHE_SIZE:
+                self._compiled.popitem(last=False)
+        return matcher
+
+
+_bridges: weakref.WeakKeyDictionary[Any, _Bridge] = weakref.WeakKeyDictionary()
+_bridges_lock = threading.Lock()
+
+
+def _bridge(tokenizer: Any) -> _Bridge:
+    """The bridge of this tokenizer, built on first use (a fraction of a second for a large vocabulary)."""
+    with _bridges_lock:
+        bridge = _bridges.get(tokenizer)
+        if bridge is None:
+            bridge = _bridges[tokenizer] = _Bridge(tokenizer)
+        return bridge
+
+
+def _compile(tokenizer: Any, spec: GrammarSpec) -> Any:
+    """llguidance's matcher for ``spec``; GenerationError with the engine's message when it does not compile."""
+    from llguidance import LLMatcher
+
+    try:
+        if spec.kind in ("json_schema", "json_object"):
+            grammar = LLMatcher.grammar_from_json_schema(spec.source or ANY_JSON_OBJECT, defaults=JSON_OPTIONS)
+        elif spec.kind == "lark":
+            grammar = LLMatcher.grammar_from_lark(spec.source)
+        else:
+            grammar = LLMatcher.grammar_from_regex(spec.source)
+    except ValueError as exc:
+        raise GenerationError(f"the {spec.kind} grammar is invalid: {_one_line(str(exc))}") from None
+    matcher = LLMatcher(tokenizer, grammar, log_level=0)
+    if matcher.is_error():
+        raise GenerationError(f"the {spec.kind} grammar is invalid: {_one_line(matcher.get_error())}")
+    return matcher
+
+
+def _one_line(message: str) -> str:
+    """An engine message (which may draw a caret under the source) on one line."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def compile_grammar(tokenizer: Any, spec: GrammarSpec) -> None:
+    """Compile ``spec`` for this tokenizer into the cache now (GenerationError if it does not compile)."""
+    _bridge(tokenizer).compiled(spec)
+
+
+def grammar_matcher(tokenizer: Any, spec: GrammarSpec) -> GrammarMatcher:
+    """A fresh matcher of ``spec`` for one sequence (the compiled grammar is cached per spec)."""
+    bridge = _bridge(tokenizer)
+    return GrammarMatcher(bridge.compiled(spec).deep_copy(), bridge.vocab_size)
+
+
+def token_bytes(tokenizer: Any, token: int) -> bytes:
+    """The exact bytes one token stands for (a token may hold part of a UTF-8 character)."""
+    return _bridge(tokenizer).tokenizer.decode_bytes([token])

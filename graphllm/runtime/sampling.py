@@ -17,6 +17,7 @@ CHAT_MAX_TOKENS = 512  # one reply of `graphllm chat`
 COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 SERVER_MAX_TOKENS = 512  # /v1/chat/completions without max_tokens (serve's --default-max-tokens)
 RANDOM_SEED = -1  # seed -1 means a random seed (llama.cpp's convention), as does None
+MAX_TOP_LOGPROBS = 20  # alternatives per token at most (OpenAI's limit)
 
 # sampling for a conversation (chat, the server and the web page) when the model's generation_config sets none
 CHAT_SAMPLING = {"temperature": 0.7, "top_p": 0.9, "top_k": 40, "repetition_penalty": 1.1}
@@ -36,6 +37,7 @@ class SamplingParams:
     ignore_eos: bool = False
     skip_special_tokens: bool = True  # leave special tokens (<|endoftext|>, ...) out of the text
     grammar: GrammarSpec | None = None  # constrain the output to this grammar (grammar.py)
+    logprobs: int | None = None  # None: off; N: each token's logprob and its N likeliest alternatives
 
     def validate(self) -> "SamplingParams":
         """Raise GenerationError naming the first bad field and its value."""
@@ -48,6 +50,8 @@ class SamplingParams:
             (self.seed is None or self.seed >= RANDOM_SEED, "seed", "must be >= 0 (or -1 for a random seed)"),
             (self.max_tokens is None or self.max_tokens >= 0, "max_tokens", "must be >= 0"),
             (all(isinstance(s, str) and s for s in self.stop), "stop", "must hold non-empty strings"),
+            (self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS, "logprobs",
+             f"must be in [0, {MAX_TOP_LOGPROBS}] alternatives"),
         ]
         for ok, name, requirement in checks:
             if not ok:
@@ -71,12 +75,22 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: list[int] | None = None) -> int:
         """The next token id given the logits [vocab] and the ids so far (for the repetition penalty)."""
+        return self.pick(self.penalize(logits, history))
+
+    def penalize(self, logits: np.ndarray, history: list[int] | None) -> np.ndarray:
+        """The logits with the repetition penalty applied to the ids seen (the same array when it is off)."""
         p = self.params
-        if p.repetition_penalty != 1.0 and history:
-            logits = logits.copy()
-            seen = np.unique(np.asarray(history, dtype=np.int64))
-            vals = logits[seen]
-            logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if p.repetition_penalty == 1.0 or not history:
+            return logits
+        logits = logits.copy()
+        seen = np.unique(np.asarray(history, dtype=np.int64))
+        vals = logits[seen]
+        logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        return logits
+
+    def pick(self, logits: np.ndarray) -> int:
+        """A token id from (penalized, masked) logits: greedy, or temperature, top-k and top-p sampling."""
+        p = self.params
         if p.temperature == 0.0:
             return int(np.argmax(logits))
         scaled = logits.astype(np.float64) / p.temperature
@@ -93,3 +107,17 @@ class Sampler:
             keep = int(np.searchsorted(np.cumsum(probs), p.top_p) + 1)
             idx, probs = idx[:keep], probs[:keep] / probs[:keep].sum()
         return int(idx[self.rng.choice(idx.size, p=probs)])
+
+
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """log-softmax of ``logits`` at ``token`` and the ``top`` likeliest ids with theirs (ids a grammar
+    masked out, at -inf, are left out)."""
+    x = logits.astype(np.float64)
+    peak = x.max()
+    logz = peak + np.log(np.exp(x - peak).sum())
+    best: list[tuple[int, float]] = []
+    if top:
+        idx = np.argpartition(-x, top - 1)[:top] if top < x.size else np.arange(x.size)
+        idx = idx[np.argsort(-x[idx], kind="stable")]
+        best = [(int(i), float(x[i] - logz)) for i in idx if np.isfinite(x[i])]
+    return float(x[token] - logz), best

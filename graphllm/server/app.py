@@ -21,8 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import GraphLLMError
 from ..runtime.engine import EngineClosed
+from ..runtime.generate import Chunk
+from ..runtime.grammar import compile_grammar
 from ..runtime.sampling import COMPLETIONS_MAX_TOKENS, RANDOM_SEED, SERVER_MAX_TOKENS, SamplingParams, chat_sampling
 from ..runtime.toolcalls import ToolCall, ToolCallParser, template_tool_calls, tool_use
+from .logprobs import chat_logprobs, completion_logprobs
+from .request_fields import request_grammar, unsupported_field
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -86,7 +90,7 @@ class APIError(Exception):
 # ---------------------------------------------------------------- request bodies
 @functools.cache
 def _bodies() -> tuple[type, type]:
-    """The pydantic models of the chat and completion bodies; unknown OpenAI fields are accepted and ignored."""
+    """The pydantic models of the chat and completion bodies; other fields land in model_extra (see check_body)."""
     from pydantic import BaseModel, ConfigDict, Field
 
     class Body(BaseModel):
@@ -104,11 +108,16 @@ def _bodies() -> tuple[type, type]:
         stream_options: dict[str, Any] | None = None
         ignore_eos: bool = False  # extension, for benchmarks
         skip_special_tokens: bool = True  # extension (vLLM)
+        response_format: dict[str, Any] | None = None
+        grammar: dict[str, Any] | None = None  # extension: {"type": "lark" | "regex", "value": TEXT}
 
     class Message(BaseModel):
         model_config = ConfigDict(extra="allow")
         role: str
         content: str | list[dict[str, Any]] | None = None
+        name: str | None = None  # the participant's name: not used, but a tool result's (the function) is rendered
+        tool_calls: Any = None  # an assistant's calls, checked by toolcalls.template_tool_calls
+        tool_call_id: Any = None  # the call a tool result answers
 
     class ChatBody(Body):
         messages: list[Message] = Field(min_length=1)
@@ -116,23 +125,41 @@ def _bodies() -> tuple[type, type]:
         tools: Any = None  # checked by toolcalls.check_tools, which names the bad field
         tool_choice: Any = None
         parallel_tool_calls: Any = True
+        logprobs: bool | None = None
+        top_logprobs: int | None = None
 
     class CompletionBody(Body):
         prompt: str | list[int] | list[str]
+        logprobs: int | None = None
 
     return ChatBody, CompletionBody
 
 
-def _sampling(body: Any, max_tokens: int | None) -> SamplingParams:
-    """SamplingParams from a body (OpenAI defaults: temperature 1, top_p 1); validated."""
+def _sampling(body: Any, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    """SamplingParams from a body (OpenAI defaults: temperature 1, top_p 1) and its grammar; validated."""
     if body.n != 1:
         raise APIError(400, "only n=1 is supported", param="n")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return SamplingParams(temperature=1.0 if body.temperature is None else body.temperature,
                           top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k,
                           repetition_penalty=body.repetition_penalty, seed=body.seed, max_tokens=max_tokens,
-                          stop=stop, ignore_eos=body.ignore_eos,
-                          skip_special_tokens=body.skip_special_tokens).validate()
+                          stop=stop, ignore_eos=body.ignore_eos, skip_special_tokens=body.skip_special_tokens,
+                          grammar=request_grammar(body.response_format, body.grammar), logprobs=logprobs).validate()
+
+
+def _chat_logprobs(body: Any) -> int | None:
+    """The alternatives per token a chat body asks for (None: no logprobs); top_logprobs needs logprobs true."""
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    return (body.top_logprobs or 0) if body.logprobs else None
+
+
+def _refuse_unsupported(fields: dict[str, Any] | None, where: str = "") -> None:
+    """400 naming the first of these unknown fields that asks for something this server does not implement."""
+    problem = unsupported_field(fields)
+    if problem is not None:
+        name, message = problem
+        raise APIError(400, where + message, param=where + name)
 
 
 def _check_text(value: Any, path: str = "") -> None:
@@ -167,10 +194,13 @@ def _chat_messages(messages: Sequence[Any], tools_allowed: bool) -> list[dict[st
         where = f"messages[{i}]."
         extra = message.model_extra or {}
         _no_functions(extra, where)
+        _refuse_unsupported(extra, where)
         if message.role not in CHAT_ROLES:
             raise APIError(400, f"{where}role must be one of {', '.join(map(repr, CHAT_ROLES))}, got {message.role!r}",
                            param=where + "role")
-        calls = extra.get("tool_calls") if message.role == "assistant" else None
+        calls = message.tool_calls
+        if calls is not None and message.role != "assistant":
+            raise APIError(400, f"{where}tool_calls is only allowed on assistant messages", param=where + "tool_calls")
         if (calls is not None or message.role == "tool") and not tools_allowed:
             raise APIError(400, f"{where}{'role' if calls is None else 'tool_calls'}: this model's chat template does "
                                 f"not support tools", param=where + ("role" if calls is None else "tool_calls"))
@@ -180,11 +210,11 @@ def _chat_messages(messages: Sequence[Any], tools_allowed: bool) -> list[dict[st
             continue
         out.append({"role": message.role, "content": _message_text(message.content, where + "content")})
         if message.role == "tool":
-            if not isinstance(extra.get("tool_call_id"), str):
+            if not isinstance(message.tool_call_id, str):
                 raise APIError(400, f"{where}tool_call_id must be the id of the call answered", param=where +
                                "tool_call_id")
-            out[-1]["tool_call_id"] = extra["tool_call_id"]
-            out[-1]["name"] = extra.get("name") or _called_name(out, extra["tool_call_id"])
+            out[-1].update(tool_call_id=message.tool_call_id,
+                           name=message.name or _called_name(out, message.tool_call_id))
     return out
 
 
@@ -207,13 +237,27 @@ def _message_text(content: Any, where: str) -> str:
 class _Output:
     """Shapes one generation's results as chat or text completions, whole or as stream chunks."""
 
-    def __init__(self, chat: bool, model: str, prompt_tokens: int, tools: ToolCallParser | None = None) -> None:
+    def __init__(self, chat: bool, model: str, prompt_tokens: int, tokenizer: Any = None,
+                 tools: ToolCallParser | None = None) -> None:
         self.chat = chat
         self.model = model
         self.prompt_tokens = prompt_tokens
+        self.tokenizer = tokenizer  # set when the tokens' logprobs are reported
+        self.offset = 0  # the completion's text_offset so far
         self.tools = tools  # splits the text into content and tool calls, when the request has tools
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
+
+    def logprobs(self, chunks: Sequence[Chunk]) -> dict[str, Any] | None:
+        """The logprobs of these chunks' tokens in the endpoint's shape (None when not asked for)."""
+        if self.tokenizer is None:
+            return None
+        if self.chat:
+            return chat_logprobs(self.tokenizer, chunks)
+        shaped = completion_logprobs(self.tokenizer, chunks, self.offset)
+        if shaped["tokens"]:
+            self.offset = shaped["text_offset"][-1] + len(shaped["tokens"][-1])
+        return shaped
 
     def envelope(self, choices: list[dict], stream: bool, **extra: Any) -> dict[str, Any]:
         """The object around the choices."""
@@ -221,15 +265,16 @@ class _Output:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "choices": choices, **extra}
 
-    def choice(self, text: str | None, finish: str | None, stream: bool) -> dict[str, Any]:
-        """One choice: a message (chat), a delta (chat stream) or text."""
+    def choice(self, text: str | None, finish: str | None, stream: bool,
+               logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One choice: a message (chat), a delta (chat stream) or text, with its tokens' logprobs if any."""
         if not self.chat:
             body: dict[str, Any] = {"text": text or ""}
         elif stream:
             body = {"delta": {} if text is None else {"content": text}}
         else:
             body = {"message": {"role": "assistant", "content": text}}
-        return {"index": 0, **body, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, **body, "logprobs": logprobs, "finish_reason": finish}
 
     def split(self, text: str, finish: str | None) -> tuple[str, list[ToolCall], str | None]:
         """Text as content and tool calls (``finish`` set: the last text) and the finish reason: "tool_calls"
@@ -280,8 +325,9 @@ async def _stream(gen: "Generation", out: _Output, options: dict[str, Any]) -> A
             sent += sum(c.token is not None for c in chunks)
             text, calls, finish = out.split("".join(c.text for c in chunks), chunks[-1].finish_reason)
             extra = {"usage": out.usage(sent)} if continuous else {}
-            if text:
-                yield _sse(out.envelope([out.choice(text, None, True)], True, **extra))
+            logprobs = out.logprobs(chunks)
+            if text or (logprobs and any(logprobs.values())):
+                yield _sse(out.envelope([out.choice(text, None, True, logprobs)], True, **extra))
             for delta in out.call_deltas(calls):
                 yield _sse(out.envelope([delta], True, **extra))
             if finish:
@@ -322,7 +368,7 @@ async def _whole(gen: "Generation", out: _Output, http: "Request") -> "Response"
         return Response(status_code=499)
     work.result()
     text, calls, finish = out.split("".join(c.text for c in chunks), chunks[-1].finish_reason)
-    choice = out.choice(text or (None if calls else text), finish, False)
+    choice = out.choice(text or (None if calls else text), finish, False, out.logprobs(chunks))
     if calls:
         choice["message"]["tool_calls"] = [call.openai() for call in calls]
     return JSONResponse(out.envelope([choice], False, usage=out.usage(gen.completion_tokens)))
@@ -462,6 +508,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     def check_body(body: Any) -> None:
         _check_text(body.model_dump())
         _no_functions(body.model_extra)
+        _refuse_unsupported(body.model_extra)
         if body.model is not None and body.model != model_name:
             raise APIError(404, f"The model '{body.model}' does not exist (this server has '{model_name}')",
                            "model_not_found", param="model")
@@ -483,8 +530,10 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
 
     async def respond(body: Any, http: Request, ids: list[int], params: SamplingParams, chat: bool,
                       tools: ToolCallParser | None = None) -> Response:
+        if params.grammar is not None:  # compiled (and cached) off the event loop; a bad grammar is a 400
+            await asyncio.to_thread(compile_grammar, tok, params.grammar)
         gen = engine.submit(ids, params)
-        out = _Output(chat, model_name, len(ids), tools)
+        out = _Output(chat, model_name, len(ids), tok if params.logprobs is not None else None, tools)
         if body.stream:
             return StreamingResponse(_stream(gen, out, body.stream_options or {}), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -501,8 +550,12 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
         tools = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, tok)
         messages = _chat_messages(body.messages, tok.supports_tools)
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        params = _sampling(body, default_max_tokens if limit is None else limit)
-        params.grammar = tools and tools.grammar()
+        params = _sampling(body, default_max_tokens if limit is None else limit, _chat_logprobs(body))
+        if tools and (call_grammar := tools.grammar()):
+            if params.grammar is not None:
+                raise APIError(400, f"tool_choice {tools.choice!r} constrains the output to a tool call: it cannot be "
+                                    f"combined with response_format or grammar", param="tool_choice")
+            params.grammar = call_grammar
         ids = await asyncio.to_thread(chat_ids, messages, tools and tools.tools)
         return await respond(body, http, ids, params, True, tools and tools.parser())
 
@@ -514,7 +567,8 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
             if len(prompt) != 1:
                 raise APIError(400, "only one prompt per request is supported", param="prompt")
             prompt = prompt[0]
-        params = _sampling(body, COMPLETIONS_MAX_TOKENS if body.max_tokens is None else body.max_tokens)
+        params = _sampling(body, COMPLETIONS_MAX_TOKENS if body.max_tokens is None else body.max_tokens,
+                           body.logprobs)
         ids = await asyncio.to_thread(prompt_ids, prompt)
         return await respond(body, http, ids, params, False)
 
