@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import GenerationError
-from .grammar import GrammarSpec
+from .grammar import JSON_OPTIONS, GrammarSpec
 
 TOOL_CHOICES = ("none", "auto", "required")
 _ALNUM = string.ascii_letters + string.digits
@@ -82,8 +82,9 @@ class ToolFormat:
         return calls or None
 
     def grammar(self, tools: Sequence[dict[str, Any]], choice: str, parallel: bool) -> GrammarSpec:
-        """A Lark grammar (llguidance's dialect, JSON schemas embedded with %json) admitting only valid calls of
-        the tools that ``choice`` allows ("required": any, else the named one), one or, if ``parallel``, more."""
+        """A Lark grammar (llguidance's dialect, JSON schemas embedded with %json, compact as grammar.py's JSON) admitting
+        only valid calls of the tools that ``choice`` allows ("required": any, else the named one), one or, if
+        ``parallel``, more."""
         allowed = [t["function"] for t in tools if choice == "required" or t["function"]["name"] == choice]
         variants = [{"type": "object", "properties": {"name": {"const": f["name"]},
                                                       self.args_keys[0]: f.get("parameters") or {"type": "object"}},
@@ -92,7 +93,7 @@ class ToolFormat:
         many = parallel and choice == "required"
         if self.name == "mistral":  # the calls are one JSON list
             call, many = {"type": "array", "items": call, "minItems": 1, **({} if many else {"maxItems": 1})}, False
-        parts = [f"%json {json.dumps(call)}"]
+        parts = [f"%json {json.dumps({'x-guidance': JSON_OPTIONS, **call})}"]
         if self.close:
             parts = [json.dumps(self.opens[0] + "\n"), *parts, json.dumps("\n" + self.close)]
         body = "call: " + " ".join(parts)
