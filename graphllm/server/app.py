@@ -3,6 +3,7 @@
 `graphllm serve -m MODEL` or `python -m graphllm.server -p PATH`; endpoints: GET /v1/models,
 POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI, its
 vendored scripts under /static/) and GET /v1/graphllm/defaults (the chat defaults the page starts from).
+Chat completions take `tools` (runtime/toolcalls.py finds the call format, parses and constrains calls).
 FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
 Every failure a client can cause is answered in OpenAI's error format and leaves the connection usable;
 prompt work (chat template, tokenization) runs in a thread, so the event loop (and /health) never stalls.
