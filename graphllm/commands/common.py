@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import GraphLLMError
 from ..host import usable_cores
 from ..pipeline import GraphOptions
+from ..runtime.grammar import GrammarSpec
 from ..runtime.sampling import CHAT_SAMPLING, SamplingParams
 
 if TYPE_CHECKING:
@@ -230,6 +232,12 @@ def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int, chat: bool = 
     p.add_argument("--stop", action="append", default=[], type=text_arg, help="stop string (repeatable; default: none)")
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-text tokens")
     p.add_argument("--special", action="store_true", help="print special tokens (<|endoftext|>, ...) as text")
+    constrain = p.add_mutually_exclusive_group()
+    constrain.add_argument("--json-schema", metavar="FILE", default=None,
+                           help="constrain the output to JSON valid against the JSON schema in FILE")
+    constrain.add_argument("--grammar", metavar="FILE", default=None,
+                           help="constrain the output to the Lark grammar in FILE (llguidance's Lark: /regex/ "
+                                "terminals, %%json {schema})")
     add_escape_arg(p)
 
 
@@ -238,7 +246,29 @@ def sampling_from_args(a: argparse.Namespace, defaults: dict[str, float] | None 
     given = {name: getattr(a, name) for name in CHAT_SAMPLING}
     chosen = {name: value if value is not None else (defaults or CHAT_SAMPLING)[name] for name, value in given.items()}
     return SamplingParams(**chosen, seed=a.seed, max_tokens=a.max_tokens, stop=[escaped(a, s) for s in a.stop],
-                          ignore_eos=a.ignore_eos, skip_special_tokens=not a.special).validate()
+                          ignore_eos=a.ignore_eos, skip_special_tokens=not a.special,
+                          grammar=grammar_from_args(a)).validate()
+
+
+def grammar_from_args(a: argparse.Namespace) -> GrammarSpec | None:
+    """The grammar --json-schema or --grammar names (None without either); a file that cannot be read or a
+    schema that is not a JSON object is a one-line error."""
+    flag, path = ("--json-schema", a.json_schema) if a.json_schema is not None else ("--grammar", a.grammar)
+    if path is None:
+        return None
+    try:
+        text = checked_text(Path(path).read_text(encoding="utf-8", errors="surrogateescape"), f"{flag} {path}")
+    except OSError as exc:
+        raise GraphLLMError(f"{flag}: cannot read {path}: {exc.strerror}") from None
+    if flag == "--grammar":
+        return GrammarSpec("lark", text)
+    try:
+        schema = json.loads(text)
+    except ValueError as exc:
+        raise GraphLLMError(f"{flag} {path} is not valid JSON: {exc}") from None
+    if not isinstance(schema, dict):
+        raise GraphLLMError(f"{flag} {path} must hold a JSON schema (an object), got {type(schema).__name__}")
+    return GrammarSpec("json_schema", text)
 
 
 def print_notes(notes: list[str]) -> None:

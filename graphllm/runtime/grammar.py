@@ -9,6 +9,7 @@ Compiled grammars are cached per spec (LRU) and each sequence gets a cheap copy 
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -134,8 +135,9 @@ def _compile(tokenizer: Any, spec: GrammarSpec) -> Any:
 
 
 def _one_line(message: str) -> str:
-    """An engine message (which may draw a caret under the source) on one line."""
-    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+    """An engine message on one line, without the source lines and carets it draws under them."""
+    lines = (line.strip() for line in message.splitlines())
+    return " ".join(line for line in lines if line.strip("^ ") and not re.match(r"\d+ \|", line))
 
 
 def compile_grammar(tokenizer: Any, spec: GrammarSpec) -> None:
