@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import GenerationError
 from .grammar import grammar_matcher
-from .sampling import Sampler, SamplingParams, token_logprobs
+from .sampling import Sampler, SamplingParams
 
 
 @dataclass(slots=True)
@@ -71,13 +71,13 @@ class TokenStream:
 
     def __init__(self, tokenizer: Any, prompt_ids: list[int], params: SamplingParams, max_context: int) -> None:
         self.params = params.validate()
-        self.sampler = Sampler(params)
+        # a grammar decides where the output ends: it allows end-of-text only where the output is complete
+        self.grammar = None if params.grammar is None else grammar_matcher(tokenizer, params.grammar)
+        self.sampler = Sampler(params, self.grammar)
         self.prompt_tokens = len(prompt_ids)
         self.history = list(prompt_ids)  # prompt + generated ids
         # the history length at which the sequence ends: max_tokens new tokens or a full context
         self.limit = max_context if params.max_tokens is None else min(max_context, len(prompt_ids) + params.max_tokens)
-        # a grammar decides where the output ends: it allows end-of-text only where the output is complete
-        self.grammar = None if params.grammar is None else grammar_matcher(tokenizer, params.grammar)
         ignore_eos = params.ignore_eos and self.grammar is None
         self.eos = frozenset() if ignore_eos else frozenset(tokenizer.eos_token_ids)
         self.decoder = tokenizer.stream_decoder(prompt_ids, skip_special_tokens=params.skip_special_tokens)
@@ -93,12 +93,7 @@ class TokenStream:
     def accept(self, logits: Any) -> None:
         """Sample the next token from these logits (penalized, then masked by the grammar if any) and queue
         the chunk(s) it yields; the last one ends the sequence."""
-        logits = self.sampler.penalize(logits, self.history)
-        if self.grammar is not None:
-            logits = self.grammar.mask(logits)
-        token = self.sampler.pick(logits)
-        if self.grammar is not None:
-            self.grammar.consume(token)
+        token = self.sampler(logits, self.history)
         if token in self.eos:
             self.out.append(self.final("stop", flush=True))
             return
@@ -106,7 +101,7 @@ class TokenStream:
         text, stopped = self.stops.feed(self.decoder.feed(token))
         chunk = Chunk(token, text)
         if self.params.logprobs is not None:
-            chunk.logprob, chunk.top_logprobs = token_logprobs(logits, token, self.params.logprobs)
+            chunk.logprob, chunk.top_logprobs = self.sampler.logprobs
         self.out.append(chunk)
         if stopped:
             self.out.append(self.final("stop", flush=False))

@@ -3,7 +3,8 @@
 The engine is llguidance (Rust, the one llama.cpp uses; no torch). xgrammar (vLLM, SGLang) was the other
 candidate, but its wheel requires torch, transformers and triton, which decided it. Measured with
 SmolLM2-135M's tokenizer (49152 ids): building llguidance's tokenizer 0.19 s (once per loaded tokenizer),
-compiling a small schema under 1 ms (its lexer is built lazily), a per-token mask about 27 us (median).
+compiling a small schema about 1 ms cold (its lexer is built lazily) and 0.1 ms cached, a per-token mask
+about 30 us (median, unpacking and applying it to the logits included; benchmarks/grammar_bench.py).
 Compiled grammars are cached per spec (LRU) and each sequence gets a cheap copy of the compiled matcher.
 """
 

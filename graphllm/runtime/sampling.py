@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import GenerationError
-from .grammar import GrammarSpec
+from .grammar import GrammarMatcher, GrammarSpec
 
 # max_tokens defaults, the only place they are written (None: until the context is full)
 DEFAULT_MAX_TOKENS = 128  # `graphllm run` and the Python API
@@ -67,15 +67,28 @@ def chat_sampling(generation_config: Mapping[str, Any]) -> dict[str, float]:
 
 
 class Sampler:
-    """Picks the next token from one sequence's logits; owns its random generator."""
+    """Picks the next token from one sequence's logits; owns its random generator and, if the sequence has
+    one, its grammar's matcher. When params.logprobs is set, ``logprobs`` holds the last pick's
+    log-probability and its likeliest alternatives (token_logprobs)."""
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, grammar: GrammarMatcher | None = None) -> None:
         self.params = params.validate()
         self.rng = np.random.default_rng(None if params.seed == RANDOM_SEED else params.seed)
+        self.grammar = grammar
+        self.logprobs: tuple[float, list[tuple[int, float]]] | None = None
 
     def __call__(self, logits: np.ndarray, history: list[int] | None = None) -> int:
-        """The next token id given the logits [vocab] and the ids so far (for the repetition penalty)."""
-        return self.pick(self.penalize(logits, history))
+        """The next token id given the logits [vocab] and the ids so far (for the repetition penalty); with a
+        grammar, only a token it allows, which advances it."""
+        logits = self.penalize(logits, history)
+        if self.grammar is not None:
+            logits = self.grammar.mask(logits)
+        token = self.pick(logits)
+        if self.grammar is not None:
+            self.grammar.consume(token)
+        if self.params.logprobs is not None:
+            self.logprobs = token_logprobs(logits, token, self.params.logprobs)
+        return token
 
     def penalize(self, logits: np.ndarray, history: list[int] | None) -> np.ndarray:
         """The logits with the repetition penalty applied to the ids seen (the same array when it is off)."""
