@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import llguidance
+import numpy as np
 import pytest
 
 from graphllm.errors import ConfigError
 from graphllm.io.tokenizer import Tokenizer
+from graphllm.runtime.grammar import grammar_matcher
 from graphllm.runtime.toolcalls import (
     FORMATS,
     ToolCallParser,
@@ -170,3 +173,31 @@ def test_a_template_without_tools_refuses_them():
     with pytest.raises(ToolRequestError, match="does not support tools") as exc:
         tool_use([tool("add")], None, True, tok)
     assert exc.value.param == "tools"
+
+
+@pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
+@pytest.mark.parametrize("choice, parallel", [("required", True), ("add", False)])
+def test_whatever_the_call_grammar_admits_parses_into_valid_calls(fmt, choice, parallel):
+    """Random logits masked by the grammar (seeded, 8 runs per case) always spell calls the parser accepts, whose
+    arguments validate against the tool's schema: grammar and parser agree on the format."""
+    small = {"type": "integer", "minimum": 0, "maximum": 99}
+    tools = [tool("add", {"type": "object", "properties": {"a": small, "b": small}, "required": ["a", "b"],
+                          "additionalProperties": False}),
+             tool("get_weather", {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]}},
+                                  "required": ["city"], "additionalProperties": False})]
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    tok = Tokenizer.from_hf_folder(TOOLS_FIXTURE)
+    spec = fmt.grammar(tools, choice, parallel)
+    rng = np.random.default_rng(0)
+    for _ in range(8):
+        matcher, ids = grammar_matcher(tok, spec), []
+        while not matcher.done and len(ids) < 400:
+            token = int(np.argmax(matcher.mask(rng.standard_normal(tok.vocab_size).astype(np.float32))))
+            matcher.consume(token)
+            ids.append(token)
+        assert matcher.done
+        content, calls = parse(fmt, tok.decode([i for i in ids if i not in tok.eos_token_ids]))
+        assert content == "" and calls and (parallel or len(calls) == 1)
+        for name, args in calls:
+            assert name == choice or choice == "required"
+            jsonschema.validate(args, schemas[name])
