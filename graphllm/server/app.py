@@ -199,7 +199,7 @@ def _chat_messages(messages: Sequence[Any], tools_allowed: bool) -> list[dict[st
         if message.role not in CHAT_ROLES:
             raise APIError(400, f"{where}role must be one of {', '.join(map(repr, CHAT_ROLES))}, got {message.role!r}",
                            param=where + "role")
-        calls = message.tool_calls
+        calls = message.tool_calls or None  # an empty list is no calls
         if calls is not None and message.role != "assistant":
             raise APIError(400, f"{where}tool_calls is only allowed on assistant messages", param=where + "tool_calls")
         if (calls is not None or message.role == "tool") and not tools_allowed:
@@ -294,8 +294,8 @@ class _Output:
         deltas = []
         for index, call in enumerate(calls, first):
             head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
-            deltas += [{"tool_calls": [head]}, {"tool_calls": [{"index": index, "function": {"arguments":
-                                                                                              call.arguments}}]}]
+            args = {"index": index, "function": {"arguments": call.arguments}}
+            deltas += [{"tool_calls": [head]}, {"tool_calls": [args]}]
         return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas]
 
     def usage(self, completion_tokens: int) -> dict[str, int]:
