@@ -236,7 +236,7 @@ def tool_use(tools: Any, choice: Any, parallel: Any, tokenizer: Any) -> ToolUse 
         raise ToolRequestError("parallel_tool_calls must be true or false", "parallel_tool_calls")
     if not tokenizer.supports_tools:
         raise ToolRequestError("this model's chat template does not support tools", "tools")
-    fmt = detect_format(tokenizer.chat_template)
+    fmt = detect_format(tokenizer.tools_template)
     if fmt is None:
         raise ToolRequestError(f"this model's chat template renders tools in a call format graphllm does not know "
                                f"(known: {', '.join(f.name for f in FORMATS)})", "tools")

@@ -201,3 +201,18 @@ def test_whatever_the_call_grammar_admits_parses_into_valid_calls(fmt, choice, p
         for name, args in calls:
             assert name == choice or choice == "required"
             jsonschema.validate(args, schemas[name])
+
+
+def test_a_named_tool_use_template_renders_conversations_with_tools(tmp_path):
+    """As transformers: a model whose templates are named uses "tool_use" when tools are given, else "default"."""
+    for name in ("tokenizer.json", "config.json"):
+        (tmp_path / name).symlink_to(TOOLS_FIXTURE / name)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": [
+        {"name": "default", "template": "D{{ messages | length }}"},
+        {"name": "tool_use", "template": "T{{ tools | length }}<tool_call>"}]}))
+    tok = Tokenizer.from_hf_folder(tmp_path)
+    user = [{"role": "user", "content": "hi"}]
+    assert tok.supports_tools and tok.tools_template == "T{{ tools | length }}<tool_call>"
+    assert (tok.apply_chat_template(user), tok.apply_chat_template(user, tools=[tool("add")])) == ("D1", "T1<tool_call>")
+    assert tool_use([tool("add")], None, True, tok).fmt is HERMES
+    assert Tokenizer.from_hf_folder(TOOLS_FIXTURE).tool_template is None
