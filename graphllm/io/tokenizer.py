@@ -169,8 +169,8 @@ class Tokenizer:
             **variables,
         }
         try:
-            return self._compiled(source).render(messages=messages, tools=tools, add_generation_prompt=add_generation_prompt,
-                                           **context)
+            return self._compiled(source).render(messages=messages, tools=tools,
+                                                 add_generation_prompt=add_generation_prompt, **context)
         except _TemplateRaise as exc:
             raise GenerationError(f"the chat template rejected the conversation: {exc}") from exc
         except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:

@@ -82,9 +82,9 @@ class ToolFormat:
         return calls or None
 
     def grammar(self, tools: Sequence[dict[str, Any]], choice: str, parallel: bool) -> GrammarSpec:
-        """A Lark grammar (llguidance's dialect, JSON schemas embedded with %json, compact as grammar.py's JSON) admitting
-        only valid calls of the tools that ``choice`` allows ("required": any, else the named one), one or, if
-        ``parallel``, more."""
+        """A Lark grammar (llguidance's dialect, JSON schemas embedded with %json, compact as grammar.py's JSON)
+        admitting only valid calls of the tools that ``choice`` allows ("required": any, else the named one), one
+        or, if ``parallel``, more."""
         allowed = [t["function"] for t in tools if choice == "required" or t["function"]["name"] == choice]
         variants = [{"type": "object", "properties": {"name": {"const": f["name"]},
                                                       self.args_keys[0]: f.get("parameters") or {"type": "object"}},
@@ -304,7 +304,8 @@ def template_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
         if not isinstance(args, dict):
             raise ToolRequestError(f"{at}.function.arguments must be a JSON object (as text)",
                                    f"{at}.function.arguments")
-        out.append({"id": call.get("id"), "type": "function", "function": {"name": function["name"], "arguments": args}})
+        out.append({"id": call.get("id"), "type": "function",
+                    "function": {"name": function["name"], "arguments": args}})
     return out
 
 
