@@ -6,6 +6,7 @@ GGUF metadata, where the BPE model is rebuilt from the stored vocabulary, merges
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,6 +16,7 @@ from typing import Any
 
 import jinja2
 import jinja2.ext
+import jinja2.meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
@@ -72,12 +74,13 @@ class Tokenizer:
     """Encode/decode text, render chat templates and know the model's special token ids."""
 
     def __init__(self, hf: HFTokenizer, *, bos_token_id: int | None, eos_token_ids: Iterable[int],
-                 add_bos: bool, chat_template: str | None) -> None:
+                 add_bos: bool, chat_template: str | None, tool_template: str | None = None) -> None:
         self.hf = hf
         self._bos = bos_token_id
         self._add_bos = add_bos and bos_token_id is not None
         self.chat_template = chat_template
-        self._template: jinja2.Template | None = None
+        self.tool_template = tool_template  # a separate template for conversations with tools ("tool_use")
+        self._templates: dict[str, jinja2.Template] = {}
         eos = list(dict.fromkeys(int(i) for i in eos_token_ids))
         for marker in _END_OF_TURN:
             marker_id = hf.token_to_id(marker)
@@ -130,20 +133,44 @@ class Tokenizer:
         """A StreamDecoder for the ids generated after `prompt_ids`."""
         return StreamDecoder(self, prompt_ids, skip_special_tokens)
 
+    @property
+    def tools_template(self) -> str | None:
+        """The template that renders a conversation with tools: the named "tool_use" one if the model has it
+        (as transformers picks), else the chat template."""
+        return self.tool_template or self.chat_template
+
+    @functools.cached_property
+    def supports_tools(self) -> bool:
+        """Whether the tools template renders tool definitions (it reads the ``tools`` variable)."""
+        source = self.tools_template
+        if not source:
+            return False
+        environment = self._compiled(source).environment
+        return "tools" in jinja2.meta.find_undeclared_variables(environment.parse(source))
+
+    def _compiled(self, source: str) -> jinja2.Template:
+        """A template of this model, compiled once."""
+        if source not in self._templates:
+            self._templates[source] = _compile_template(source)
+        return self._templates[source]
+
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
-                            **variables: Any) -> str:
-        """Render `messages` with the model's chat template (extra template variables pass through)."""
-        if not self.chat_template:
+                            tools: list[dict[str, Any]] | None = None, **variables: Any) -> str:
+        """Render `messages` with the model's chat template; ``tools`` (OpenAI's function list, as transformers
+        passes it: None when absent) needs a template that reads them. Extra template variables pass through."""
+        source = self.tools_template if tools else self.chat_template
+        if not source:
             raise ConfigError("this model has no chat template; use plain completion instead")
-        if self._template is None:
-            self._template = _compile_template(self.chat_template)
+        if tools and not self.supports_tools:
+            raise ConfigError("this model's chat template does not support tools (it never renders `tools`)")
         context = {
             "bos_token": self.token_text(self._bos) if self._bos is not None else "",
             "eos_token": self.token_text(self._eos[0]) if self._eos else "",
             **variables,
         }
         try:
-            return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **context)
+            return self._compiled(source).render(messages=messages, tools=tools,
+                                                 add_generation_prompt=add_generation_prompt, **context)
         except _TemplateRaise as exc:
             raise GenerationError(f"the chat template rejected the conversation: {exc}") from exc
         except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
@@ -177,7 +204,8 @@ class Tokenizer:
         if add_bos is None:  # infer from tokenizer.json's post-processor
             add_bos = bos is not None and hf.encode("a", add_special_tokens=True).ids[:1] == [bos]
         return cls(hf, bos_token_id=bos, eos_token_ids=eos, add_bos=bool(add_bos),
-                   chat_template=_hf_chat_template(folder, tok_config))
+                   chat_template=_hf_chat_template(folder, tok_config),
+                   tool_template=_hf_chat_template(folder, tok_config, "tool_use"))
 
     @classmethod
     def from_gguf(cls, fields: Mapping[str, Any]) -> Tokenizer:
@@ -208,7 +236,8 @@ class Tokenizer:
         bos = get("tokenizer.ggml.bos_token_id")
         return cls(hf, bos_token_id=bos, eos_token_ids=[i for i in eos if i is not None],
                    add_bos=bool(get("tokenizer.ggml.add_bos_token", kind == "llama")),
-                   chat_template=get("tokenizer.chat_template"))
+                   chat_template=get("tokenizer.chat_template"),
+                   tool_template=get("tokenizer.chat_template.tool_use"))
 
 
 class StreamDecoder:
@@ -270,15 +299,18 @@ def _first_id(*values: Any) -> int | None:
     return next((ids[0] for ids in map(_ids, values) if ids), None)
 
 
-def _hf_chat_template(folder: Path, tok_config: Mapping[str, Any]) -> str | None:
-    """The chat template from chat_template.jinja, chat_template.json or tokenizer_config.json."""
+def _hf_chat_template(folder: Path, tok_config: Mapping[str, Any], name: str = "default") -> str | None:
+    """The chat template from chat_template.jinja, chat_template.json or tokenizer_config.json; a name other than
+    "default" asks for that named template only (None if the model has no such one)."""
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
-        return jinja_file.read_text(encoding="utf-8")
+        return jinja_file.read_text(encoding="utf-8") if name == "default" else None
     template = _read_json(folder / "chat_template.json").get("chat_template") or tok_config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default") or next(iter(named.values()), None)
+        template = named.get(name) or (next(iter(named.values()), None) if name == "default" else None)
+    elif name != "default":
+        return None
     return template if isinstance(template, str) else None
 
 

@@ -3,6 +3,7 @@
 `graphllm serve -m MODEL` or `python -m graphllm.server -p PATH`; endpoints: GET /v1/models,
 POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI, its
 vendored scripts under /static/) and GET /v1/graphllm/defaults (the chat defaults the page starts from).
+Chat completions take `tools` (runtime/toolcalls.py finds the call format, parses and constrains calls).
 FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
 Every failure a client can cause is answered in OpenAI's error format and leaves the connection usable;
 prompt work (chat template, tokenization) runs in a thread, so the event loop (and /health) never stalls.
@@ -24,6 +25,7 @@ from ..runtime.engine import EngineClosed
 from ..runtime.generate import Chunk
 from ..runtime.grammar import compile_grammar
 from ..runtime.sampling import COMPLETIONS_MAX_TOKENS, RANDOM_SEED, SERVER_MAX_TOKENS, SamplingParams, chat_sampling
+from ..runtime.toolcalls import ToolCall, ToolCallParser, template_tool_calls, tool_use
 from .logprobs import chat_logprobs, completion_logprobs
 from .request_fields import request_grammar, unsupported_field
 
@@ -37,8 +39,8 @@ if TYPE_CHECKING:
 WEBUI = Path(__file__).parent / "index.html"
 WEBUI_STATIC = Path(__file__).parent / "static"  # the page's vendored libraries (see VENDORED.md there)
 MAX_BODY_BYTES = 4 << 20  # the default request body limit (serve's --max-body-bytes)
-CHAT_ROLES = ("system", "user", "assistant")
-TOOL_FIELDS = ("tools", "tool_choice", "tool_calls", "functions", "function_call")  # tools are not implemented
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+DEPRECATED_TOOL_FIELDS = ("functions", "function_call")  # OpenAI's deprecated API, replaced by tools
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 log = logging.getLogger("graphllm.server")
 
@@ -71,7 +73,7 @@ class APIError(Exception):
             return cls(503, "the server is shutting down; the request was not completed", "server_shutting_down",
                        "server_error")
         if isinstance(exc, GraphLLMError):
-            return cls(400, str(exc))
+            return cls(400, str(exc), param=getattr(exc, "param", None))
         log.error("internal error", exc_info=exc)
         return cls(500, f"internal error: {type(exc).__name__}: {exc}", kind="server_error")
 
@@ -114,11 +116,16 @@ def _bodies() -> tuple[type, type]:
         model_config = ConfigDict(extra="allow")
         role: str
         content: str | list[dict[str, Any]] | None = None
-        name: str | None = None  # the participant's name: accepted, not used
+        name: str | None = None  # the participant's name: not used, but a tool result's (the function) is rendered
+        tool_calls: Any = None  # an assistant's calls, checked by toolcalls.template_tool_calls
+        tool_call_id: Any = None  # the call a tool result answers
 
     class ChatBody(Body):
         messages: list[Message] = Field(min_length=1)
         max_completion_tokens: int | None = None
+        tools: Any = None  # checked by toolcalls.check_tools, which names the bad field
+        tool_choice: Any = None
+        parallel_tool_calls: Any = True
         logprobs: bool | None = None
         top_logprobs: int | None = None
 
@@ -172,26 +179,49 @@ def _check_text(value: Any, path: str = "") -> None:
             _check_text(item, f"{path}[{i}]")
 
 
-def _no_tools(fields: dict[str, Any] | None, where: str = "") -> None:
-    """400 naming the first tool-calling field present: tools are not implemented."""
-    for name in TOOL_FIELDS:
+def _no_functions(fields: dict[str, Any] | None, where: str = "") -> None:
+    """400 naming the first field of the deprecated function-calling API present (tools replace it)."""
+    for name in DEPRECATED_TOOL_FIELDS:
         if (fields or {}).get(name) is not None:
-            raise APIError(400, f"{where}{name} is not supported: this server does not implement tools",
-                           param=where + name)
+            raise APIError(400, f"{where}{name} is not supported (OpenAI's deprecated API): use tools and "
+                                f"tool_choice", param=where + name)
 
 
-def _chat_messages(messages: Sequence[Any]) -> list[dict[str, str]]:
-    """The messages as the chat template takes them; 400 naming the field of a role or content not allowed."""
+def _chat_messages(messages: Sequence[Any], tools_allowed: bool) -> list[dict[str, Any]]:
+    """The messages as the chat template takes them (assistant tool calls, tool results); 400 naming the field
+    of a role or content not allowed, or of a tool message for a template without tools."""
     out = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]."
-        _no_tools(message.model_extra, where)
-        _refuse_unsupported(message.model_extra, where)
+        extra = message.model_extra or {}
+        _no_functions(extra, where)
+        _refuse_unsupported(extra, where)
         if message.role not in CHAT_ROLES:
             raise APIError(400, f"{where}role must be one of {', '.join(map(repr, CHAT_ROLES))}, got {message.role!r}",
                            param=where + "role")
+        calls = message.tool_calls or None  # an empty list is no calls
+        if calls is not None and message.role != "assistant":
+            raise APIError(400, f"{where}tool_calls is only allowed on assistant messages", param=where + "tool_calls")
+        if (calls is not None or message.role == "tool") and not tools_allowed:
+            raise APIError(400, f"{where}{'role' if calls is None else 'tool_calls'}: this model's chat template does "
+                                f"not support tools", param=where + ("role" if calls is None else "tool_calls"))
+        if calls is not None:
+            out.append({"role": "assistant", "content": None if message.content is None else _message_text(
+                message.content, where + "content"), "tool_calls": template_tool_calls(calls, where + "tool_calls")})
+            continue
         out.append({"role": message.role, "content": _message_text(message.content, where + "content")})
+        if message.role == "tool":
+            if not isinstance(message.tool_call_id, str):
+                raise APIError(400, f"{where}tool_call_id must be the id of the call answered", param=where +
+                               "tool_call_id")
+            out[-1].update(tool_call_id=message.tool_call_id,
+                           name=message.name or _called_name(out, message.tool_call_id))
     return out
+
+
+def _called_name(messages: list[dict[str, Any]], call_id: str) -> str | None:
+    """The function name of the earlier assistant tool call with this id (templates print it on the result)."""
+    return next((c["function"]["name"] for m in messages for c in m.get("tool_calls", ()) if c["id"] == call_id), None)
 
 
 def _message_text(content: Any, where: str) -> str:
@@ -208,12 +238,14 @@ def _message_text(content: Any, where: str) -> str:
 class _Output:
     """Shapes one generation's results as chat or text completions, whole or as stream chunks."""
 
-    def __init__(self, chat: bool, model: str, prompt_tokens: int, tokenizer: Any = None) -> None:
+    def __init__(self, chat: bool, model: str, prompt_tokens: int, tokenizer: Any = None,
+                 tools: ToolCallParser | None = None) -> None:
         self.chat = chat
         self.model = model
         self.prompt_tokens = prompt_tokens
         self.tokenizer = tokenizer  # set when the tokens' logprobs are reported
         self.offset = 0  # the completion's text_offset so far
+        self.tools = tools  # splits the text into content and tool calls, when the request has tools
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
 
@@ -245,6 +277,27 @@ class _Output:
             body = {"message": {"role": "assistant", "content": text}}
         return {"index": 0, **body, "logprobs": logprobs, "finish_reason": finish}
 
+    def split(self, text: str, finish: str | None) -> tuple[str, list[ToolCall], str | None]:
+        """Text as content and tool calls (``finish`` set: the last text) and the finish reason: "tool_calls"
+        when the generation stopped after making calls."""
+        if self.tools is None:
+            return text, [], finish
+        content, calls = self.tools.feed(text)
+        if finish:
+            rest, more = self.tools.finish()
+            content, calls = content + rest, calls + more
+        return content, calls, "tool_calls" if finish == "stop" and self.tools.calls else finish
+
+    def call_deltas(self, calls: list[ToolCall]) -> list[dict[str, Any]]:
+        """Stream choices for new tool calls: each one's id and name, then its arguments (OpenAI's chunking)."""
+        first = len(self.tools.calls) - len(calls) if self.tools else 0
+        deltas = []
+        for index, call in enumerate(calls, first):
+            head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            args = {"index": index, "function": {"arguments": call.arguments}}
+            deltas += [{"tool_calls": [head]}, {"tool_calls": [args]}]
+        return [{"index": 0, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas]
+
     def usage(self, completion_tokens: int) -> dict[str, int]:
         """Token counts."""
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion_tokens,
@@ -271,11 +324,13 @@ async def _stream(gen: "Generation", out: _Output, options: dict[str, Any]) -> A
             yield _sse(out.envelope([first], True))
         while chunks := await gen.ready():
             sent += sum(c.token is not None for c in chunks)
-            text, finish = "".join(c.text for c in chunks), chunks[-1].finish_reason
+            text, calls, finish = out.split("".join(c.text for c in chunks), chunks[-1].finish_reason)
             extra = {"usage": out.usage(sent)} if continuous else {}
             logprobs = out.logprobs(chunks)
             if text or (logprobs and any(logprobs.values())):
                 yield _sse(out.envelope([out.choice(text, None, True, logprobs)], True, **extra))
+            for delta in out.call_deltas(calls):
+                yield _sse(out.envelope([delta], True, **extra))
             if finish:
                 yield _sse(out.envelope([out.choice(None if out.chat else "", finish, True)], True, **extra))
         if include_usage:
@@ -313,8 +368,10 @@ async def _whole(gen: "Generation", out: _Output, http: "Request") -> "Response"
         work.cancel()
         return Response(status_code=499)
     work.result()
-    text = "".join(c.text for c in chunks)
-    choice = out.choice(text, chunks[-1].finish_reason, False, out.logprobs(chunks))
+    text, calls, finish = out.split("".join(c.text for c in chunks), chunks[-1].finish_reason)
+    choice = out.choice(text or (None if calls else text), finish, False, out.logprobs(chunks))
+    if calls:
+        choice["message"]["tool_calls"] = [call.openai() for call in calls]
     return JSONResponse(out.envelope([choice], False, usage=out.usage(gen.completion_tokens)))
 
 
@@ -451,7 +508,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
 
     def check_body(body: Any) -> None:
         _check_text(body.model_dump())
-        _no_tools(body.model_extra)
+        _no_functions(body.model_extra)
         _refuse_unsupported(body.model_extra)
         if body.model is not None and body.model != model_name:
             raise APIError(404, f"The model '{body.model}' does not exist (this server has '{model_name}')",
@@ -463,8 +520,8 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
                                 f"can hold; shorten it or raise --max-context")
         return tok.encode(text)
 
-    def chat_ids(messages: list[dict[str, str]]) -> list[int]:
-        return encode(tok.apply_chat_template(messages, add_generation_prompt=True))
+    def chat_ids(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
+        return encode(tok.apply_chat_template(messages, add_generation_prompt=True, tools=tools))
 
     def prompt_ids(prompt: str | list[int]) -> list[int]:
         ids = encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -472,12 +529,13 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
             raise APIError(400, f"prompt token ids must be in [0, {tok.vocab_size})", param="prompt")
         return ids
 
-    async def respond(body: Any, http: Request, ids: list[int], params: SamplingParams, chat: bool) -> Response:
+    async def respond(body: Any, http: Request, ids: list[int], params: SamplingParams, chat: bool,
+                      tools: ToolCallParser | None = None) -> Response:
         if params.grammar is not None or params.logprobs is not None:
             # off the event loop: llguidance's view of the tokenizer (built once), the grammar (cached; a bad one: 400)
             await asyncio.to_thread(compile_grammar, tok, params.grammar)
         gen = engine.submit(ids, params)
-        out = _Output(chat, model_name, len(ids), tok if params.logprobs is not None else None)
+        out = _Output(chat, model_name, len(ids), tok if params.logprobs is not None else None, tools)
         if body.stream:
             return StreamingResponse(_stream(gen, out, body.stream_options or {}), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -491,11 +549,17 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatBody, http: Request) -> Response:
         check_body(body)
-        messages = _chat_messages(body.messages)
+        tools = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls, tok)
+        messages = _chat_messages(body.messages, tok.supports_tools)
         limit = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         params = _sampling(body, default_max_tokens if limit is None else limit, _chat_logprobs(body))
-        ids = await asyncio.to_thread(chat_ids, messages)
-        return await respond(body, http, ids, params, True)
+        if tools and (call_grammar := tools.grammar()):
+            if params.grammar is not None:
+                raise APIError(400, f"tool_choice {tools.choice!r} constrains the output to a tool call: it cannot be "
+                                    f"combined with response_format or grammar", param="tool_choice")
+            params.grammar = call_grammar
+        ids = await asyncio.to_thread(chat_ids, messages, tools and tools.tools)
+        return await respond(body, http, ids, params, True, tools and tools.parser())
 
     @app.post("/v1/completions")
     async def completions(body: CompletionBody, http: Request) -> Response:
