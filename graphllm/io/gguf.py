@@ -3,8 +3,9 @@
 Architectures (`_ARCHS`): llama (Llama 1-3.x, Mistral), qwen2, qwen3, phi3, gemma2, gemma3, each read as
 llama.cpp's converter wrote it (permuted Q/K rows, Gemma's 1 + w norms, Llama 3's rope_freqs factors).
 
-Tensors stay memory-mapped as raw GGML blocks and are read (`GGUFTensor.raw()`, a copy read with plain
-reads, so the mapping's pages never become resident) or dequantized to float32 only when asked. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16 and F32 are decoded here
+Tensors stay memory-mapped as raw GGML blocks and are read (`GGUFTensor.raw()`: a copy read with plain
+reads, so the mapping's pages never become resident beside the packed weights) or dequantized to float32
+only when asked. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16 and F32 are decoded here
 (the codegen mirrors these block layouts, and F16/BF16 matrices can be handed over as they are:
 `GGUFTensor.stored()`); other GGML types (Q2_K, Q3_K, IQ*, ...) fall back to `gguf.quants.dequantize`
 at load, with a warning.
