@@ -3,7 +3,8 @@
 Architectures (`_ARCHS`): llama (Llama 1-3.x, Mistral), qwen2, qwen3, phi3, gemma2, gemma3, each read as
 llama.cpp's converter wrote it (permuted Q/K rows, Gemma's 1 + w norms, Llama 3's rope_freqs factors).
 
-Tensors stay memory-mapped as raw GGML blocks (`GGUFTensor.raw()`) and are dequantized to float32
+Tensors stay memory-mapped as raw GGML blocks and are read (`GGUFTensor.raw()`: a copy read with plain
+reads, so the mapping's pages never become resident beside the packed weights) or dequantized to float32
 only when asked. Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16 and F32 are decoded here
 (the codegen mirrors these block layouts, and F16/BF16 matrices can be handed over as they are:
 `GGUFTensor.stored()`); other GGML types (Q2_K, Q3_K, IQ*, ...) fall back to `gguf.quants.dequantize`
@@ -155,6 +156,24 @@ def unpermute_rows(n_rows: int, n_head: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- tensors
+class _FileMap:
+    """A GGUF file memory-mapped read-only as uint8 (the tensors' `data` are views of it), read with plain reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.array = np.memmap(path, np.uint8, mode="r")
+
+    def read(self, view: np.ndarray) -> np.ndarray:
+        """A copy of `view` (a slice of `array`) read from the file, never through the mapping: its pages are
+        not made resident, so a loader packing every weight holds the packed copy only, not the file too."""
+        out = np.empty(view.shape, np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(view.ctypes.data - self.array.ctypes.data)
+            if f.readinto(memoryview(out.reshape(-1))) != out.nbytes:
+                raise ModelLoadError(f"{self.path}: the file was truncated while it was being read")
+        return out
+
+
 @dataclass(frozen=True)
 class GGUFTensor:
     """One tensor of a GGUF file: raw GGML blocks, memory-mapped, plus what is needed to decode them."""
@@ -166,6 +185,7 @@ class GGUFTensor:
     data: np.ndarray = field(repr=False)  # uint8 [rows, row_bytes] in file row order
     n_head: int | None = None  # set when the file's rows are llama.cpp-permuted Q/K rows
     shift: float = 0.0  # subtracted from every value: the file holds w + shift (Gemma's norms)
+    source: _FileMap | None = field(default=None, repr=False, compare=False)  # the file `data` is a view of
 
     @property
     def qformat(self) -> str | None:
@@ -188,10 +208,9 @@ class GGUFTensor:
         return GGML_QUANT_SIZES[self.ggml_type][1]
 
     def raw(self) -> np.ndarray:
-        """Raw blocks as uint8 [rows, row_bytes] in HF row order (a zero-copy view unless un-permuted)."""
-        if self.n_head is None:
-            return self.data
-        return self.data[unpermute_rows(self.data.shape[0], self.n_head)]
+        """Raw blocks as uint8 [rows, row_bytes] in HF row order: a copy (read from the file, not the mapping)."""
+        rows = self.data.copy() if self.source is None else self.source.read(self.data)
+        return rows if self.n_head is None else rows[unpermute_rows(rows.shape[0], self.n_head)]
 
     def load(self) -> np.ndarray:
         """The tensor as float32 (what the weights mapping returns)."""
@@ -202,7 +221,7 @@ class GGUFTensor:
         return self.raw().view(_FLOATS[self.ggml_type]).reshape(self.shape)
 
     def dequantize(self) -> np.ndarray:
-        """The tensor as float32 in HF layout (read-only when it is an F32 view of the file)."""
+        """The tensor as float32 in HF layout (a new array)."""
         try:
             values = dequantize_raw(self.raw(), self.ggml_type).reshape(self.shape)
             return values - np.float32(self.shift) if self.shift else values
@@ -437,8 +456,9 @@ def _save_index(index: Path, values: dict[str, Any], table: list[list[Any]]) -> 
         pass
 
 
-def _read_indexed(path: Path) -> tuple[Mapping[str, Any], list[_TensorEntry]]:
-    """Metadata and tensor table: from the index cache, else parsed with gguf's reader and cached.
+def _read_indexed(path: Path) -> tuple[Mapping[str, Any], list[_TensorEntry], _FileMap]:
+    """Metadata, tensor table and the file's mapping: the header from the index cache, else parsed with gguf's
+    reader and cached.
 
     gguf's reader walks every tokenizer string in Python (over a second for a 49k vocabulary); the
     cache makes later opens of the same file take milliseconds. The cache is JSON with a checksum, never
@@ -456,13 +476,14 @@ def _read_indexed(path: Path) -> tuple[Mapping[str, Any], list[_TensorEntry]]:
         table = [[t.name, int(t.tensor_type), t.shape.tolist(), int(t.data_offset), int(t.n_bytes)]
                  for t in reader.tensors]
         _save_index(index, values, table)
-    mm = np.memmap(path, np.uint8, mode="r")
+    source = _FileMap(path)
     entries = []
     for name, tt, shape, offset, nbytes in table:
-        if offset + nbytes > mm.size:
+        if offset + nbytes > source.array.size:
             raise ModelLoadError(f"{path}: not a valid GGUF file (truncated: tensor {name!r} ends past the file)")
-        entries.append(_TensorEntry(name, GGMLQuantizationType(tt), np.asarray(shape), mm[offset:offset + nbytes]))
-    return {k: _StoredField(v) for k, v in values.items()}, entries
+        entries.append(_TensorEntry(name, GGMLQuantizationType(tt), np.asarray(shape),
+                                    source.array[offset:offset + nbytes]))
+    return {k: _StoredField(v) for k, v in values.items()}, entries, source
 
 
 def _plain(value: Any) -> Any:
@@ -479,7 +500,7 @@ def _plain(value: Any) -> Any:
 def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
     """Open a .gguf file (memory-mapped): config, raw tensors and lazily dequantized HF-named weights."""
     path = Path(path)
-    fields, entries = _read_indexed(path)
+    fields, entries, source = _read_indexed(path)
     gguf_names = {t.name for t in entries}
     config = build_config(fields, gguf_names, path)
     arch = field_value(fields, "general.architecture")
@@ -505,7 +526,7 @@ def open_gguf(path: str | os.PathLike[str]) -> GGUFModel:
             raise ModelLoadError(f"{path}: cannot un-permute the quantized 1-D tensor {t.name!r}")
         name = hf_tensor_name(t.name, arch)
         shift = family.norm_shift if name.endswith("norm.weight") else 0.0
-        tensors[name] = GGUFTensor(name, t.name, t.tensor_type, shape, data, n_head, shift)
+        tensors[name] = GGUFTensor(name, t.name, t.tensor_type, shape, data, n_head, shift, source)
     if _LLAMA3_FACTORS in tensors:
         config["rope_freq_factors"] = [float(f) for f in tensors[_LLAMA3_FACTORS].load()]
     try:

@@ -9,6 +9,8 @@ a decode step is a loop of pre-bound calls with no allocation.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import os
 import time
@@ -58,7 +60,7 @@ class CompiledExecutor:
         self._check_weights(weights)
         self.weights = self._load_weights(weights, pack_cache)
         tables = rope_tables(plan.config)
-        aligned = {id(a): _aligned(a) for a in tables.values()}  # sinLocal may be sin itself
+        aligned = {id(a): _first_rows(a, max_context) for a in tables.values()}  # sinLocal may be sin itself
         self.inputs = {
             "inputIds": aligned_empty(chunk, "int32"), "positionIds": aligned_empty(chunk, "int32"),
             "seqLens": aligned_empty(self.max_seqs, "int32"), "attentionMask": aligned_empty(chunk, "int32"),
@@ -72,6 +74,7 @@ class CompiledExecutor:
         self._bindings: OrderedDict[tuple[int, int], list[tuple[Callable, tuple]]] = OrderedDict()
         self._outputs: dict[tuple[int, int], np.ndarray] = {}  # the output view of each bound step shape
         self.weight_bytes = self._bytes_per_token()
+        _return_freed_memory()
 
     # -------------------------------------------------------------- load
 
@@ -345,6 +348,21 @@ def _value_name(plan: Plan, v: str) -> str:
     """A value's name as the user wrote it (inputs and weights), else its id."""
     value = plan.values[v]
     return value.name if isinstance(value, (InputValue, WeightValue)) else v
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap the load freed (packing temporaries, the GGUF header's strings) back to the OS (glibc's
+    malloc_trim; 10 MB of a SmolLM2 load that packs): it would stay resident while nothing reuses it."""
+    with contextlib.suppress(OSError, AttributeError):  # another C library: nothing to do
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _first_rows(arr: np.ndarray, rows: int) -> np.ndarray:
+    """arr's first `rows` rows in an aligned array of arr's shape whose later rows are never written: positions past
+    the context are never read, so those pages are never touched (not resident)."""
+    out = aligned_empty(arr.shape, arr.dtype)
+    out[:rows] = arr[:rows]
+    return out
 
 
 def _aligned(arr: np.ndarray) -> np.ndarray:

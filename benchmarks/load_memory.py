@@ -1,0 +1,95 @@
+"""Where a run's peak RSS comes from: VmRSS / VmHWM (and anonymous vs file-backed pages) after each load stage.
+
+Run: python benchmarks/load_memory.py -m MODEL.gguf [--prompt-tokens 128] [--gen-tokens 128] [--threads 2]
+         [--llama-bench PATH/TO/llama-bench]
+
+Stages: Python + imports, the model opened and its graph built (GGUF header, tokenizer, passes), the executor
+loaded (kernel library, packed weights: from the build cache's packed copies when there, else packed here),
+one prefill, the decodes; then the largest mappings. VmHWM is the process's peak RSS, the figure
+`graphllm bench` reports (ru_maxrss). With --llama-bench, llama.cpp's bench runs on the same file, prompt,
+generation and threads as a child process (before graphllm loads), and its peak RSS (ru_maxrss of the children,
+i.e. its VmHWM, counting its memory-mapped weights as graphllm's count its packed ones) is printed beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import resource
+import subprocess
+from pathlib import Path
+
+MB = 1024  # kB per MB in /proc
+
+
+def status() -> dict[str, float]:
+    """This process's VmRSS, VmHWM, RssAnon and RssFile in MB."""
+    keys = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+    lines = Path("/proc/self/status").read_text().splitlines()
+    return {k: int(line.split()[1]) / MB for line in lines for k in keys if line.startswith(k + ":")}
+
+
+def show(stage: str) -> None:
+    """One line of the stage table."""
+    s = status()
+    print(f"{stage:34} {s['VmRSS']:8.1f} {s['VmHWM']:8.1f} {s['RssAnon']:8.1f} {s['RssFile']:8.1f}", flush=True)
+
+
+def largest_mappings(count: int = 8) -> list[tuple[float, str]]:
+    """The `count` mappings (by file, or [anon] / [heap]) holding the most resident MB."""
+    rss: collections.Counter[str] = collections.Counter()
+    where = "[anon]"
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            where = head[5] if len(head) > 5 else "[anon]"
+        elif head and head[0] == "Rss:":
+            rss[where] += int(head[1])
+    return [(kb / MB, name) for name, kb in rss.most_common(count)]
+
+
+def llama_peak(binary: str, model: str, prompt: int, gen: int, threads: int) -> float:
+    """llama-bench's peak RSS in MB on the same file and sizes (one repetition)."""
+    subprocess.run([binary, "-m", model, "-p", str(prompt), "-n", str(gen), "-t", str(threads), "-r", "1"],
+                   check=True, capture_output=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / MB
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", required=True)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--gen-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, for its peak RSS on the same file")
+    a = ap.parse_args()
+    # first, while this process is small: a child's ru_maxrss counts the pages it shared with its parent at fork
+    llama = a.llama_bench and llama_peak(a.llama_bench, a.model, a.prompt_tokens, a.gen_tokens, a.threads)
+    print(f"{'stage':34} {'RSS MB':>8} {'peak MB':>8} {'anon MB':>8} {'file MB':>8}")
+    show("Python")
+    import numpy as np
+
+    from graphllm.pipeline import GraphOptions, build
+    from graphllm.runtime.builds import open_build
+
+    show("imports")
+    built = build(a.model, GraphOptions())
+    show("model opened, graph built")
+    context = a.prompt_tokens + a.gen_tokens + 1
+    executor = open_build(built.graph, built.weights, artifact=None, max_context=context, num_slots=1,
+                          threads=a.threads, notes=[])
+    show("executor loaded (weights packed)")
+    logits = executor.run(np.arange(1, a.prompt_tokens + 1), np.arange(a.prompt_tokens), [a.prompt_tokens], [0])
+    show(f"prefill of {a.prompt_tokens}")
+    for i in range(a.gen_tokens):
+        logits = executor.run([int(logits[0].argmax())], [a.prompt_tokens + i], [1], [0])
+    show(f"{a.gen_tokens} decodes")
+    for mb, name in largest_mappings():
+        print(f"  {mb:7.1f} MB  {name}")
+    if llama:
+        peak = status()["VmHWM"]
+        print(f"peak RSS: graphllm {peak:.1f} MB, llama-bench {llama:.1f} MB ({peak / llama - 1:+.0%})")
+
+
+if __name__ == "__main__":
+    main()
