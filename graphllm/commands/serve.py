@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import socket
 import sys
@@ -49,6 +50,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-grace", type=seconds_arg, default=5.0,
                    help="seconds running requests may finish after SIGTERM/SIGINT before they end with an error "
                         "(default: 5)")
+    p.add_argument("--request-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one JSON line per API request on stderr (id, endpoint, status, tokens, times, finish "
+                        "reason); metrics are at GET /metrics either way")
 
 
 def hosts_arg(value: str) -> list[str]:
@@ -134,6 +138,8 @@ def serve(a: argparse.Namespace) -> int:
     engine = llm.engine
     engine.set_step_tokens(a.max_step_tokens)
     engine.start()
+    if a.request_log:
+        _log_requests()
     app = create_app(engine, name, a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
@@ -148,6 +154,16 @@ def serve(a: argparse.Namespace) -> int:
         engine.close()
         sock.close()
     return 0
+
+
+def _log_requests() -> None:
+    """The server's per-request JSON lines (INFO on the graphllm.server logger) go to stderr, one per line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("graphllm.server")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the lines are whole already: no root handler repeats them
 
 
 def _open_page(url: str) -> None:
