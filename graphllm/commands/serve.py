@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import socket
 import sys
@@ -128,6 +127,7 @@ def serve(a: argparse.Namespace) -> int:
 
     from ..runtime.engine import Engine
     from ..server.app import create_app, default_hosts
+    from ..server.metrics import log_requests
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
     llm = load_llm(a, num_slots=a.max_batch)
@@ -139,7 +139,7 @@ def serve(a: argparse.Namespace) -> int:
     engine.set_step_tokens(a.max_step_tokens)
     engine.start()
     if a.request_log:
-        _log_requests()
+        log_requests()
     app = create_app(engine, name, a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
@@ -154,16 +154,6 @@ def serve(a: argparse.Namespace) -> int:
         engine.close()
         sock.close()
     return 0
-
-
-def _log_requests() -> None:
-    """The server's per-request JSON lines (INFO on the graphllm.server logger) go to stderr, one per line."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger = logging.getLogger("graphllm.server")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # the lines are whole already: no root handler repeats them
 
 
 def _open_page(url: str) -> None:

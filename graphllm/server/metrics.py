@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +31,18 @@ TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.
                 0.3, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
 log = logging.getLogger("graphllm.server")
+
+
+def log_requests() -> None:
+    """Send the per-request JSON lines (INFO on the graphllm.server logger) to stderr, one per line (once)."""
+    if any(h.name == "graphllm.requests" for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.name = "graphllm.requests"
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the lines are whole already: no root handler repeats them
 
 
 def default_instance() -> str:
