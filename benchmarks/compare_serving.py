@@ -7,7 +7,9 @@ greedy streaming completion of the same length from a `graphllm serve` subproces
 same threads). The server's decode rate is the client's: tokens after the first over the time from the first
 token to the end; its end-to-end rate includes the prompt and HTTP. Medians, bests (the least disturbed round on
 a shared machine) and the server/bench ratios at the end.
-Flags after `--` go to `graphllm serve` (e.g. `-- --max-batch 16`).
+Flags after `--` go to `graphllm serve` (e.g. `-- --stream-interval 0`). On a machine shared with other work,
+`TVM_THREAD_POOL_SPIN_COUNT=0` (both processes inherit it) keeps TVM's idle workers from spinning on the cores
+the other process needs: the figures vary far less.
 """
 
 from __future__ import annotations
