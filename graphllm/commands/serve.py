@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import GraphLLMError
 from ..runtime.sampling import SERVER_MAX_TOKENS
+from ..server.app import STREAM_INTERVAL
 from .common import HelpFormatter, add_command, add_model_args, load_llm, run_main
 
 if TYPE_CHECKING:
@@ -49,6 +50,12 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-grace", type=seconds_arg, default=5.0,
                    help="seconds running requests may finish after SIGTERM/SIGINT before they end with an error "
                         "(default: 5)")
+    p.add_argument("--stream-interval", type=seconds_arg, default=STREAM_INTERVAL,
+                   help="least seconds between a stream's events; the tokens generated meanwhile go out together "
+                        f"(fewer writes and wake-ups per token; default: {STREAM_INTERVAL}; 0: an event every step)")
+    p.add_argument("--request-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one JSON line per API request on stderr (id, endpoint, status, tokens, times, finish "
+                        "reason); metrics are at GET /metrics either way")
 
 
 def hosts_arg(value: str) -> list[str]:
@@ -124,6 +131,7 @@ def serve(a: argparse.Namespace) -> int:
 
     from ..runtime.engine import Engine
     from ..server.app import create_app, default_hosts
+    from ..server.metrics import log_requests
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
     llm = load_llm(a, num_slots=a.max_batch)
@@ -134,8 +142,11 @@ def serve(a: argparse.Namespace) -> int:
     engine = llm.engine
     engine.set_step_tokens(a.max_step_tokens)
     engine.start()
+    if a.request_log:
+        log_requests()
     app = create_app(engine, name, a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
-                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
+                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
+                     stream_interval=a.stream_interval)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
     config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3)
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "

@@ -1,8 +1,9 @@
 """OpenAI-compatible HTTP server (FastAPI + uvicorn) over the batching engine, plus the chat page at `/`.
 
 `graphllm serve -m MODEL` or `python -m graphllm.server -p PATH`; endpoints: GET /v1/models,
-POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI, its
-vendored scripts under /static/) and GET /v1/graphllm/defaults (the chat defaults the page starts from).
+POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET /metrics (Prometheus;
+open like /health: the API key guards /v1/ only), GET / (web UI, its vendored scripts under /static/) and
+GET /v1/graphllm/defaults (the chat defaults the page starts from).
 Chat completions take `tools` (runtime/toolcalls.py finds the call format, parses and constrains calls).
 FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
 Every failure a client can cause is answered in OpenAI's error format and leaves the connection usable;
@@ -35,10 +36,15 @@ if TYPE_CHECKING:
 
     from ..runtime.engine import Engine
     from ..runtime.engine import Request as Generation
+    from .metrics import RequestRecord
 
 WEBUI = Path(__file__).parent / "index.html"
 WEBUI_STATIC = Path(__file__).parent / "static"  # the page's vendored libraries (see VENDORED.md there)
 MAX_BODY_BYTES = 4 << 20  # the default request body limit (serve's --max-body-bytes)
+# least seconds between a stream's events (serve's --stream-interval): 50 a second at most, so a fast decode sends
+# a few tokens an event; each event costs a wake-up and a write here and a read in the client, on the cores the
+# kernels use (1 client, 2 cores: ~10% faster than an event per step)
+STREAM_INTERVAL = 0.02
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 DEPRECATED_TOOL_FIELDS = ("functions", "function_call")  # OpenAI's deprecated API, replaced by tools
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -309,21 +315,31 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(gen: "Generation", out: _Output, options: dict[str, Any]) -> AsyncIterator[str]:
+async def _stream(gen: "Generation", out: _Output, options: dict[str, Any], record: "RequestRecord",
+                  interval: float) -> AsyncIterator[str]:
     """SSE chunks of a generation, then [DONE]; a disconnect (task cancelled) cancels the generation.
+    Events are ``interval`` seconds apart at least (the tokens of the pause go out as one; the first at once):
+    fewer wake-ups and writes per token, on the server and the client.
 
     stream_options: include_usage adds a last chunk with the token counts; continuous_usage_stats
     (vLLM's extension) puts the counts so far on every chunk.
     """
     include_usage, continuous = bool(options.get("include_usage")), bool(options.get("continuous_usage_stats"))
-    sent = 0
+    sent, loop, last = 0, asyncio.get_running_loop(), -interval
     try:
         if out.chat:
             first = out.choice(None, None, True)
             first["delta"] = {"role": "assistant", "content": ""}
             yield _sse(out.envelope([first], True))
-        while chunks := await gen.ready():
+        while True:
+            if interval and (pause := last + interval - loop.time()) > 0:
+                await asyncio.sleep(pause)
+            if not (chunks := await gen.ready()):
+                break
+            last = loop.time()
             sent += sum(c.token is not None for c in chunks)
+            if sent:
+                record.token_arrived()
             text, calls, finish = out.split("".join(c.text for c in chunks), chunks[-1].finish_reason)
             extra = {"usage": out.usage(sent)} if continuous else {}
             logprobs = out.logprobs(chunks)
@@ -349,14 +365,16 @@ async def _until_disconnect(http: "Request") -> None:
         pass
 
 
-async def _whole(gen: "Generation", out: _Output, http: "Request") -> "Response":
+async def _whole(gen: "Generation", out: _Output, http: "Request", record: "RequestRecord") -> "Response":
     """The full response; if the client leaves first, the generation is cancelled."""
     from starlette.responses import JSONResponse, Response
 
     chunks: list = []
 
     async def collect() -> None:
-        chunks.extend([c async for c in gen])
+        async for chunk in gen:
+            record.token_arrived()
+            chunks.append(chunk)
 
     work, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(_until_disconnect(http))
     try:
@@ -486,17 +504,23 @@ def default_hosts(bound: str) -> frozenset[str] | None:
 
 def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
                allowed_hosts: Sequence[str] | None = LOCAL_HOSTS, max_body_bytes: int = MAX_BODY_BYTES,
-               default_max_tokens: int | None = SERVER_MAX_TOKENS) -> ASGIApp:
+               default_max_tokens: int | None = SERVER_MAX_TOKENS, instance: str | None = None,
+               stream_interval: float = STREAM_INTERVAL) -> ASGIApp:
     """The ASGI app serving `engine` under `model_name`: Host check (None or '*': any host), API key (when
-    set), body size limit; chat completions without max_tokens stop after ``default_max_tokens`` (None: none)."""
+    set), body size limit; chat completions without max_tokens stop after ``default_max_tokens`` (None: none).
+    ``instance`` names this server (replica) in its metrics and log lines (default: host:pid); streams send an
+    event every ``stream_interval`` seconds at most (0: every step)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
+    from .metrics import CONTENT_TYPE, RECORD, ServerMetrics
+
     ChatBody, CompletionBody = _bodies()  # noqa: N806 - classes
     app = FastAPI(title="graphllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.route_class = _guarded_route()
+    metrics = ServerMetrics(engine.stats, model_name, instance)
     tok, context = engine.llm.tokenizer, engine.llm.max_context
     # no text longer than this fits the context, as no token stands for more characters than its vocabulary
     # string (times 4: normalization may shrink text, at most 3 jamo into 1 Hangul syllable)
@@ -536,10 +560,13 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
             await asyncio.to_thread(compile_grammar, tok, params.grammar)
         gen = engine.submit(ids, params)
         out = _Output(chat, model_name, len(ids), tok if params.logprobs is not None else None, tools)
+        record = http.scope["state"][RECORD]
+        record.attach(out.id, len(ids), gen)
         if body.stream:
-            return StreamingResponse(_stream(gen, out, body.stream_options or {}), media_type="text/event-stream",
+            return StreamingResponse(_stream(gen, out, body.stream_options or {}, record, stream_interval),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _whole(gen, out, http)
+        return await _whole(gen, out, http, record)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -578,6 +605,10 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, **engine.stats()}
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     @app.get("/v1/graphllm/defaults")
     async def defaults() -> dict[str, Any]:
         """The sampling a conversation starts from (as `graphllm chat`): the model's generation_config over
@@ -595,4 +626,4 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     if api_key:
         wrapped = _auth_middleware(wrapped, api_key)
     hosts = None if allowed_hosts is None or "*" in allowed_hosts else frozenset(h.lower() for h in allowed_hosts)
-    return wrapped if hosts is None else _host_middleware(wrapped, hosts)
+    return metrics.middleware(wrapped if hosts is None else _host_middleware(wrapped, hosts))
