@@ -60,6 +60,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ray-address", default=None,
                    help="with --replicas: the Ray cluster to join ('auto' or HEAD:6379, see `ray start`; default: a "
                         "local one, started and stopped with the server)")
+    p.add_argument("--request-log", action=argparse.BooleanOptionalAction, default=True,
+                   help="one JSON line per API request on stderr (id, endpoint, status, tokens, times, finish "
+                        "reason); metrics are at GET /metrics either way")
 
 
 def hosts_arg(value: str) -> list[str]:
@@ -149,6 +152,10 @@ def serve(a: argparse.Namespace) -> int:
     engine = llm.engine
     engine.set_step_tokens(a.max_step_tokens)
     engine.start()
+    if a.request_log:
+        from ..server.metrics import log_requests
+
+        log_requests()
     app = create_app(engine, name, a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
@@ -204,7 +211,7 @@ def _serve_replicas(a: argparse.Namespace) -> int:
     spec = ReplicaSpec(model=model, load=load, model_name=name, max_step_tokens=a.max_step_tokens,
                        api_key=a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
                        max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
-                       shutdown_grace=a.shutdown_grace)
+                       shutdown_grace=a.shutdown_grace, request_log=a.request_log)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def ready() -> None:

@@ -1,8 +1,9 @@
 """OpenAI-compatible HTTP server (FastAPI + uvicorn) over the batching engine, plus the chat page at `/`.
 
 `graphllm serve -m MODEL` or `python -m graphllm.server -p PATH`; endpoints: GET /v1/models,
-POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET / (web UI, its
-vendored scripts under /static/) and GET /v1/graphllm/defaults (the chat defaults the page starts from).
+POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /health, GET /metrics (Prometheus;
+open like /health: the API key guards /v1/ only), GET / (web UI, its vendored scripts under /static/) and
+GET /v1/graphllm/defaults (the chat defaults the page starts from).
 FastAPI and pydantic are imported only when an app is made, so `graphllm`'s other commands start fast.
 Every failure a client can cause is answered in OpenAI's error format and leaves the connection usable;
 prompt work (chat template, tokenization) runs in a thread, so the event loop (and /health) never stalls.
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
     from ..runtime.engine import Engine
     from ..runtime.engine import Request as Generation
+    from .metrics import RequestRecord
 
 WEBUI = Path(__file__).parent / "index.html"
 WEBUI_STATIC = Path(__file__).parent / "static"  # the page's vendored libraries (see VENDORED.md there)
@@ -216,7 +218,8 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(gen: "Generation", out: _Output, options: dict[str, Any]) -> AsyncIterator[str]:
+async def _stream(gen: "Generation", out: _Output, options: dict[str, Any],
+                  record: "RequestRecord") -> AsyncIterator[str]:
     """SSE chunks of a generation, then [DONE]; a disconnect (task cancelled) cancels the generation.
 
     stream_options: include_usage adds a last chunk with the token counts; continuous_usage_stats
@@ -231,6 +234,8 @@ async def _stream(gen: "Generation", out: _Output, options: dict[str, Any]) -> A
             yield _sse(out.envelope([first], True))
         while chunks := await gen.ready():
             sent += sum(c.token is not None for c in chunks)
+            if sent:
+                record.token_arrived()
             text, finish = "".join(c.text for c in chunks), chunks[-1].finish_reason
             extra = {"usage": out.usage(sent)} if continuous else {}
             if text:
@@ -253,14 +258,16 @@ async def _until_disconnect(http: "Request") -> None:
         pass
 
 
-async def _whole(gen: "Generation", out: _Output, http: "Request") -> "Response":
+async def _whole(gen: "Generation", out: _Output, http: "Request", record: "RequestRecord") -> "Response":
     """The full response; if the client leaves first, the generation is cancelled."""
     from starlette.responses import JSONResponse, Response
 
     chunks: list = []
 
     async def collect() -> None:
-        chunks.extend([c async for c in gen])
+        async for chunk in gen:
+            record.token_arrived()
+            chunks.append(chunk)
 
     work, gone = asyncio.ensure_future(collect()), asyncio.ensure_future(_until_disconnect(http))
     try:
@@ -388,17 +395,21 @@ def default_hosts(bound: str) -> frozenset[str] | None:
 
 def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
                allowed_hosts: Sequence[str] | None = LOCAL_HOSTS, max_body_bytes: int = MAX_BODY_BYTES,
-               default_max_tokens: int | None = SERVER_MAX_TOKENS) -> ASGIApp:
+               default_max_tokens: int | None = SERVER_MAX_TOKENS, instance: str | None = None) -> ASGIApp:
     """The ASGI app serving `engine` under `model_name`: Host check (None or '*': any host), API key (when
-    set), body size limit; chat completions without max_tokens stop after ``default_max_tokens`` (None: none)."""
+    set), body size limit; chat completions without max_tokens stop after ``default_max_tokens`` (None: none).
+    ``instance`` names this server (replica) in its metrics and log lines (default: host:pid)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from fastapi.staticfiles import StaticFiles
     from starlette.exceptions import HTTPException
 
+    from .metrics import CONTENT_TYPE, RECORD, ServerMetrics
+
     ChatBody, CompletionBody = _bodies()  # noqa: N806 - classes
     app = FastAPI(title="graphllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.route_class = _guarded_route()
+    metrics = ServerMetrics(engine.stats, model_name, instance)
     tok, context = engine.llm.tokenizer, engine.llm.max_context
     # no text longer than this fits the context, as no token stands for more characters than its vocabulary
     # string (times 4: normalization may shrink text, at most 3 jamo into 1 Hangul syllable)
@@ -433,10 +444,13 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     async def respond(body: Any, http: Request, ids: list[int], params: SamplingParams, chat: bool) -> Response:
         gen = engine.submit(ids, params)
         out = _Output(chat, model_name, len(ids))
+        record = http.scope["state"][RECORD]
+        record.attach(out.id, len(ids), gen)
         if body.stream:
-            return StreamingResponse(_stream(gen, out, body.stream_options or {}), media_type="text/event-stream",
+            return StreamingResponse(_stream(gen, out, body.stream_options or {}, record),
+                                     media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await _whole(gen, out, http)
+        return await _whole(gen, out, http, record)
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -468,6 +482,10 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": model_name, **engine.stats()}
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
     @app.get("/v1/graphllm/defaults")
     async def defaults() -> dict[str, Any]:
         """The sampling a conversation starts from (as `graphllm chat`): the model's generation_config over
@@ -485,4 +503,4 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     if api_key:
         wrapped = _auth_middleware(wrapped, api_key)
     hosts = None if allowed_hosts is None or "*" in allowed_hosts else frozenset(h.lower() for h in allowed_hosts)
-    return wrapped if hosts is None else _host_middleware(wrapped, hosts)
+    return metrics.middleware(wrapped if hosts is None else _host_middleware(wrapped, hosts))

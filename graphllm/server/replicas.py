@@ -18,6 +18,7 @@ from ray import serve
 from ..errors import GraphLLMError
 from ..host import usable_cores
 from .app import ASGIApp, create_app
+from .metrics import log_requests
 
 REPLICA_HEADER = b"x-graphllm-replica"
 APP_NAME = "graphllm"
@@ -36,6 +37,7 @@ class ReplicaSpec:
     max_body_bytes: int
     default_max_tokens: int | None
     shutdown_grace: float
+    request_log: bool  # one JSON line per API request on the replica's stderr (Ray shows it on the driver's)
 
 
 def tagged(app: ASGIApp, replica: str) -> ASGIApp:
@@ -66,10 +68,13 @@ class Replica:
         self.engine.set_step_tokens(spec.max_step_tokens)
         self.engine.start()
         self.id = serve.get_replica_context().replica_id.unique_id
+        if spec.request_log:
+            log_requests()
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         app = create_app(self.engine, self.spec.model_name, self.spec.api_key, allowed_hosts=self.spec.allowed_hosts,
-                         max_body_bytes=self.spec.max_body_bytes, default_max_tokens=self.spec.default_max_tokens)
+                         max_body_bytes=self.spec.max_body_bytes, default_max_tokens=self.spec.default_max_tokens,
+                         instance=self.id)
         return tagged(app, self.id)
 
     def __del__(self) -> None:

@@ -17,6 +17,7 @@ import httpx
 import openai
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 pytest.importorskip("ray.serve", reason="needs Ray Serve: pip install 'graphllm[ray]'")
 
@@ -105,6 +106,30 @@ def test_both_replicas_answer_as_the_single_process_server(server, artifact, hom
                         executor="tvm") as (single, _):
         expected = {prompt: completion(single, prompt)[0] for prompt in PROMPTS}
     assert [text for text, _ in answers] == [expected[prompt] for prompt in PROMPTS * 4]
+
+
+def scrapes(base: str, n: int = 2) -> dict[str, dict[tuple[str, tuple], float]]:
+    """/metrics scraped until ``n`` replicas have answered (each scrape is one replica's): {replica: samples}."""
+    seen: dict[str, dict[tuple[str, tuple], float]] = {}
+    deadline = time.monotonic() + 30
+    while len(seen) < n:
+        assert time.monotonic() < deadline, f"only {sorted(seen)} answered /metrics"
+        r = httpx.get(base + "/metrics", trust_env=False)
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(r.text) for s in family.samples}
+        [info] = [dict(labels) for name, labels in samples if name == "graphllm_server_info"]
+        assert info["instance"] == r.headers[REPLICA]
+        seen[info["instance"]] = samples
+    return seen
+
+
+def test_each_replica_counts_the_requests_it_answered(server):
+    key = ("graphllm_requests_total", (("endpoint", "/v1/completions"), ("status", "200")))
+    before = scrapes(server)
+    answered = collections.Counter(completion(server, prompt)[1] for prompt in PROMPTS * 3)
+    after = scrapes(server)
+    assert set(answered) == set(before) == set(after)
+    assert {r: after[r][key] - before[r].get(key, 0) for r in after} == dict(answered)
 
 
 def stream_until(base: str, stop: threading.Event, outcomes: list[tuple[float, str, str]]) -> None:
