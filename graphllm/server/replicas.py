@@ -28,7 +28,7 @@ APP_NAME = "graphllm"
 class ReplicaSpec:
     """What every replica loads and how it serves (sent to the replicas, so plain data)."""
 
-    model: str | None  # the model's path (None: the default model)
+    model: str  # the model file or folder
     load: dict[str, Any]  # LLM.load's keywords (artifact: the compiled build folder; threads: per replica)
     model_name: str
     max_step_tokens: int

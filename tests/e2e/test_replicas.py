@@ -64,9 +64,10 @@ def replicas(tmp_path_factory, artifact, home) -> Iterator[tuple[str, psutil.Pro
         driver = psutil.Process(proc.pid)
         yield base, driver
         started = driver.children(recursive=True)  # raylet, gcs_server, the replicas, ...
-        assert any("raylet" in p.name() for p in started) and any("gcs_server" in p.name() for p in started)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 0
+        code = proc.wait(60)
+    assert code == 0
+    assert any("raylet" in p.name() for p in started) and any("gcs_server" in p.name() for p in started)
     time.sleep(1)
     left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"Ray processes left running: {[p.cmdline()[:1] for p in left]}"
