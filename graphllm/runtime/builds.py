@@ -134,7 +134,8 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
     notes.extend([chosen.note] if chosen.note else [])
     folder = build_dir(graph, target, chosen.knobs)
     make = functools.partial(make, folder, pack_cache=packed_dir(folder, weights))
-    return _cached(graph, folder, target, chosen.knobs, functools.partial(_load_entry, make, folder), show_progress)
+    return _cached(graph, folder, target, chosen.knobs, functools.partial(_load_entry, make, folder), show_progress,
+                   fresh=make)
 
 
 def compiled_build(graph: Graph, *, threads: int | None, notes: list[str], show_progress: bool = False,
@@ -152,8 +153,9 @@ def compiled_build(graph: Graph, *, threads: int | None, notes: list[str], show_
 
 
 def _cached(graph: Graph, folder: Path, target: dict[str, Any], knobs: Mapping[str, Any] | None,
-            use: Callable[[], Any], show_progress: bool) -> Any:
-    """``use()`` of a cache entry, compiling the entry first (under its lock) when it is missing or ``use`` fails."""
+            use: Callable[[], Any], show_progress: bool, fresh: Callable[[], Any] | None = None) -> Any:
+    """``use()`` of a cache entry, compiling the entry first (under its lock) when it is missing or ``use`` fails;
+    an entry compiled here is used by ``fresh`` when given (quietly: compiling said so already)."""
     if folder.exists():  # the usual start: a good entry, used without waiting for a lock
         with contextlib.suppress(Exception):  # looked at again under the lock: it may be being replaced
             return use()
@@ -167,7 +169,7 @@ def _cached(graph: Graph, folder: Path, target: dict[str, Any], knobs: Mapping[s
         from ..codegen.compile import compile_graph
 
         compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY, knobs=knobs)
-    return use()  # compile_graph said so in one line
+    return (fresh or use)()
 
 
 def _load_entry(make: Callable[[], CompiledExecutor], folder: Path) -> CompiledExecutor:
