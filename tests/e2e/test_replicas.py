@@ -5,6 +5,7 @@ a killed replica replaced, clean teardown)."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import signal
 import subprocess
 import sys
@@ -64,10 +65,14 @@ def replicas(tmp_path_factory, artifact, home) -> Iterator[tuple[str, psutil.Pro
         driver = psutil.Process(proc.pid)
         yield base, driver
         started = driver.children(recursive=True)  # raylet, gcs_server, the replicas, ...
+        names = set()
+        for p in started:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                names.add(p.name())
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
     assert code == 0
-    assert any("raylet" in p.name() for p in started) and any("gcs_server" in p.name() for p in started)
+    assert {"raylet", "gcs_server"} <= names, names
     time.sleep(1)
     left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"Ray processes left running: {[p.cmdline()[:1] for p in left]}"
