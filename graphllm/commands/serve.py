@@ -159,7 +159,10 @@ def serve(a: argparse.Namespace) -> int:
     app = create_app(engine, name, a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3)
+    # asyncio and h11 whatever else is installed: uvicorn would pick uvloop and httptools (ray[serve] brings them),
+    # under which a shutdown sometimes resets connections whose requests were not read yet
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3,
+                            loop="asyncio", http="h11")
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)
     if getattr(a, "open_page", False):
