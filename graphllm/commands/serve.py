@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ..errors import GraphLLMError
 from ..host import usable_cores
 from ..runtime.sampling import SERVER_MAX_TOKENS
+from ..server.app import STREAM_INTERVAL
 from .common import (HelpFormatter, add_command, add_model_args, flag_model, graph_options, load_kwargs, load_llm,
                      print_notes, run_main)
 
@@ -51,6 +52,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-grace", type=seconds_arg, default=5.0,
                    help="seconds running requests may finish after SIGTERM/SIGINT before they end with an error "
                         "(default: 5)")
+    p.add_argument("--stream-interval", type=seconds_arg, default=STREAM_INTERVAL,
+                   help="least seconds between a stream's events; the tokens generated meanwhile go out together "
+                        f"(fewer writes and wake-ups per token; default: {STREAM_INTERVAL}; 0: an event every step)")
     p.add_argument("--replicas", type=positive_arg, default=None,
                    help="serve N replicas of the model on Ray Serve (pip install 'graphllm[ray]'), each with its own "
                         "engine, loaded from one compiled build (default: one process, no Ray)")
@@ -142,6 +146,7 @@ def serve(a: argparse.Namespace) -> int:
 
     from ..runtime.engine import Engine
     from ..server.app import create_app, default_hosts
+    from ..server.metrics import log_requests
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
     llm = load_llm(a, num_slots=a.max_batch)
@@ -153,11 +158,10 @@ def serve(a: argparse.Namespace) -> int:
     engine.set_step_tokens(a.max_step_tokens)
     engine.start()
     if a.request_log:
-        from ..server.metrics import log_requests
-
         log_requests()
     app = create_app(engine, name, a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
-                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens)
+                     max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
+                     stream_interval=a.stream_interval)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
     # asyncio and h11 whatever else is installed: uvicorn would pick uvloop and httptools (ray[serve] brings them),
     # under which a shutdown sometimes resets connections whose requests were not read yet
@@ -214,7 +218,8 @@ def _serve_replicas(a: argparse.Namespace) -> int:
     spec = ReplicaSpec(model=model, load=load, model_name=name, max_step_tokens=a.max_step_tokens,
                        api_key=a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
                        max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
-                       shutdown_grace=a.shutdown_grace, request_log=a.request_log)
+                       shutdown_grace=a.shutdown_grace, request_log=a.request_log,
+                       stream_interval=a.stream_interval)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def ready() -> None:

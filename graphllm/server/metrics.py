@@ -33,6 +33,18 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
 log = logging.getLogger("graphllm.server")
 
 
+def log_requests() -> None:
+    """Send the per-request JSON lines (INFO on the graphllm.server logger) to stderr, one per line (once)."""
+    if any(h.name == "graphllm.requests" for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.name = "graphllm.requests"
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # the lines are whole already: no root handler repeats them
+
+
 def default_instance() -> str:
     """This process' name among replicas: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -150,11 +162,3 @@ class ServerMetrics:
                 "tokens_per_s": round(completion / total, 3) if total > 0 else None,
                 "finish_reason": getattr(gen, "finish_reason", None), "instance": self.instance}))
 
-
-def log_requests() -> None:
-    """The server's per-request JSON lines (INFO on the graphllm.server logger) go to stderr, one per line."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False  # the lines are whole already: no root handler repeats them

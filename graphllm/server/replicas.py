@@ -38,6 +38,7 @@ class ReplicaSpec:
     default_max_tokens: int | None
     shutdown_grace: float
     request_log: bool  # one JSON line per API request on the replica's stderr (Ray shows it on the driver's)
+    stream_interval: float
 
 
 def tagged(app: ASGIApp, replica: str) -> ASGIApp:
@@ -74,7 +75,7 @@ class Replica:
     def __serve_build_asgi_app__(self) -> ASGIApp:
         app = create_app(self.engine, self.spec.model_name, self.spec.api_key, allowed_hosts=self.spec.allowed_hosts,
                          max_body_bytes=self.spec.max_body_bytes, default_max_tokens=self.spec.default_max_tokens,
-                         instance=self.id)
+                         stream_interval=self.spec.stream_interval, instance=self.id)
         return tagged(app, self.id)
 
     def __del__(self) -> None:

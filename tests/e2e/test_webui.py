@@ -46,7 +46,9 @@ window.fetch = async (url, init) => {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    with running_server(tmp_path_factory.mktemp("webui") / "server.log", "--api-key", KEY) as base:
+    # an event per token: test_stop_ends_the_reply's throttled link then streams long enough to press Stop
+    with running_server(tmp_path_factory.mktemp("webui") / "server.log", "--api-key", KEY,
+                        "--stream-interval", "0") as base:
         yield base
 
 
