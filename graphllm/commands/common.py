@@ -282,20 +282,31 @@ def load_llm(a: argparse.Namespace, num_slots: int = 1, **overrides: object) -> 
 
     With --artifact and no -m, the model is the one the artifact was compiled for.
     """
-    from ..runtime.builds import artifact_model
     from ..runtime.llm import LLM
 
-    kwargs = dict(custom=a.custom, executor=a.executor, max_context=a.max_context, artifact=a.artifact,
-                  threads=a.threads, device=a.device, cuda_archs=a.cuda_arch, dtype=a.dtype,
-                  passes=graph_options(a).pipeline(), num_slots=num_slots, show_progress=sys.stderr.isatty(),
-                  tuned=not a.no_tuned)
-    model = artifact_model(a.artifact) if a.model is None and a.artifact is not None else a.model
-    check_model_path(model)
+    model = flag_model(a)
     if a.verbose:
         logging.basicConfig(level=logging.INFO, format="note: %(message)s", stream=sys.stderr)
-    llm = LLM.load(model, **{**kwargs, **overrides})
+    llm = LLM.load(model, **{**load_kwargs(a, num_slots), **overrides})
     print_notes(llm.notes)
     return llm
+
+
+def flag_model(a: argparse.Namespace) -> str | os.PathLike | None:
+    """The model -m names, else (with --artifact) the one the artifact was compiled for; None: the default model."""
+    from ..runtime.builds import artifact_model
+
+    model = artifact_model(a.artifact) if a.model is None and a.artifact is not None else a.model
+    check_model_path(model)
+    return model
+
+
+def load_kwargs(a: argparse.Namespace, num_slots: int) -> dict[str, object]:
+    """LLM.load's keywords from the model flags."""
+    return dict(custom=a.custom, executor=a.executor, max_context=a.max_context, artifact=a.artifact,
+                threads=a.threads, device=a.device, cuda_archs=a.cuda_arch, dtype=a.dtype,
+                passes=graph_options(a).pipeline(), num_slots=num_slots, show_progress=sys.stderr.isatty(),
+                tuned=not a.no_tuned)
 
 
 def check_model_path(model: str | os.PathLike | None) -> None:

@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import GraphLLMError
+from ..host import usable_cores
 from ..runtime.sampling import SERVER_MAX_TOKENS
 from ..server.app import STREAM_INTERVAL
-from .common import HelpFormatter, add_command, add_model_args, load_llm, run_main
+from .common import (HelpFormatter, add_command, add_model_args, flag_model, graph_options, load_kwargs, load_llm,
+                     print_notes, run_main)
 
 if TYPE_CHECKING:
     import uvicorn
@@ -53,6 +55,15 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stream-interval", type=seconds_arg, default=STREAM_INTERVAL,
                    help="least seconds between a stream's events; the tokens generated meanwhile go out together "
                         f"(fewer writes and wake-ups per token; default: {STREAM_INTERVAL}; 0: an event every step)")
+    p.add_argument("--replicas", type=positive_arg, default=None,
+                   help="serve N replicas of the model on Ray Serve (pip install 'graphllm[ray]'), each with its own "
+                        "engine, loaded from one compiled build (default: one process, no Ray)")
+    p.add_argument("--threads-per-replica", type=positive_arg, default=None,
+                   help="with --replicas: kernel threads and Ray CPUs of each replica (default: this machine's "
+                        "usable cores divided among the replicas, at least 1)")
+    p.add_argument("--ray-address", default=None,
+                   help="with --replicas: the Ray cluster to join ('auto' or HEAD:6379, see `ray start`; default: a "
+                        "local one, started and stopped with the server)")
     p.add_argument("--request-log", action=argparse.BooleanOptionalAction, default=True,
                    help="one JSON line per API request on stderr (id, endpoint, status, tokens, times, finish "
                         "reason); metrics are at GET /metrics either way")
@@ -126,7 +137,11 @@ def _server(config: uvicorn.Config, engine: Engine, grace: float) -> uvicorn.Ser
 
 
 def serve(a: argparse.Namespace) -> int:
-    """Load the model, start the engine and serve until interrupted."""
+    """Load the model, start the engine and serve until interrupted (with --replicas: on Ray Serve)."""
+    if a.replicas is not None:
+        return _serve_replicas(a)
+    if a.threads_per_replica is not None or a.ray_address is not None:
+        raise GraphLLMError("--threads-per-replica and --ray-address go with --replicas N")
     import uvicorn
 
     from ..runtime.engine import Engine
@@ -148,7 +163,10 @@ def serve(a: argparse.Namespace) -> int:
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
                      stream_interval=a.stream_interval)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3)
+    # asyncio and h11 whatever else is installed: uvicorn would pick uvloop and httptools (ray[serve] brings them),
+    # under which a shutdown sometimes resets connections whose requests were not read yet
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3,
+                            loop="asyncio", http="h11")
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)
     if getattr(a, "open_page", False):
@@ -158,6 +176,60 @@ def serve(a: argparse.Namespace) -> int:
     finally:
         engine.close()
         sock.close()
+    return 0
+
+
+def _serve_replicas(a: argparse.Namespace) -> int:
+    """--replicas: compile once here, then serve N replicas that load that build on Ray Serve until interrupted."""
+    from ..pipeline import build
+
+    try:
+        from ..server.replicas import ReplicaSpec, serve_replicas
+    except ImportError as e:
+        if not (e.name or "").startswith("ray"):
+            raise
+        raise GraphLLMError(f"--replicas needs Ray Serve ({e.name} is not installed): "
+                            f"pip install 'graphllm[ray]'") from None
+    if a.threads is not None:
+        raise GraphLLMError("with --replicas, give the threads of each replica with --threads-per-replica, not -t")
+    from ..runtime.engine import Engine
+
+    Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
+    threads = a.threads_per_replica or max(1, usable_cores() // a.replicas)
+    built = build(flag_model(a), graph_options(a))
+    load = {**load_kwargs(a, a.max_batch), "threads": threads, "show_progress": False}
+    if a.executor == "tvm":  # the replicas load this folder and never compile
+        from ..runtime.builds import check_artifact, compiled_build
+
+        if a.artifact is None:
+            load["artifact"] = str(compiled_build(built.graph, threads=threads, notes=built.notes,
+                                                  show_progress=sys.stderr.isatty(), device=a.device,
+                                                  cuda_archs=a.cuda_arch, tuned=not a.no_tuned))
+        else:
+            check_artifact(a.artifact, built.graph)
+    print_notes(built.notes)
+    sock = _listen(a.host, a.port)  # checks the address now, and picks the port for --port 0
+    host, port = sock.getsockname()[:2]
+    sock.close()
+    from ..server.app import default_hosts
+
+    model = str(built.model.path)
+    name = a.model_name or Path(model).name.removesuffix(".gguf")
+    spec = ReplicaSpec(model=model, load=load, model_name=name, max_step_tokens=a.max_step_tokens,
+                       api_key=a.api_key, allowed_hosts=a.allowed_hosts or default_hosts(host),
+                       max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
+                       shutdown_grace=a.shutdown_grace, request_log=a.request_log,
+                       stream_interval=a.stream_interval)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def ready() -> None:
+        print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.replicas} replicas on Ray Serve, each with "
+              f"{a.max_batch} slots and {threads} threads, executor {a.executor}", file=sys.stderr, flush=True)
+        if getattr(a, "open_page", False):
+            _open_page(f"{url}/".replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:"))
+
+    serve_replicas(spec, replicas=a.replicas, threads=threads, max_batch=a.max_batch, host=host, port=port,
+                   address=a.ray_address, ready=ready)
     return 0
 
 

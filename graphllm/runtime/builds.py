@@ -125,9 +125,7 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
         executor_class, kwargs["device"] = CudaExecutor, parse_device(device)[1]
     make = functools.partial(executor_class, weights=weights, **kwargs)
     if artifact is not None:
-        plan = read_build(artifact)
-        if plan.graph_key != graph_key(graph):
-            raise ModelLoadError(_another_model(Path(artifact), plan))
+        check_artifact(artifact, graph)
         return make(artifact, pack_cache=packed_dir(Path(artifact), weights))
     target = device_target(device, cuda_archs)
     from ..codegen.tuning import tuned_knobs  # the knobs' declarations (no TVM import)
@@ -136,20 +134,42 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
     notes.extend([chosen.note] if chosen.note else [])
     folder = build_dir(graph, target, chosen.knobs)
     make = functools.partial(make, folder, pack_cache=packed_dir(folder, weights))
+    return _cached(graph, folder, target, chosen.knobs, functools.partial(_load_entry, make, folder), show_progress,
+                   fresh=make)
+
+
+def compiled_build(graph: Graph, *, threads: int | None, notes: list[str], show_progress: bool = False,
+                   device: str = "cpu", cuda_archs: tuple[str, ...] | None = None, tuned: TuningChoice = True) -> Path:
+    """The build cache's folder for ``graph`` (what open_build would load), compiled now if missing or damaged:
+    an artifact other processes (serving replicas) load without compiling."""
+    target = device_target(device, cuda_archs)
+    from ..codegen.tuning import tuned_knobs
+
+    chosen = tuned_knobs(graph, target, threads, tuned)
+    notes.extend([chosen.note] if chosen.note else [])
+    folder = build_dir(graph, target, chosen.knobs)
+    _cached(graph, folder, target, chosen.knobs, functools.partial(read_build, folder), show_progress)
+    return folder
+
+
+def _cached(graph: Graph, folder: Path, target: dict[str, Any], knobs: Mapping[str, Any] | None,
+            use: Callable[[], Any], show_progress: bool, fresh: Callable[[], Any] | None = None) -> Any:
+    """``use()`` of a cache entry, compiling the entry first (under its lock) when it is missing or ``use`` fails;
+    an entry compiled here is used by ``fresh`` when given (quietly: compiling said so already)."""
     if folder.exists():  # the usual start: a good entry, used without waiting for a lock
         with contextlib.suppress(Exception):  # looked at again under the lock: it may be being replaced
-            return _load_entry(make, folder)
+            return use()
     with file_lock(graphllm_home() / "locks" / f"build-{folder.name}.lock"):
         if folder.exists():  # another process may have built it while this one waited
             try:
-                return _load_entry(make, folder)
+                return use()
             except Exception as e:  # any failure to load an entry of the cache rebuilds it
                 reason = e.reason if isinstance(e, DamagedBuild) else f"{type(e).__name__}: {e}"
                 warnings.warn(f"the cached build {folder} is unusable ({reason}); rebuilding it")
         from ..codegen.compile import compile_graph
 
-        compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY, knobs=chosen.knobs)
-    return make()  # compile_graph said so in one line
+        compile_graph(graph, folder, target, show_progress=show_progress, kind=CACHE_ENTRY, knobs=knobs)
+    return (fresh or use)()
 
 
 def _load_entry(make: Callable[[], CompiledExecutor], folder: Path) -> CompiledExecutor:
@@ -157,6 +177,13 @@ def _load_entry(make: Callable[[], CompiledExecutor], folder: Path) -> CompiledE
     executor = make()
     log.info("loaded the build from %s", folder)  # shown by -v/--verbose only: a cached start is quiet
     return executor
+
+
+def check_artifact(artifact: str | os.PathLike, graph: Graph) -> None:
+    """Nothing if the folder holds an intact build of ``graph``; else DamagedBuild or a ModelLoadError saying whose."""
+    plan = read_build(artifact)
+    if plan.graph_key != graph_key(graph):
+        raise ModelLoadError(_another_model(Path(artifact), plan))
 
 
 def _another_model(artifact: Path, plan: Plan) -> str:

@@ -161,3 +161,4 @@ class ServerMetrics:
                 "ttft_s": None if ttft is None else round(ttft, 6), "total_s": round(total, 6),
                 "tokens_per_s": round(completion / total, 3) if total > 0 else None,
                 "finish_reason": getattr(gen, "finish_reason", None), "instance": self.instance}))
+

@@ -1,0 +1,121 @@
+"""Replicas on Ray Serve: each replica loads the model once (from one compiled build folder, never compiling),
+runs its own batching engine and serves the app of app.py (the same routes, errors and limits), its responses
+tagged with the replica's id. Ray is imported by this module only: `graphllm serve` without --replicas never
+loads it."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+from ray import serve
+
+from ..errors import GraphLLMError
+from ..host import usable_cores
+from .app import ASGIApp, create_app
+from .metrics import log_requests
+
+REPLICA_HEADER = b"x-graphllm-replica"
+APP_NAME = "graphllm"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplicaSpec:
+    """What every replica loads and how it serves (sent to the replicas, so plain data)."""
+
+    model: str  # the model file or folder
+    load: dict[str, Any]  # LLM.load's keywords (artifact: the compiled build folder; threads: per replica)
+    model_name: str
+    max_step_tokens: int
+    api_key: str | None
+    allowed_hosts: Sequence[str] | None
+    max_body_bytes: int
+    default_max_tokens: int | None
+    shutdown_grace: float
+    request_log: bool  # one JSON line per API request on the replica's stderr (Ray shows it on the driver's)
+    stream_interval: float
+
+
+def tagged(app: ASGIApp, replica: str) -> ASGIApp:
+    """ASGI wrapper: every HTTP response carries `x-graphllm-replica: <replica>`."""
+    header = (REPLICA_HEADER, replica.encode())
+
+    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
+        async def send_tagged(event: dict) -> None:
+            if event["type"] == "http.response.start":
+                event = {**event, "headers": [*event.get("headers", []), header]}
+            await send(event)
+
+        await app(scope, receive, send_tagged if scope["type"] == "http" else send)
+
+    return wrapped
+
+
+@serve.ingress()
+class Replica:
+    """One replica: the model and its engine, made once; the app is built over them by Ray Serve."""
+
+    def __init__(self, spec: ReplicaSpec) -> None:
+        from ..runtime.llm import LLM
+
+        self.spec = spec
+        llm = LLM.load(spec.model, **spec.load)
+        self.engine = llm.engine
+        self.engine.set_step_tokens(spec.max_step_tokens)
+        self.engine.start()
+        self.id = serve.get_replica_context().replica_id.unique_id
+        if spec.request_log:
+            log_requests()
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        app = create_app(self.engine, self.spec.model_name, self.spec.api_key, allowed_hosts=self.spec.allowed_hosts,
+                         max_body_bytes=self.spec.max_body_bytes, default_max_tokens=self.spec.default_max_tokens,
+                         stream_interval=self.spec.stream_interval, instance=self.id)
+        return tagged(app, self.id)
+
+    def __del__(self) -> None:
+        """Ray Serve stops the replica: queued requests end at once, running ones within the grace period."""
+        self.engine.close(self.spec.shutdown_grace)
+
+
+def serve_replicas(spec: ReplicaSpec, *, replicas: int, threads: int, max_batch: int, host: str, port: int,
+                   address: str | None, ready: Callable[[], None]) -> None:
+    """Run ``replicas`` copies of the app (``threads`` CPUs each) on Ray Serve at host:port, call ``ready``, and
+    serve until SIGINT/SIGTERM. A cluster started here (no ``address``) stops with it; on an existing cluster
+    only this app is removed."""
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING",
+             **({} if address else {"num_cpus": usable_cores()}))
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # ray.init's handler would exit without cleaning up
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        if replicas * threads > cpus:
+            raise GraphLLMError(f"{replicas} replicas of {threads} threads need {replicas * threads} CPUs, but the "
+                                f"Ray cluster has {cpus}: lower --replicas or --threads-per-replica, or add machines "
+                                f"(ray start --address HEAD:6379) and pass --ray-address")
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no lines per start step
+        serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
+        try:
+            deployment = serve.deployment(Replica, name=APP_NAME, num_replicas=replicas,
+                                          ray_actor_options={"num_cpus": threads}, max_ongoing_requests=max_batch,
+                                          graceful_shutdown_timeout_s=spec.shutdown_grace + 3,
+                                          logging_config={"log_level": "WARNING", "enable_access_log": False})
+            try:
+                serve.run(deployment.bind(spec), name=APP_NAME, route_prefix="/")
+            except RuntimeError as e:  # Ray Serve printed the replicas' tracebacks above
+                raise GraphLLMError(f"the replicas did not start ({e}); the lines above say why") from None
+            ready()
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if address:
+                serve.delete(APP_NAME)
+            else:
+                serve.shutdown()
+    finally:
+        ray.shutdown()
