@@ -21,6 +21,7 @@ import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def main() -> None:
     p.add_argument("-t", "--threads", type=int, default=None)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--log", default="compare_serving.log", help="the server's output")
+    p.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "compare_serving.log"),
+                   help="the server's output (default: compare_serving.log in the temporary folder)")
     a = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     proc, base = start_server(a.model, a.threads, extra, Path(a.log))
     try:
