@@ -1,10 +1,11 @@
 """A/B of serving setups with benchmarks/load_test.py, alternating: each round starts every setup in turn (the
 order reversed on odd rounds), runs 1, 8 and 32 concurrent clients of 64-token completions, and stops it.
 
-    python benchmarks/replicas_ab.py [-m MODEL] [--rounds 2] [--out DIR]
+    python benchmarks/serving_ab.py [-m MODEL] [--rounds 2] [--setups NAME,...] [--llama-server BIN] [--out DIR]
 
-Setups: one process (`--max-batch 8 -t 2`, and `-t 1`) and `--replicas 2 --threads-per-replica 1` (8 slots
-each). Prints one line per measurement (with the 1-minute load average beside it) and writes DIR/results.json.
+Setups: one process (`--max-batch 8 -t 2`, and `-t 1`), `--replicas 2 --threads-per-replica 1` (8 slots each)
+and, with --llama-server, llama.cpp's `llama-server -np 8 -cb -t 2` on the same GGUF (-m required). Prints one line
+per measurement (with the 1-minute load average beside it) and writes DIR/results.json.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import os
 import re
 import signal
 import subprocess
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-SETUPS = {"1 process, -t 2": ["--max-batch", "8", "-t", "2"],
-          "2 replicas x 1 thread": ["--max-batch", "8", "--replicas", "2", "--threads-per-replica", "1"],
-          "1 process, -t 1": ["--max-batch", "8", "-t", "1"]}
+SETUPS = {"process-t2": ["--max-batch", "8", "-t", "2"],  # graphllm serve flags of each setup
+          "replicas-2x1": ["--max-batch", "8", "--replicas", "2", "--threads-per-replica", "1"],
+          "process-t1": ["--max-batch", "8", "-t", "1"]}
+LLAMA_SERVER = "llama-server"
+LLAMA_SERVER_FLAGS = ["-np", "8", "-cb", "-t", "2", "-c", "4096"]  # 8 slots of 512 tokens, as graphllm's -c 512
 LOADS = [(1, 8), (8, 32), (32, 64)]  # (clients, requests)
 LOAD_TEST = Path(__file__).with_name("load_test.py")
 
@@ -39,6 +44,23 @@ def start(model: str | None, flags: list[str], log: Path) -> tuple[subprocess.Po
     return proc, m.group(1)
 
 
+def start_llama_server(binary: str, model: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """llama.cpp's server on a free port; the process and its base URL once /health answers 200."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(log, "w") as out:
+        proc = subprocess.Popen([binary, "-m", model, "--port", str(port), *LLAMA_SERVER_FLAGS], stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while subprocess.run(["curl", "-sf", url + "/health"], capture_output=True).returncode:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"llama-server did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    return proc, url
+
+
 def measure(url: str, clients: int, requests: int, report: Path) -> dict:
     """One load_test run's report."""
     subprocess.run([sys.executable, str(LOAD_TEST), "--url", url, "--clients", str(clients), "--requests",
@@ -51,13 +73,24 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--model", default=None, help="model (default: graphllm's default, SmolLM2-135M Q4_1)")
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("replicas_ab"))
+    p.add_argument("--setups", default=",".join(SETUPS), help=f"comma-separated, of: {', '.join(SETUPS)}")
+    p.add_argument("--llama-server", default=None, help="llama-server binary: adds the setup llama-server (-np 8 -cb -t 2)")
+    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "serving_ab")
     a = p.parse_args()
+    names = [n.strip() for n in a.setups.split(",") if n.strip()]
+    if unknown := [n for n in names if n not in SETUPS]:
+        p.error(f"unknown setup(s): {', '.join(unknown)}")
+    if a.llama_server:
+        if not a.model:
+            p.error("--llama-server needs -m FILE.gguf (the same file for both servers)")
+        names.append(LLAMA_SERVER)
     a.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for rnd in range(a.rounds):
-        for i, (name, flags) in enumerate(list(SETUPS.items())[::1 if rnd % 2 == 0 else -1]):
-            proc, url = start(a.model, flags, a.out / f"server-{rnd}-{i}.log")
+        for i, name in enumerate(names[::1 if rnd % 2 == 0 else -1]):
+            log = a.out / f"server-{rnd}-{i}.log"
+            proc, url = (start_llama_server(a.llama_server, a.model, log) if name == LLAMA_SERVER
+                         else start(a.model, SETUPS[name], log))
             try:
                 measure(url, 2, 4, a.out / "warmup.json")
                 for clients, requests in LOADS:
