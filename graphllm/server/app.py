@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from ..runtime.engine import Engine
     from ..runtime.engine import Request as Generation
-    from .metrics import RequestRecord
+    from .metrics import RequestRecord, ServerMetrics
 
 WEBUI = Path(__file__).parent / "index.html"
 WEBUI_STATIC = Path(__file__).parent / "static"  # the page's vendored libraries (see VENDORED.md there)
@@ -505,11 +505,12 @@ def default_hosts(bound: str) -> frozenset[str] | None:
 def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
                allowed_hosts: Sequence[str] | None = LOCAL_HOSTS, max_body_bytes: int = MAX_BODY_BYTES,
                default_max_tokens: int | None = SERVER_MAX_TOKENS, instance: str | None = None,
-               stream_interval: float = STREAM_INTERVAL) -> ASGIApp:
+               stream_interval: float = STREAM_INTERVAL, metrics: "ServerMetrics | None" = None) -> ASGIApp:
     """The ASGI app serving `engine` under `model_name`: Host check (None or '*': any host), API key (when
     set), body size limit; chat completions without max_tokens stop after ``default_max_tokens`` (None: none).
-    ``instance`` names this server (replica) in its metrics and log lines (default: host:pid); streams send an
-    event every ``stream_interval`` seconds at most (0: every step)."""
+    ``instance`` names this server (replica) in its metrics and log lines (default: host:pid), unless the
+    caller brings its own ``metrics``; streams send an event every ``stream_interval`` seconds at most (0: every
+    step)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from fastapi.staticfiles import StaticFiles
@@ -520,7 +521,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     ChatBody, CompletionBody = _bodies()  # noqa: N806 - classes
     app = FastAPI(title="graphllm", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.route_class = _guarded_route()
-    metrics = ServerMetrics(engine.stats, model_name, instance)
+    metrics = metrics or ServerMetrics(engine.stats, model_name, instance)
     tok, context = engine.llm.tokenizer, engine.llm.max_context
     # no text longer than this fits the context, as no token stands for more characters than its vocabulary
     # string (times 4: normalization may shrink text, at most 3 jamo into 1 Hangul syllable)

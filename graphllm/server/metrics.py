@@ -4,7 +4,8 @@ Each app has its own registry (two apps in one process, e.g. replicas, never cla
 endpoint and status, prompt and completion tokens, time to first token, time per output token and end-to-end
 latency histograms (recorded once per request, when it ends), the engine's running/waiting requests and KV
 slots (read from ``Engine.stats`` at scrape time), and an info metric naming the instance and model.
-Only /v1/ requests are counted and logged (not /health, /metrics or the page).
+Only /v1/ requests are counted and logged (not /health, /metrics or the page). A replica given its peers'
+latest metrics answers a scrape with every replica's series, each labelled ``replica="<instance>"``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition format
 RECORD = "graphllm_record"  # the key of a request's RequestRecord in the ASGI scope's state
@@ -90,11 +93,30 @@ class _EngineCollector:
                                   value=s["cancelled"])
 
 
-class ServerMetrics:
-    """The metrics of one app; ``middleware`` records every /v1/ request, ``exposition`` renders them."""
+class _Replicas(Collector):
+    """Several replicas' metric families as one set: every sample labelled with its replica, same-named
+    families joined (the text format allows one family per name)."""
 
-    def __init__(self, stats: Callable[[], dict[str, int]], model: str, instance: str | None = None) -> None:
+    def __init__(self, by_replica: Mapping[str, Iterable[Metric]]) -> None:
+        self.by_replica = by_replica
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for replica, families in sorted(self.by_replica.items()):
+            for f in families:
+                into = merged.setdefault(f.name, Metric(f.name, f.documentation, f.type, f.unit))
+                into.samples.extend(s._replace(labels={**s.labels, "replica": replica}) for s in f.samples)
+        yield from merged.values()
+
+
+class ServerMetrics:
+    """The metrics of one app; ``middleware`` records every /v1/ request, ``exposition`` renders them.
+    ``peers`` (replicas only) returns the other replicas' latest ``families()`` by instance, for ``exposition``."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]], model: str, instance: str | None = None,
+                 peers: Callable[[], Mapping[str, list[Metric]]] | None = None) -> None:
         self.instance = instance or default_instance()
+        self.peers = peers
         self.registry = r = CollectorRegistry()
         self.requests = Counter("graphllm_requests", "API requests by endpoint and HTTP status",
                                 ["endpoint", "status"], registry=r)
@@ -112,9 +134,16 @@ class ServerMetrics:
              registry=r).info({"instance": self.instance, "model": model})
         r.register(_EngineCollector(stats))
 
+    def families(self) -> list[Metric]:
+        """This app's metric families now (plain, picklable data: what a replica publishes to its peers)."""
+        return list(self.registry.collect())
+
     def exposition(self) -> bytes:
-        """The metrics in Prometheus' text format."""
-        return generate_latest(self.registry)
+        """The metrics in Prometheus' text format: this app's, or with peers every replica's, labelled by replica
+        (this one's read now, the others' as last published)."""
+        if self.peers is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Replicas({**self.peers(), self.instance: self.families()}))
 
     def middleware(self, app: Any) -> Any:
         """ASGI wrapper: each /v1/ request gets a RequestRecord (in scope['state']), finished when it is answered."""

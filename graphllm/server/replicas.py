@@ -1,6 +1,7 @@
 """Replicas on Ray Serve: each replica loads the model once (from one compiled build folder, never compiling),
 runs its own batching engine and serves the app of app.py (the same routes, errors and limits), its responses
-tagged with the replica's id. Ray is imported by this module only: `graphllm serve` without --replicas never
+tagged with the replica's id; each publishes its metrics to a board actor, so any replica answers /metrics with
+every live replica's series. Ray is imported by this module only: `graphllm serve` without --replicas never
 loads it."""
 
 from __future__ import annotations
@@ -9,19 +10,25 @@ import dataclasses
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
+from prometheus_client.metrics_core import Metric
 from ray import serve
 
 from ..errors import GraphLLMError
 from ..host import usable_cores
 from .app import ASGIApp, create_app
-from .metrics import log_requests
+from .metrics import ServerMetrics, log_requests
 
 REPLICA_HEADER = b"x-graphllm-replica"
 APP_NAME = "graphllm"
+BOARD = "graphllm-metrics"  # the metrics board actor's name, in the namespace BOARD_NAMESPACE
+BOARD_NAMESPACE = "graphllm"
+PUBLISH_S = 1.0  # each replica publishes its metrics (and reads its peers') this often
+STALE_S = 5.0  # a replica not heard from for this long is gone (killed): its series leave /metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +63,53 @@ def tagged(app: ASGIApp, replica: str) -> ASGIApp:
     return wrapped
 
 
+@ray.remote(num_cpus=0)
+class MetricsBoard:
+    """The replicas' latest metric families, as published every PUBLISH_S: an actor of the command, so it lives
+    as long as the app."""
+
+    def __init__(self) -> None:
+        self.latest: dict[str, tuple[float, list[Metric]]] = {}
+
+    def exchange(self, replica: str, families: list[Metric]) -> dict[str, list[Metric]]:
+        """Note ``replica``'s families; return every live replica's (those heard from within STALE_S)."""
+        now = time.monotonic()
+        self.latest[replica] = (now, families)
+        self.latest = {r: latest for r, latest in self.latest.items() if now - latest[0] < STALE_S}
+        return {r: f for r, (_, f) in self.latest.items()}
+
+    def remove(self, replica: str) -> None:
+        """``replica`` stopped: its series leave /metrics at once."""
+        self.latest.pop(replica, None)
+
+
+class _Publisher(threading.Thread):
+    """A replica's metrics sent to the board every PUBLISH_S (off the request path); the live replicas' come
+    back, for its /metrics. A board that is gone (the command was killed) leaves this replica's own only."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        super().__init__(name="graphllm-metrics-publisher", daemon=True)
+        self.metrics = metrics
+        self.board = ray.get_actor(BOARD, namespace=BOARD_NAMESPACE)
+        self.peers: dict[str, list[Metric]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.peers = ray.get(self.board.exchange.remote(self.metrics.instance, self.metrics.families()),
+                                     timeout=STALE_S)
+            except ray.exceptions.RayError:
+                self.peers = {}
+            if self.stop.wait(PUBLISH_S):
+                return
+
+    def close(self) -> None:
+        """Stop publishing and take this replica off the board."""
+        self.stop.set()
+        self.board.remove.remote(self.metrics.instance)
+
+
 @serve.ingress()
 class Replica:
     """One replica: the model and its engine, made once; the app is built over them by Ray Serve."""
@@ -71,15 +125,20 @@ class Replica:
         self.id = serve.get_replica_context().replica_id.unique_id
         if spec.request_log:
             log_requests()
+        self.publisher = _Publisher(ServerMetrics(self.engine.stats, spec.model_name, self.id,
+                                                  peers=lambda: self.publisher.peers))
+        self.publisher.start()
 
     def __serve_build_asgi_app__(self) -> ASGIApp:
         app = create_app(self.engine, self.spec.model_name, self.spec.api_key, allowed_hosts=self.spec.allowed_hosts,
                          max_body_bytes=self.spec.max_body_bytes, default_max_tokens=self.spec.default_max_tokens,
-                         stream_interval=self.spec.stream_interval, instance=self.id)
+                         stream_interval=self.spec.stream_interval, metrics=self.publisher.metrics)
         return tagged(app, self.id)
 
     def __del__(self) -> None:
-        """Ray Serve stops the replica: queued requests end at once, running ones within the grace period."""
+        """Ray Serve stops the replica: its metrics leave the board, queued requests end at once, running ones
+        within the grace period."""
+        self.publisher.close()
         self.engine.close(self.spec.shutdown_grace)
 
 
@@ -98,6 +157,7 @@ def serve_replicas(spec: ReplicaSpec, *, replicas: int, threads: int, max_batch:
                                 f"Ray cluster has {cpus}: lower --replicas or --threads-per-replica, or add machines "
                                 f"(ray start --address HEAD:6379) and pass --ray-address")
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no lines per start step
+        board = MetricsBoard.options(name=BOARD, namespace=BOARD_NAMESPACE).remote()
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         try:
             deployment = serve.deployment(Replica, name=APP_NAME, num_replicas=replicas,
@@ -115,6 +175,7 @@ def serve_replicas(spec: ReplicaSpec, *, replicas: int, threads: int, max_batch:
         finally:
             if address:
                 serve.delete(APP_NAME)
+                ray.kill(board)
             else:
                 serve.shutdown()
     finally:

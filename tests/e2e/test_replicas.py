@@ -11,7 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -105,8 +106,15 @@ def completion(base: str, prompt: str) -> tuple[str, str]:
     return r.json()["choices"][0]["text"], r.headers.get(REPLICA, "")
 
 
+def completions(base: str, prompts: list[str]) -> list[tuple[str, str]]:
+    """``completion`` of each prompt, four at a time (so Ray's router, seeing queues, spreads them over the
+    replicas; one at a time, its cached queue lengths may send a burst to one replica)."""
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda prompt: completion(base, prompt), prompts))
+
+
 def test_both_replicas_answer_as_the_single_process_server(server, artifact, home, tmp_path):
-    answers = [completion(server, prompt) for prompt in PROMPTS * 4]
+    answers = completions(server, PROMPTS * 4)
     assert len({replica for _, replica in answers}) == 2
     with server_process(tmp_path / "single.log", "--artifact", str(artifact), "-t", "1", "--api-key", KEY,
                         executor="tvm") as (single, _):
@@ -114,28 +122,51 @@ def test_both_replicas_answer_as_the_single_process_server(server, artifact, hom
     assert [text for text, _ in answers] == [expected[prompt] for prompt in PROMPTS * 4]
 
 
-def scrapes(base: str, n: int = 2) -> dict[str, dict[tuple[str, tuple], float]]:
-    """/metrics scraped until ``n`` replicas have answered (each scrape is one replica's): {replica: samples}."""
-    seen: dict[str, dict[tuple[str, tuple], float]] = {}
+def scrape(base: str) -> dict[str, dict[tuple[str, tuple], float]]:
+    """One scrape of /metrics (whichever replica answers it): every replica's samples, by their replica label."""
+    r = httpx.get(base + "/metrics", trust_env=False)
+    assert r.status_code == 200
+    by_replica: dict[str, dict[tuple[str, tuple], float]] = collections.defaultdict(dict)
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            labels = dict(s.labels)
+            by_replica[labels.pop("replica")][(s.name, tuple(sorted(labels.items())))] = s.value
+    assert r.headers[REPLICA] in by_replica
+    return by_replica
+
+
+def scrape_until(base: str, done: Callable[[dict[str, dict[tuple[str, tuple], float]]], bool]) \
+        -> dict[str, dict[tuple[str, tuple], float]]:
+    """/metrics scraped until ``done`` holds (the replicas publish their numbers to each other every second)."""
     deadline = time.monotonic() + 30
-    while len(seen) < n:
-        assert time.monotonic() < deadline, f"only {sorted(seen)} answered /metrics"
-        r = httpx.get(base + "/metrics", trust_env=False)
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for family in text_string_to_metric_families(r.text) for s in family.samples}
-        [info] = [dict(labels) for name, labels in samples if name == "graphllm_server_info"]
-        assert info["instance"] == r.headers[REPLICA]
-        seen[info["instance"]] = samples
+    while not done(seen := scrape(base)):
+        assert time.monotonic() < deadline, f"/metrics never showed it: {seen}"
+        time.sleep(0.2)
     return seen
 
 
-def test_each_replica_counts_the_requests_it_answered(server):
+def test_one_scrape_shows_each_replica_counting_the_requests_it_answered(server):
     key = ("graphllm_requests_total", (("endpoint", "/v1/completions"), ("status", "200")))
-    before = scrapes(server)
-    answered = collections.Counter(completion(server, prompt)[1] for prompt in PROMPTS * 3)
-    after = scrapes(server)
-    assert set(answered) == set(before) == set(after)
-    assert {r: after[r][key] - before[r].get(key, 0) for r in after} == dict(answered)
+    before = scrape_until(server, lambda seen: len(seen) == 2)
+    for _ in range(10):  # the earlier tests' requests: settled once two scrapes 3 publishing periods apart agree
+        time.sleep(3)
+        if (now := scrape(server)) == before:
+            break
+        before = now
+    else:
+        raise AssertionError(f"/metrics did not settle: {before}")
+    for replica, samples in before.items():
+        [info] = [dict(labels) for name, labels in samples if name == "graphllm_server_info"]
+        assert info["instance"] == replica
+    sent = PROMPTS * 3
+    answered = collections.Counter(replica for _, replica in completions(server, sent))
+    assert set(answered) <= set(before)
+
+    def counted(seen: dict[str, dict[tuple[str, tuple], float]]) -> dict[str, float]:
+        return {r: seen[r].get(key, 0) - before[r].get(key, 0) for r in seen}
+
+    after = scrape_until(server, lambda seen: counted(seen) == {r: answered[r] for r in before})  # one scrape
+    assert set(after) == set(before) and sum(counted(after).values()) == len(sent)
 
 
 def stream_until(base: str, stop: threading.Event, outcomes: list[tuple[float, str, str]]) -> None:
@@ -184,6 +215,7 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_fail(replicas):
     assert len(failed) <= len(clients) and all(t < 1.0 for t, _, _ in failed), failed  # only requests it held
     after = collections.Counter(r for t, r, what in outcomes if t > replaced_at and what == "ok")
     assert len(after) == 2 and set(after) != before, after  # the survivor and the replacement both serve
+    scrape_until(base, lambda seen: set(seen) == set(after))  # the killed replica's series are gone
 
 
 def test_without_replicas_ray_is_not_imported(tmp_path):

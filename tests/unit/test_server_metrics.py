@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pickle
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -76,3 +77,23 @@ def test_one_json_log_line_per_api_request(caplog):
     assert (refused["status"], refused["completion_tokens"], refused["ttft_s"], refused["finish_reason"]) == \
         (401, 0, None, None)
     assert refused["id"].startswith("req-")
+
+
+def test_a_replica_given_its_peers_exposes_every_replicas_series_labelled_by_replica():
+    stats = {"running": 0, "waiting": 0, "slots": 8, "steps": 3, "cancelled": 0}
+    a = ServerMetrics(lambda: stats, "m", instance="a")
+    b = ServerMetrics(lambda: {**stats, "running": 1}, "m", instance="b")
+    call(b, "/v1/completions", 200, generate=True)
+    published = {"b": pickle.loads(pickle.dumps(b.families())), "a": []}  # as the board sends them (a's is stale)
+    a.peers = lambda: published
+    call(a, "/v1/completions", 200, generate=True)
+    call(a, "/v1/completions", 400, generate=False)
+    merged = samples(a)
+    assert merged["graphllm_requests_total{endpoint=/v1/completions,replica=a,status=200}"] == 1  # a's read now
+    assert merged["graphllm_requests_total{endpoint=/v1/completions,replica=a,status=400}"] == 1
+    assert merged["graphllm_requests_total{endpoint=/v1/completions,replica=b,status=200}"] == 1
+    assert (merged["graphllm_requests_running{replica=a}"], merged["graphllm_requests_running{replica=b}"]) == (0, 1)
+    assert merged["graphllm_server_info{instance=b,model=m,replica=b}"] == 1
+    assert all("replica=" in k for k in merged)
+    a.peers = None  # the single-process form: no replica label
+    assert not any("replica=" in k for k in samples(a))
