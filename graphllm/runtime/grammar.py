@@ -29,6 +29,9 @@ GRAMMAR_CACHE_SIZE = 64  # compiled grammars kept per tokenizer
 # compact JSON: no free whitespace, so a model cannot pad its output with blanks until max_tokens
 JSON_OPTIONS = {"whitespace_flexible": False}
 ANY_JSON_OBJECT = '{"type": "object"}'
+# llguidance's stop codes for a matcher that cannot go on, in words
+STOP_REASONS = {"NoExtensionBias": "no token can continue the output (the grammar admits no text here, e.g. a schema "
+                                   "whose $ref loops without a base case)"}
 
 
 @dataclass(frozen=True)
@@ -149,9 +152,12 @@ def _as_lark(source: str) -> str:
 
 
 def _one_line(message: str) -> str:
-    """An engine message on one line, without the source lines and carets it draws under them."""
+    """An engine message on one line, without the source lines and carets it draws under them, nor the parser state
+    and grammar it appends (``<state>...``); llguidance's stop codes in words."""
+    message = message.split("<state>", 1)[0]
     lines = (line.strip() for line in message.splitlines())
-    return " ".join(line for line in lines if line.strip("^ ") and not re.match(r"\d+ \|", line))
+    text = " ".join(line for line in lines if line.strip("^ ") and not re.match(r"\d+ \|", line))
+    return STOP_REASONS.get(text, text)
 
 
 def compile_grammar(tokenizer: Any, spec: GrammarSpec | None) -> None:

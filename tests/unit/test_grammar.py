@@ -131,3 +131,13 @@ def test_logprobs_with_a_grammar_are_over_the_allowed_tokens_only(llm):
 def test_no_grammar_and_no_logprobs_leave_chunks_bare(llm):
     chunks = list(llm.stream("hi", SamplingParams(max_tokens=3, ignore_eos=True)))
     assert all(c.logprob is None and c.top_logprobs is None for c in chunks)
+
+
+def test_a_grammar_admitting_nothing_is_one_short_sentence(tok):
+    """A schema that compiles but admits no text ($ref to itself) fails at its first mask with llguidance's stop code
+    in words, without the parser state and grammar dump llguidance appends."""
+    matcher = grammar_matcher(tok, GrammarSpec("json_schema", '{"$ref": "#"}'))
+    with pytest.raises(GenerationError) as err:
+        matcher.mask(np.zeros(tok.vocab_size, np.float32))
+    message = str(err.value)
+    assert "no token can continue the output" in message and "<state>" not in message and len(message) < 200
