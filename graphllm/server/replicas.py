@@ -25,6 +25,9 @@ from .metrics import ServerMetrics, log_requests
 
 REPLICA_HEADER = b"x-graphllm-replica"
 APP_NAME = "graphllm"
+# requests a replica takes beyond its KV slots: /health and /metrics scrapes (and a short engine queue) get through
+# while every slot is generating, instead of waiting in Ray's queue behind the generations
+SLOT_HEADROOM = 4
 BOARD = "graphllm-metrics"  # the metrics board actor's name, in the namespace BOARD_NAMESPACE
 BOARD_NAMESPACE = "graphllm"
 PUBLISH_S = 1.0  # each replica publishes its metrics (and reads its peers') this often
@@ -161,7 +164,8 @@ def serve_replicas(spec: ReplicaSpec, *, replicas: int, threads: int, max_batch:
         serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "WARNING"})
         try:
             deployment = serve.deployment(Replica, name=APP_NAME, num_replicas=replicas,
-                                          ray_actor_options={"num_cpus": threads}, max_ongoing_requests=max_batch,
+                                          ray_actor_options={"num_cpus": threads},
+                                          max_ongoing_requests=max_batch + SLOT_HEADROOM,
                                           graceful_shutdown_timeout_s=spec.shutdown_grace + 3,
                                           logging_config={"log_level": "WARNING", "enable_access_log": False})
             try:
