@@ -223,8 +223,9 @@ def _serve_replicas(a: argparse.Namespace) -> int:
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
     def ready() -> None:
+        plural = "" if threads == 1 else "s"
         print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.replicas} replicas on Ray Serve, each with "
-              f"{a.max_batch} slots and {threads} thread{"s" if threads != 1 else ""}, executor {a.executor}", file=sys.stderr, flush=True)
+              f"{a.max_batch} slots and {threads} thread{plural}, executor {a.executor}", file=sys.stderr, flush=True)
         if getattr(a, "open_page", False):
             _open_page(f"{url}/".replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:"))
 
