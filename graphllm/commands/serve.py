@@ -149,6 +149,8 @@ def serve(a: argparse.Namespace) -> int:
     from ..server.metrics import log_requests
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
+    if a.ray_address:
+        check_reachable(a.ray_address)
     llm = load_llm(a, num_slots=a.max_batch)
     name = a.model_name or Path(llm.model.path).name.removesuffix(".gguf")
     sock = _listen(a.host, a.port)
@@ -184,7 +186,7 @@ def _serve_replicas(a: argparse.Namespace) -> int:
     from ..pipeline import build
 
     try:
-        from ..server.replicas import ReplicaSpec, serve_replicas
+        from ..server.replicas import ReplicaSpec, check_reachable, serve_replicas
     except ImportError as e:
         if not (e.name or "").startswith("ray"):
             raise
@@ -195,6 +197,8 @@ def _serve_replicas(a: argparse.Namespace) -> int:
     from ..runtime.engine import Engine
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
+    if a.ray_address:
+        check_reachable(a.ray_address)
     threads = a.threads_per_replica or max(1, usable_cores() // a.replicas)
     built = build(flag_model(a), graph_options(a))
     load = {**load_kwargs(a, a.max_batch), "threads": threads, "show_progress": False}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ APP_NAME = "graphllm"
 # requests a replica takes beyond its KV slots: /health and /metrics scrapes (and a short engine queue) get through
 # while every slot is generating, instead of waiting in Ray's queue behind the generations
 SLOT_HEADROOM = 4
+CONNECT_TIMEOUT_S = 5.0  # how long --ray-address may take to accept a connection
 BOARD = "graphllm-metrics"  # the metrics board actor's name, in the namespace BOARD_NAMESPACE
 BOARD_NAMESPACE = "graphllm"
 PUBLISH_S = 1.0  # each replica publishes its metrics (and reads its peers') this often
@@ -145,18 +147,39 @@ class Replica:
         self.engine.close(self.spec.shutdown_grace)
 
 
+def check_reachable(address: str) -> None:
+    """GraphLLMError unless a Ray head answers at --ray-address HOST:PORT (or ray://HOST:PORT): ray.init would
+    retry an unreachable address for minutes. "auto" is left to Ray, which fails fast when no cluster runs here."""
+    if address == "auto":
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise GraphLLMError(f"--ray-address must be HOST:PORT, ray://HOST:PORT or auto, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise GraphLLMError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}): start one there with "
+                            f"`ray start --head`, or check --ray-address") from None
+
+
 def serve_replicas(spec: ReplicaSpec, *, replicas: int, threads: int, max_batch: int, host: str, port: int,
                    address: str | None, ready: Callable[[], None]) -> None:
     """Run ``replicas`` copies of the app (``threads`` CPUs each) on Ray Serve at host:port, call ``ready``, and
     serve until SIGINT/SIGTERM. A cluster started here (no ``address``) stops with it; on an existing cluster
     only this app is removed."""
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING",
-             **({} if address else {"num_cpus": usable_cores()}))
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING",
+                 **({} if address else {"num_cpus": usable_cores()}))
+    except ConnectionError as e:  # e.g. --ray-address auto with no cluster running on this machine
+        if address == "auto":
+            raise GraphLLMError("--ray-address auto: no Ray cluster runs on this machine; start one with "
+                                "`ray start --head`, or leave out --ray-address for a local one") from None
+        raise GraphLLMError(f"cannot connect to a Ray cluster at {address}: {str(e).splitlines()[0]}") from None
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # ray.init's handler would exit without cleaning up
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         if replicas * threads > cpus:
-            raise GraphLLMError(f"{replicas} replicas of {threads} threads need {replicas * threads} CPUs, but the "
+            raise GraphLLMError(f"{replicas} replicas of {threads} thread{'' if threads == 1 else 's'} need {replicas * threads} CPUs, but the "
                                 f"Ray cluster has {cpus}: lower --replicas or --threads-per-replica, or add machines "
                                 f"(ray start --address HEAD:6379) and pass --ray-address")
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no lines per start step

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -236,6 +237,22 @@ def test_replicas_without_ray_is_one_error_line():
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == ["error: --replicas needs Ray Serve (ray is not installed): "
                                              "pip install 'graphllm[ray]'"]
+
+
+@pytest.mark.parametrize("address, message", [
+    ("127.0.0.1:{port}", "error: cannot reach a Ray cluster at 127.0.0.1:{port} (Connection refused): start one "
+                         "there with `ray start --head`, or check --ray-address"),
+    ("nowhere", "error: --ray-address must be HOST:PORT, ray://HOST:PORT or auto, got 'nowhere'"),
+])
+def test_an_unreachable_ray_address_is_one_error_line(address, message):
+    """ray.init would retry an address nobody answers for minutes: it is checked first (before any compile)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    address, message = address.format(port=port), message.format(port=port)
+    r = subprocess.run([sys.executable, "-m", "graphllm.cli", "serve", "-m", str(TINY), "--replicas", "2",
+                        "--ray-address", address], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr.strip().splitlines()[-1]) == (2, message)
 
 
 def test_replica_flags_need_replicas():
