@@ -52,22 +52,27 @@ class GrammarSpec:
 class GrammarMatcher:
     """One sequence's grammar state: masks its logits before sampling, consumes the sampled token after."""
 
-    __slots__ = ("_matcher", "_vocab", "_words")
+    __slots__ = ("_matcher", "_vocab", "_words", "_out")
 
     def __init__(self, matcher: Any, vocab_size: int) -> None:
         self._matcher = matcher
         self._vocab = vocab_size
         self._words = np.zeros((vocab_size + 31) // 32, np.int32)  # llguidance's bitmask, one bit per id
+        self._out: np.ndarray | None = None  # the masked logits, rewritten every token
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """A copy of the logits with every id the grammar forbids next (and any id past the vocabulary) at -inf."""
+        """The logits with every id the grammar forbids next (and any id past the vocabulary) at -inf, in this
+        matcher's own buffer (valid until the next call; the logits are left as they are)."""
         m = self._matcher
         m.unsafe_compute_mask_ptr(self._words.ctypes.data, self._words.nbytes)
         if m.is_error():
             raise GenerationError(f"the grammar failed: {_one_line(m.get_error())}")
         n = min(self._vocab, logits.shape[-1])
         allowed = np.unpackbits(self._words.view(np.uint8), count=n, bitorder="little").view(bool)
-        out = np.full(logits.shape, -np.inf, logits.dtype)
+        out = self._out
+        if out is None or out.shape != logits.shape or out.dtype != logits.dtype:
+            out = self._out = np.empty_like(logits)
+        out.fill(-np.inf)
         np.copyto(out[:n], logits[:n], where=allowed)
         return out
 
