@@ -165,10 +165,7 @@ def serve(a: argparse.Namespace) -> int:
                      max_body_bytes=a.max_body_bytes, default_max_tokens=a.default_max_tokens,
                      stream_interval=a.stream_interval)
     # the engine ends every request within the grace period; the extra seconds are for clients that stopped reading
-    # asyncio and h11 whatever else is installed: uvicorn would pick uvloop and httptools (ray[serve] brings them),
-    # under which a shutdown sometimes resets connections whose requests were not read yet
-    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3,
-                            loop="asyncio", http="h11")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=a.shutdown_grace + 3)
     print(f"serving {name} at {url}/v1 (chat page: {url}/) with {a.max_batch} slots, "
           f"executor {a.executor}", file=sys.stderr, flush=True)
     if getattr(a, "open_page", False):

@@ -350,11 +350,13 @@ def test_special_tokens_are_skipped_unless_asked(api):
     assert "<|endoftext|>" not in text() and "<|endoftext|>" in text(skip_special_tokens=False)
 
 
-def read_stream(base: str, lines: list[str]) -> None:
-    """One long streamed completion; its SSE data lines go to ``lines``."""
+def read_stream(base: str, lines: list[str], started: list[int]) -> None:
+    """One long streamed completion; its SSE data lines go to ``lines``; once its response has begun (the server
+    read the request and queued the generation), a 1 goes to ``started``."""
     request = {"prompt": "Hi", "max_tokens": 250, "stream": True, "temperature": 0, "ignore_eos": True}
     with httpx.stream("POST", base + "/v1/completions", json=request, headers={"Authorization": f"Bearer {KEY}"},
                       trust_env=False, timeout=60) as r:
+        started.append(1)
         lines.extend(line for line in r.iter_lines() if line.startswith("data: "))
 
 
@@ -364,11 +366,16 @@ def test_shutdown_ends_every_stream_and_exits_within_the_grace(tmp_path, sig, gr
     log = tmp_path / "server.log"
     with server_process(log, "--api-key", KEY, "--max-batch", "1", "--shutdown-grace", str(grace)) as (base, proc):
         streams: list[list[str]] = [[] for _ in range(12)]
-        readers = [threading.Thread(target=read_stream, args=(base, lines)) for lines in streams]
+        started: list[int] = []
+        readers = [threading.Thread(target=read_stream, args=(base, lines, started)) for lines in streams]
         for reader in readers:
             reader.start()
-        # every reader is in (SIGTERM before a reader connects would refuse it, not test the shutdown)
-        wait_for(base, lambda h: h["running"] + h["waiting"] == len(streams))
+        # every request is in (SIGTERM before the server read one would refuse it, not test the shutdown)
+        deadline = time.monotonic() + 60
+        while len(started) < len(streams):
+            assert time.monotonic() < deadline, f"{len(started)} of {len(streams)} streams began"
+            time.sleep(0.01)
+        wait_for(base, lambda h: h["running"] and h["waiting"])
         proc.send_signal(sig)
         start = time.monotonic()
         assert proc.wait(grace + 5) == exit_code
