@@ -14,7 +14,6 @@ from typing import Any
 
 from .dsl.graph import WEIGHT_OP, ComputeGraph, Graph, trace
 from .dsl.modelfile import load_model_file
-from .dsl.textir import parse_graph
 from .dsl.types import TensorType
 from .errors import GraphBuildError, GraphLLMError
 from .io.loader import LoadedModel, WeightSource, load_model, weight_types
@@ -87,6 +86,8 @@ def load_ir(path: str | os.PathLike) -> Graph:
     A type the file states must be the type verify infers, so a hand edit that breaks shapes is caught
     here, not in a kernel.
     """
+    from .dsl.textir import parse_graph  # lark only for an IR file: a model's run never loads it
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""Tokenizer: the `tokenizers` library plus chat templates (jinja2) and UTF-8-safe streaming decode.
+"""Tokenizer: the `tokenizers` library plus chat templates (io/chat_template.py) and UTF-8-safe streaming decode.
 
 Built either from an HF folder (tokenizer.json, tokenizer_config.json, chat template files) or from
 GGUF metadata, where the BPE model is rebuilt from the stored vocabulary, merges or scores.
@@ -10,18 +10,16 @@ import functools
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jinja2
-import jinja2.ext
-import jinja2.meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
-from graphllm.errors import ConfigError, GenerationError, ModelLoadError
+from graphllm.errors import ConfigError, ModelLoadError
+
+if TYPE_CHECKING:
+    import jinja2
 
 # Markers that end an assistant turn; one that the chat template writes counts as an eos token.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|END_OF_TURN_TOKEN|>", "</s>")
@@ -36,38 +34,6 @@ _LLAMA3_RE = _WORDS_RE + r"\p{N}{1,3}" + _REST_RE  # numbers in groups of up to 
 _QWEN2_RE = _WORDS_RE + r"\p{N}" + _REST_RE  # single digits
 _PRE_REGEX = {"llama-bpe": _LLAMA3_RE, "llama3": _LLAMA3_RE, "qwen2": _QWEN2_RE}
 _PRE_DIGITS = {"smollm", "starcoder", "refact", "codeshell"}  # single digits split off first
-
-
-class _TemplateRaise(Exception):
-    """Raised by a chat template's raise_exception()."""
-
-
-def _raise_exception(message: str) -> None:
-    """Template helper (as in transformers): reject the conversation with a message."""
-    raise _TemplateRaise(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    """Template helper (as in transformers): the current local time formatted."""
-    return datetime.now().strftime(fmt)
-
-
-def _tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
-            sort_keys: bool = False) -> str:
-    """Template filter (as in transformers): JSON without HTML escaping."""
-    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-
-def _compile_template(source: str) -> jinja2.Template:
-    """Compile a chat template in a sandbox with transformers' helpers; syntax errors -> ConfigError."""
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = _tojson
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    try:
-        return env.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ConfigError(f"the model's chat template has a syntax error at line {exc.lineno}: {exc.message}") from exc
 
 
 class Tokenizer:
@@ -145,13 +111,16 @@ class Tokenizer:
         source = self.tools_template
         if not source:
             return False
-        environment = self._compiled(source).environment
-        return "tools" in jinja2.meta.find_undeclared_variables(environment.parse(source))
+        from .chat_template import reads_variable
+
+        return reads_variable(self._compiled(source), source, "tools")
 
     def _compiled(self, source: str) -> jinja2.Template:
         """A template of this model, compiled once."""
         if source not in self._templates:
-            self._templates[source] = _compile_template(source)
+            from .chat_template import compile_template  # jinja2 is loaded by the first conversation only
+
+            self._templates[source] = compile_template(source)
         return self._templates[source]
 
     def apply_chat_template(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
@@ -168,13 +137,10 @@ class Tokenizer:
             "eos_token": self.token_text(self._eos[0]) if self._eos else "",
             **variables,
         }
-        try:
-            return self._compiled(source).render(messages=messages, tools=tools,
-                                                 add_generation_prompt=add_generation_prompt, **context)
-        except _TemplateRaise as exc:
-            raise GenerationError(f"the chat template rejected the conversation: {exc}") from exc
-        except (jinja2.TemplateError, TypeError, ValueError, KeyError) as exc:
-            raise GenerationError(f"the chat template failed on these messages: {exc}") from exc
+        from .chat_template import render
+
+        return render(self._compiled(source), messages=messages, tools=tools,
+                      add_generation_prompt=add_generation_prompt, **context)
 
     # ------------------------------------------------------------ constructors
     @classmethod

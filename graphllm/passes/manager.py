@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Callable
 
 from ..dsl.graph import Graph
-from ..dsl.textir import print_graph
 from ..errors import GraphLLMError
 from .cse import cse
 from .dce import dce
@@ -92,6 +91,8 @@ def run_passes(graph: Graph, names: list[str] | None = None, *, print_ir_after_a
             raise GraphLLMError(f"pass {after!r} is not in the pipeline ({', '.join(pipeline) or 'empty'})")
         pipeline = pipeline[:pipeline.index(after) + 1]
     if print_ir_after_all is not None:
+        from ..dsl.textir import print_graph  # the text IR (and lark) only when dumping: a run never loads them
+
         print_ir_after_all = Path(print_ir_after_all)
         print_ir_after_all.mkdir(parents=True, exist_ok=True)
         (print_ir_after_all / f"00_{INPUT_STAGE}.ir").write_text(print_graph(graph), encoding="utf-8")

@@ -9,7 +9,6 @@ from pathlib import Path
 from ..dsl.dot import render_svg, to_dot
 from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from ..dsl.serialize import graph_to_json
-from ..dsl.textir import print_graph
 from ..errors import GraphLLMError
 
 FORMATS = ("text", "dot", "svg", "json")
@@ -58,6 +57,8 @@ def render(graph: Graph, fmt: str) -> str | bytes:
         return to_dot(graph)
     if fmt == "json":
         return json.dumps(graph_to_json(graph), indent=1) + "\n"
+    from ..dsl.textir import print_graph  # lark is loaded by dumps, not by every command's start
+
     return print_graph(graph)
 
 
