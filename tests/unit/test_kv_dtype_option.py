@@ -80,7 +80,7 @@ def test_the_dtype_is_part_of_the_graph_and_build_keys(graphs) -> None:
 
 def test_the_text_ir_writes_and_reads_it(graphs) -> None:
     text = print_graph(graphs["float16"])
-    assert 'kvDtype="float16"' in text or "kvDtype=float16" in text or "kvDtype='float16'" in text
+    assert text.count('kvDtype="float16"') == CONFIG["num_hidden_layers"]
     parsed = verify(parse_graph(text))
     assert graph_kv_dtype(parsed) == "float16"
 
@@ -153,3 +153,20 @@ def test_the_cli_flag_reaches_the_graph_and_rejects_bad_values(tmp_path: Path) -
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines()[-1] == ("graphllm dump: error: argument --kv-dtype: unknown KV-cache dtype "
                                                    "'int8' (use f16, float16, f32 or float32)")
+
+
+def test_eval_measures_the_float16_cache_against_float32(tmp_path: Path, capsys) -> None:
+    """`eval --dtype float32 --kv-dtype f16`: the float32 reference keeps a float32 cache, so the KL is the cache's."""
+    from graphllm.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. It was a sunny day in the park.\n" * 3)
+    base = ["eval", "-m", str(FIXTURE), "--text", str(text), "--window", "16", "--chunk", "8", "--executor",
+            "reference", "--dtype", "float32"]
+    assert main([*base, "--kv-dtype", "f16"]) == 0
+    out = capsys.readouterr().out
+    assert "--kv-dtype float16" in out
+    kl = float(next(line for line in out.splitlines() if line.startswith("mean KL")).split()[2])
+    assert 0 < kl < 1e-4
+    assert main([*base, "--kv-dtype", "f32"]) == 0
+    assert "mean KL" not in capsys.readouterr().out  # float32 weights and cache: nothing to compare against
