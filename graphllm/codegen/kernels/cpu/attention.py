@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graphllm.codegen.kernels.common import fast_exp, rope_rotate
+from graphllm.codegen.kernels.common import fast_exp, rope_rotate, widen
 from graphllm.codegen.kernels.cpu import sched
 from graphllm.codegen.knobs import Knob, defaults
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
@@ -75,10 +75,6 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
         """(token, key split) tasks a step may spread its tokens over: the thread count or the fixed split, capped."""
         splits = knobs["key_splits"]
         return T.min(threads[0] if splits == "threads" else T.int32(splits), max_tasks)
-
-    def widened(x: Expr) -> Expr:
-        """A cache element as float32."""
-        return x if kv_dtype == "float32" else T.Cast("float32", x)
 
     hq, hk, d = num_q_heads, num_kv_heads, head_dim
     if hq % hk:
@@ -151,7 +147,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                                     part[u2 * lanes + i] = (
                                         part[u2 * lanes + i]
                                         + qs[h * d + c * lanes + i]
-                                        * widened(k_cache[s, j0 + jq * unroll + u2, kvh, c * lanes + i])
+                                        * widen(k_cache[s, j0 + jq * unroll + u2, kvh, c * lanes + i], kv_dtype)
                                     )
                         for u2 in T.unroll(unroll):
                             score[jq * unroll + u2] = T.float32(0)
@@ -162,8 +158,8 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                             part[i] = T.float32(0)
                         for c in T.unroll(chunks):
                             for i in T.vectorized(lanes):
-                                part[i] = part[i] + qs[h * d + c * lanes + i] * widened(
-                                    k_cache[s, j0 + jj, kvh, c * lanes + i])
+                                part[i] = part[i] + qs[h * d + c * lanes + i] * widen(
+                                    k_cache[s, j0 + jj, kvh, c * lanes + i], kv_dtype)
                         score[jj] = T.float32(0)
                         for i in T.unroll(lanes):
                             score[jj] = score[jj] + part[i]
@@ -185,7 +181,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                         acc[h * d + i] = acc[h * d + i] * tmp[1]
                     for jj in range(nb):
                         for i in T.vectorized(d):
-                            acc[h * d + i] = acc[h * d + i] + score[jj] * widened(v_cache[s, j0 + jj, kvh, i])
+                            acc[h * d + i] = acc[h * d + i] + score[jj] * widen(v_cache[s, j0 + jj, kvh, i], kv_dtype)
             for h in range(hq):
                 if n_split == 1:
                     tmp[1] = T.float32(1) / run_sum[h]

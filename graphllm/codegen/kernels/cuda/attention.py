@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graphllm.codegen.kernels.common import f32, fast_exp
+from graphllm.codegen.kernels.common import f32, fast_exp, widen
 from graphllm.codegen.kernels.cuda.sched import KNOBS, schedule_gpu
 from graphllm.codegen.kernels.stages import rope_value
 from graphllm.codegen.knobs import defaults
@@ -65,7 +65,7 @@ def attention_func(hq: int, hk: int, d: int, scale: float, window: int = 0, soft
 
     i = te.reduce_axis((0, d), name="i")
     dot = te.compute((t_len, hq, c_len), lambda t, h, j: te.sum(
-        q_scaled(t, h, i) * kc[slot[t], j, h // group, i].astype("float32"), axis=i), name="score")
+        q_scaled(t, h, i) * widen(kc[slot[t], j, h // group, i], kv_dtype), axis=i), name="score")
 
     def score(t: Any, h: Any, j: Any) -> Any:
         """The (soft-capped) score, _NEG where the key is not visible."""
@@ -86,7 +86,7 @@ def attention_func(hq: int, hk: int, d: int, scale: float, window: int = 0, soft
     total = te.compute((t_len, hq), lambda t, h: te.sum(prob(t, h, j2), axis=j2), name="total")
     j3 = te.reduce_axis((0, c_len), name="j3")
     acc = te.compute((t_len, hq, d), lambda t, h, c: te.sum(
-        prob(t, h, j3) * vc[slot[t], j3, h // group, c].astype("float32"), axis=j3), name="acc")
+        prob(t, h, j3) * widen(vc[slot[t], j3, h // group, c], kv_dtype), axis=j3), name="acc")
     out = te.compute((t_len, hq * d), lambda t, c: acc[t, c // d, c % d] / total[t, c // d], name="out")
     return schedule_gpu(te.create_prim_func([q, kc, vc, pos, slot, *tables, out]), knobs)
 
