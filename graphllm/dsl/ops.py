@@ -327,12 +327,12 @@ register(OpSpec(
 
 
 KV_DTYPES = ("float16", "float32")  # element types a KV cache may have (the attention ops' kvDtype)
-DEFAULT_KV_DTYPE = "float32"  # an attention node without kvDtype (IR written before the attribute, custom files)
+UNSET_KV_DTYPE = "float32"  # the cache of an attention node without kvDtype (IR written before the attribute)
 
 
 def kv_dtype(attrs: Mapping[str, Any]) -> str:
     """The element type of the KV cache an attention node owns: its kvDtype attribute, float32 when absent."""
-    return attrs.get("kvDtype") or DEFAULT_KV_DTYPE
+    return attrs.get("kvDtype") or UNSET_KV_DTYPE
 
 
 def _attention_infer(t, a):

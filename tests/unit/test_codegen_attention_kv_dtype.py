@@ -7,6 +7,7 @@ hold (float16: rounded to nearest even by both) and the outputs must agree.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from graphllm.codegen.build import build_module
 from graphllm.codegen.lower import Kernel, LowerRequest, lower
 from graphllm.dsl.ops import RefContext, get_spec
 from graphllm.dsl.types import TensorType
+from graphllm.host import cpu_flags
 from graphllm.layouts import aligned_empty
 from graphllm.runtime.tvm import as_tensor, configure_threads
 
@@ -125,3 +127,16 @@ def test_float16_cache_is_written_rounded_to_nearest_even(built: tuple[Any, list
     get_spec(op).reference({"q": q, "curk": curk, "curv": curk, "seqLens": np.array([1], np.int32)},
                            {**attrs, "layer": 0}, ctx)
     np.testing.assert_array_equal(ref_k[0, 3].view(np.uint16), caches[0][0, 3].view(np.uint16))
+
+
+@pytest.mark.skipif("f16c" not in cpu_flags(), reason="the host CPU has no F16C conversions")
+def test_float16_loads_and_stores_are_vector_conversions() -> None:
+    """On an F16C host the float16 cache is read with vcvtph2ps and written with vcvtps2ph (vectors, no libcalls)."""
+    from graphllm.codegen.kernels.cpu.attention import attention_func, kv_write_func
+    from graphllm.runtime.builds import host_target
+
+    funcs = {"attention": attention_func(9, 3, 64, 0.125, kv_dtype="float16"),
+             "write": kv_write_func(3, 64, kv_dtype="float16")}
+    asm = build_module(funcs, host_target()).mod.inspect_source("asm")
+    assert re.search(r"vcvtph2ps\s+[^\n]*%[yz]mm", asm) and re.search(r"vcvtps2ph\s+[^\n]*%[xy]mm", asm)
+    assert not re.search(r"call[^\n]*(__extendhfsf2|__truncsfhf2|__gnu_h2f_ieee|__gnu_f2h_ieee)", asm)
