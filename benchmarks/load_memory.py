@@ -1,7 +1,7 @@
 """Where a run's peak RSS comes from: VmRSS / VmHWM (and anonymous vs file-backed pages) after each load stage.
 
 Run: python benchmarks/load_memory.py -m MODEL.gguf [--prompt-tokens 128] [--gen-tokens 128] [--threads 2]
-         [--llama-bench PATH/TO/llama-bench]
+         [--kv-dtype f16|f32] [--llama-bench PATH/TO/llama-bench]
 
 Stages: Python + imports, the model opened and its graph built (GGUF header, tokenizer, passes), the executor
 loaded (kernel library, packed weights: from the build cache's packed copies when there, else packed here),
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kv-dtype", default=None, help="the KV cache's element type, f16 or f32 (default: graphllm's)")
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, for its peak RSS on the same file")
     a = ap.parse_args()
     # first, while this process is small: a child's ru_maxrss counts the pages it shared with its parent at fork
@@ -73,7 +74,7 @@ def main() -> None:
     from graphllm.runtime.builds import open_build
 
     show("imports")
-    built = build(a.model, GraphOptions())
+    built = build(a.model, GraphOptions(kv_dtype=a.kv_dtype))
     show("model opened, graph built")
     context = a.prompt_tokens + a.gen_tokens + 1
     executor = open_build(built.graph, built.weights, artifact=None, max_context=context, num_slots=1,

@@ -18,13 +18,14 @@ from .dsl.types import TensorType
 from .errors import GraphBuildError, GraphLLMError
 from .io.loader import LoadedModel, WeightSource, load_model, weight_types
 from .models import builtin_model, check_sizes
+from .passes.kv_dtype import DEFAULT_KV_DTYPE, set_kv_dtype
 from .passes.manager import DEFAULT_PIPELINE, FUSION_PASSES, run_passes
 from .passes.verify import verify
 
 
 @dataclass(frozen=True)
 class GraphOptions:
-    """What to build: the description, the pass pipeline and the weights' dtype (all optional)."""
+    """What to build: the description, the pass pipeline, the weights' and the KV cache's dtypes (all optional)."""
 
     custom: str | os.PathLike | None = None  # a ComputeGraph file replacing the built-in description
     ir: str | os.PathLike | None = None  # a text IR file compiled as written (no pass but verify)
@@ -33,6 +34,7 @@ class GraphOptions:
     no_fuse: bool = False  # leave the merge/fuse passes out
     after: str | None = None  # stop after this pass ('input': before any)
     print_ir_after_all: Path | None = None  # write NN_pass.ir files into this folder
+    kv_dtype: str | None = None  # the KV cache's element type (f16/float16, f32/float32); None: DEFAULT_KV_DTYPE
 
     def pipeline(self) -> list[str] | None:
         """The pass names to run (None = the default pipeline)."""
@@ -60,16 +62,16 @@ class Built:
 def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
                 custom: str | os.PathLike | None = None, notes: list[str] | None = None,
                 passes: list[str] | None = None, *, dtype: str | None = None, after: str | None = None,
-                print_ir_after_all: Path | None = None) -> Graph:
-    """Trace the description (the custom file, else the built-in one for the config) and run the passes
-    (quantization to ``dtype`` among them).
+                print_ir_after_all: Path | None = None, kv_dtype: str = DEFAULT_KV_DTYPE) -> Graph:
+    """Trace the description (the custom file, else the built-in one for the config), give its attention ops
+    the ``kv_dtype`` cache and run the passes (quantization to ``dtype`` among them).
 
     The traced graph is verified before any pass (every later layer needs the inferred types).
     """
     check_sizes(config, weight_types)
     description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
-    return run_passes(verify(trace(description, config, weight_types, notes=notes)), passes, after=after,
-                      print_ir_after_all=print_ir_after_all, dtype=dtype, notes=notes)
+    traced = set_kv_dtype(verify(trace(description, config, weight_types, notes=notes)), kv_dtype)
+    return run_passes(traced, passes, after=after, print_ir_after_all=print_ir_after_all, dtype=dtype, notes=notes)
 
 
 def weight_source(model: LoadedModel, graph: Graph) -> WeightSource:
@@ -113,7 +115,8 @@ def build(model: LoadedModel | str | os.PathLike | None, options: GraphOptions =
     notes: list[str] = []
     if options.ir is not None:
         ignored = [flag for flag, value in (("--custom", options.custom), ("--dtype", options.dtype),
-                                            ("--passes", options.passes), ("--no-fuse", options.no_fuse)) if value]
+                                            ("--passes", options.passes), ("--no-fuse", options.no_fuse),
+                                            ("--kv-dtype", options.kv_dtype)) if value]
         if ignored:
             raise GraphLLMError(f"the IR file is compiled as written: drop {', '.join(ignored)} (they shape the "
                                 f"graph, which the IR already fixes)")
@@ -123,7 +126,7 @@ def build(model: LoadedModel | str | os.PathLike | None, options: GraphOptions =
     loaded = _load(model)
     graph = build_graph(loaded.config, weight_types(loaded, native=options.dtype is None), options.custom, notes,
                         options.pipeline(), dtype=options.dtype, after=options.after,
-                        print_ir_after_all=options.print_ir_after_all)
+                        print_ir_after_all=options.print_ir_after_all, kv_dtype=options.kv_dtype or DEFAULT_KV_DTYPE)
     return Built(graph, loaded, notes)
 
 

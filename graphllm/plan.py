@@ -27,7 +27,8 @@ from .host import tvm_version
 from .io.cache import FileSum, checked_json_text, read_checked_json
 from .io.output import FolderKind
 
-PLAN_VERSION = 6  # 5: typed plan (packed weights, argument kinds, knobs and op per step); 6: checksums, model
+PLAN_VERSION = 7  # 5: typed plan (packed weights, argument kinds, knobs and op per step); 6: checksums, model;
+# 7: kv_dtype per KV-cache step
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
 FATBIN_FILE = "kernels.fatbin"  # a CUDA build's kernels compiled by nvcc (codegen/build.py)
@@ -157,6 +158,7 @@ class Step:
     large_from: int = 0
     layer: int | None = None
     kv_shape: tuple[int, ...] | None = None
+    kv_dtype: str | None = None  # the element type of the layer's KV cache (with kv_shape)
     inplace: str | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
 
@@ -252,8 +254,9 @@ class Plan:
             if isinstance(value, PackedWeightValue) and not isinstance(self.values.get(value.source), WeightValue):
                 raise ValueError(f"packed value {v} names {value.source}, which is not a weight")
         for step in self.kernel_steps:
-            if any(isinstance(a, KVCacheArg) for a in step.args) and (step.layer is None or step.kv_shape is None):
-                raise ValueError(f"step {step.node} binds a KV cache but has no layer and kv_shape")
+            if any(isinstance(a, KVCacheArg) for a in step.args) and (step.layer is None or step.kv_shape is None
+                                                                      or step.kv_dtype is None):
+                raise ValueError(f"step {step.node} binds a KV cache but has no layer, kv_shape and kv_dtype")
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write the plan file (led by the checksum of its body) into an artifact folder."""
@@ -336,7 +339,8 @@ def _step_to_json(step: Step | HostStep) -> dict[str, Any]:
         return {"kind": "host", "node": step.node, "op": step.op, "args": step.args, "loc": step.loc}
     return {"kind": "kernel", "node": step.node, "op": step.op, "kernel": step.kernel,
             "args": [_arg_to_json(a) for a in step.args], "large": step.large, "large_from": step.large_from,
-            "layer": step.layer, "kv_shape": step.kv_shape, "inplace": step.inplace, "knobs": step.knobs}
+            "layer": step.layer, "kv_shape": step.kv_shape, "kv_dtype": step.kv_dtype, "inplace": step.inplace,
+            "knobs": step.knobs}
 
 
 def _step_from_json(data: dict[str, Any]) -> Step | HostStep:
@@ -348,5 +352,6 @@ def _step_from_json(data: dict[str, Any]) -> Step | HostStep:
     return Step(node=data["node"], op=data["op"], kernel=data["kernel"],
                 args=tuple(_arg_from_json(a) for a in data["args"]), large=data["large"],
                 large_from=int(data["large_from"]), layer=data["layer"],
-                kv_shape=tuple(kv_shape) if kv_shape is not None else None, inplace=data["inplace"],
+                kv_shape=tuple(kv_shape) if kv_shape is not None else None, kv_dtype=data["kv_dtype"],
+                inplace=data["inplace"],
                 knobs=dict(data["knobs"]))

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 
 from ..dsl.graph import INPUT_OP, WEIGHT_OP, Graph
 from ..dsl.inputs import OUTPUT
-from ..dsl.ops import get_spec
+from ..dsl.ops import get_spec, kv_dtype
 from ..dsl.serialize import graph_to_json
 from ..errors import GraphLLMError
 from ..io.cache import FileSum
@@ -105,6 +105,7 @@ def make_plan(graph: Graph, target: dict[str, Any], progress: Callable[[str], No
                               large=f"{key}_{i}_large" if kernel.large is not None else None,
                               large_from=kernel.large_from, layer=d["attrs"]["layer"] if kv_shape else None,
                               kv_shape=tuple(kv_shape) if kv_shape else None,
+                              kv_dtype=kv_dtype(d["attrs"]) if kv_shape else None,
                               inplace=_inplace_value(kernel, ports, args), knobs=dict(kernel.knobs)))
     plan = Plan(target=target, graph_key=graph_key(graph), config=graph.config, values=values, steps=tuple(steps),
                 output=graph.outputs[OUTPUT], graph=graph_to_json(graph))

@@ -12,7 +12,7 @@ one of the step extras the executor provides:
 - ``positions`` int32[T]: the position of every token (positionIds),
 - ``slots`` int32[T]: the KV-cache slot of every token's sequence,
 - ``last_rows`` int32[B]: the row of each sequence's last token (from seqLens),
-- ``kcache`` / ``vcache`` float32[S, C, Hk, D]: the layer's KV cache (FusedAttention),
+- ``kcache`` / ``vcache`` [S, C, Hk, D] of the node's kvDtype (float32 or float16): the layer's KV cache,
 - ``threads`` int32[1]: the executor's kernel thread count (how far attention splits its keys).
 Symbolic dims ``T`` and ``B`` are int64 vars shared by every buffer of one PrimFunc.
 """

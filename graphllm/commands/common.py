@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..errors import GraphLLMError
 from ..host import usable_cores
+from ..passes.kv_dtype import DEFAULT_KV_DTYPE, kv_dtype_name
 from ..pipeline import GraphOptions
 from ..runtime.grammar import GrammarSpec
 from ..runtime.sampling import CHAT_SAMPLING, SamplingParams
@@ -141,9 +142,25 @@ def add_dtype_arg(p: argparse.ArgumentParser) -> None:
                         "matrices are kept)")
 
 
+def kv_dtype_arg(value: str) -> str:
+    """--kv-dtype: f16/float16 or f32/float32, as the canonical dtype name."""
+    try:
+        return kv_dtype_name(value)
+    except GraphLLMError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_kv_dtype_arg(p: argparse.ArgumentParser) -> None:
+    """--kv-dtype: the KV cache's element type (a graph attribute: part of the build)."""
+    p.add_argument("--kv-dtype", type=kv_dtype_arg, default=None,
+                   help=f"KV cache element type: f16 (float16) or f32 (float32) (default: "
+                        f"{DEFAULT_KV_DTYPE.replace('float', 'f')}, as llama.cpp's -ctk/-ctv)")
+
+
 def add_graph_args(p: argparse.ArgumentParser) -> None:
-    """How the graph is built: the weights' dtype and the pass pipeline."""
+    """How the graph is built: the weights' and the KV cache's dtypes and the pass pipeline."""
     add_dtype_arg(p)
+    add_kv_dtype_arg(p)
     p.add_argument("--passes", default=None, type=lambda v: [x for x in v.split(",") if x],
                    help="comma-separated pass pipeline (default: verify, dce, cse, then the merge/fuse passes)")
     p.add_argument("--no-fuse", action="store_true", help="leave out the merge_linears and fuse_* passes (debugging)")
@@ -210,7 +227,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def graph_options(a: argparse.Namespace, **extra: object) -> GraphOptions:
     """The front door's options from parsed flags (those a subcommand does not declare are left unset)."""
     return GraphOptions(custom=getattr(a, "custom", None), dtype=getattr(a, "dtype", None),
-                        passes=getattr(a, "passes", None), no_fuse=getattr(a, "no_fuse", False), **extra)
+                        passes=getattr(a, "passes", None), no_fuse=getattr(a, "no_fuse", False),
+                        kv_dtype=getattr(a, "kv_dtype", None), **extra)
 
 
 def add_sampling_args(p: argparse.ArgumentParser, max_tokens: int, chat: bool = False) -> None:
@@ -304,7 +322,7 @@ def flag_model(a: argparse.Namespace) -> str | os.PathLike | None:
 def load_kwargs(a: argparse.Namespace, num_slots: int) -> dict[str, object]:
     """LLM.load's keywords from the model flags."""
     return dict(custom=a.custom, executor=a.executor, max_context=a.max_context, artifact=a.artifact,
-                threads=a.threads, device=a.device, cuda_archs=a.cuda_arch, dtype=a.dtype,
+                threads=a.threads, device=a.device, cuda_archs=a.cuda_arch, dtype=a.dtype, kv_dtype=a.kv_dtype,
                 passes=graph_options(a).pipeline(), num_slots=num_slots, show_progress=sys.stderr.isatty(),
                 tuned=not a.no_tuned)
 

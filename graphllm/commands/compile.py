@@ -46,6 +46,6 @@ def compile_command(a: argparse.Namespace) -> int:
                         knobs=chosen.knobs)
     flags = [*(["-m", "MODEL"] if model is None else []), *(["--device", a.device] if a.device != "cpu" else []), *(["--dtype", a.dtype] if a.dtype else []),
              *(["--custom", a.custom] if a.custom else []), *(["--passes", ",".join(a.passes)] if a.passes else []),
-             *(["--no-fuse"] if a.no_fuse else [])]
+             *(["--no-fuse"] if a.no_fuse else []), *(["--kv-dtype", a.kv_dtype] if a.kv_dtype else [])]
     print(f"run it with: graphllm run --artifact {' '.join([str(out), *flags])} \"PROMPT\"")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import GraphLLMError
-from .common import add_command, add_dtype_arg, add_model_arg, threads_arg
+from .common import add_command, add_dtype_arg, add_kv_dtype_arg, add_model_arg, threads_arg
 
 if TYPE_CHECKING:
     from ..codegen.tuning import TuningDB
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = add_command(sub, "tune", "search the model's kernel knobs on this machine (used by compile/run/serve/bench)")
     add_model_arg(p)
     add_dtype_arg(p)
+    add_kv_dtype_arg(p)
     p.add_argument("-t", "--threads", type=threads_arg, default=None,
                    help="kernel threads to tune for (default and -1: physical cores)")
     limit = p.add_mutually_exclusive_group()
@@ -57,7 +58,7 @@ def tune_command(a: argparse.Namespace) -> int:
     from ..tools.tune.driver import TuneOptions, tune_model
     from ..tools.tune.report import format_report, report_data
 
-    options = TuneOptions(model=a.model, dtype=a.dtype, threads=a.threads, db=folder,
+    options = TuneOptions(model=a.model, dtype=a.dtype, kv_dtype=a.kv_dtype, threads=a.threads, db=folder,
                           budget_s=a.budget_minutes * 60 if a.budget_minutes else None, trials=a.trials,
                           show_progress=sys.stderr.isatty())
     try:

@@ -72,7 +72,8 @@ class OpSpec:
     aliases: tuple[str, ...] = ()
     side_effect: bool = False
     kv_shape: Callable[[dict[str, TensorType], dict[str, Any]], tuple[int, int]] | None = None
-    """For ops that own a layer's KV cache: (kv_heads, head_dim) of its rows, from input types and attrs."""
+    """For ops that own a layer's KV cache: (kv_heads, head_dim) of its rows, from input types and attrs
+    (the element type is :func:`kv_dtype` of the attrs)."""
 
     @property
     def input_ports(self) -> tuple[Param, ...]:
@@ -325,6 +326,15 @@ register(OpSpec(
     "as in fastllm); the rest of each head passes through."))
 
 
+KV_DTYPES = ("float16", "float32")  # element types a KV cache may have (the attention ops' kvDtype)
+UNSET_KV_DTYPE = "float32"  # the cache of an attention node without kvDtype (IR written before the attribute)
+
+
+def kv_dtype(attrs: Mapping[str, Any]) -> str:
+    """The element type of the KV cache an attention node owns: its kvDtype attribute, float32 when absent."""
+    return attrs.get("kvDtype") or UNSET_KV_DTYPE
+
+
 def _attention_infer(t, a):
     q, k, v = t["q"], t["curk"], t["curv"]
     _require(q.rank == 3 and k.rank == 3 and v.rank == 3,
@@ -337,6 +347,7 @@ def _attention_infer(t, a):
     _require(t["seqLens"].dtype.startswith("int"), "seqLens must be int")
     _require(a.get("window", 0) >= 0, f"window {a.get('window')} must be >= 0 (0: no sliding window)")
     _require(a.get("softcap", 0) >= 0, f"softcap {a.get('softcap')} must be >= 0 (0: no soft-capping)")
+    _require(kv_dtype(a) in KV_DTYPES, f"kvDtype {kv_dtype(a)!r} must be one of {', '.join(KV_DTYPES)}")
     if a.get("rotaryDim"):
         _require(all(p in t for p in ROPE_PORTS), f"rotaryDim needs the {', '.join(ROPE_PORTS)} inputs")
         for port in ("q", "curk"):
@@ -373,11 +384,11 @@ def _attention_ref(x, a, ctx):
     for b, slot in enumerate(ctx.slots):
         rows = slice(starts[b], starts[b + 1])
         p = pos[rows]
-        kc[slot, p] = k[rows]
+        kc[slot, p] = k[rows]  # rounded to the cache's dtype (float16: to nearest even, as the kernels store)
         vc[slot, p] = v[rows]
         n = int(p.max()) + 1 if p.size else 0
-        keys = np.repeat(kc[slot, :n], group, axis=1)  # [n, hq, d]
-        vals = np.repeat(vc[slot, :n], group, axis=1)
+        keys = np.repeat(kc[slot, :n].astype(np.float32), group, axis=1)  # [n, hq, d], widened exactly
+        vals = np.repeat(vc[slot, :n].astype(np.float32), group, axis=1)
         s = np.einsum("thd,nhd->htn", q[rows], keys) * np.float32(a["scale"])
         if a.get("softcap"):
             s = soft_cap(s, a["softcap"])
@@ -398,13 +409,15 @@ register(OpSpec(
      Param("scale", ATTR, type=float), Param("maskType", ATTR, default=0, type=int),
      Param("unitLen", ATTR, default=128, type=int), Param("window", ATTR, optional=True, type=int),
      Param("softcap", ATTR, optional=True, type=float), Param("positionIds", IN, optional=True),
-     Param("sin", IN, optional=True), Param("cos", IN, optional=True), Param("rotaryDim", ATTR, optional=True, type=int)),
+     Param("sin", IN, optional=True), Param("cos", IN, optional=True), Param("rotaryDim", ATTR, optional=True, type=int),
+     Param("kvDtype", ATTR, optional=True, type=str)),
     _attention_infer, _attention_ref,
     "Appends curk/curv at each token's position to the KV cache of layer k (pastKey.<i>), then "
     "causal attention of q over that cache (GQA by head groups). Output [T, heads*headDim]. "
     "Optional: window > 0: a token at position p sees keys p-window+1 .. p only (sliding window); softcap > 0: "
     "scores become softcap * tanh(scores / softcap) after scaling (Gemma 2); rotaryDim > 0 (with "
-    "positionIds, sin, cos): q and curk are rotated first, as LlamaRotatePosition2D would (the fuse_rope pass). "
+    "positionIds, sin, cos): q and curk are rotated first, as LlamaRotatePosition2D would (the fuse_rope pass); "
+    "kvDtype (float16 or float32, the default): the cache's element type, k/v rounded to it as they are stored. "
     "As in fastllm, k/v only name the layer's cache and original/mask/unitLen carry nothing.",
     kv_shape=lambda t, a: (int(t["curk"].shape[1]), int(t["curk"].shape[2]))))
 
@@ -435,7 +448,7 @@ register(OpSpec(
      Param("numHeads", ATTR, type=int), Param("numKVHeads", ATTR, type=int), Param("scale", ATTR, type=float),
      Param("window", ATTR, optional=True, type=int), Param("softcap", ATTR, optional=True, type=float),
      Param("positionIds", IN, optional=True), Param("sin", IN, optional=True), Param("cos", IN, optional=True),
-     Param("rotaryDim", ATTR, optional=True, type=int)),
+     Param("rotaryDim", ATTR, optional=True, type=int), Param("kvDtype", ATTR, optional=True, type=str)),
     _qkv_attention_infer, _qkv_attention_ref,
     "FusedAttention over one packed projection: qkv [T, (numHeads + 2 numKVHeads) * headDim] holds q, then "
     "k, then v (what merge_linears + fuse_qkv make of three projections, split and expanded into heads).",

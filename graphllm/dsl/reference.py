@@ -1,7 +1,8 @@
 """The numpy reference executor: runs a verified graph op by op from the op specs.
 
 It is the oracle for every kernel and every pass. It keeps a contiguous KV cache per layer,
-``[slots, max_context, kv_heads, head_dim]``, and serves prefill (many tokens) and decode (one).
+``[slots, max_context, kv_heads, head_dim]`` of the node's kvDtype (float16 rounds as the kernels' stores do),
+and serves prefill (many tokens) and decode (one).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class ReferenceExecutor:
             spec = O.get_spec(graph[n]["op"])
             if spec is not None and spec.kv_shape is not None:
                 types = {port: graph[src]["type"] for port, src in graph.inputs(n).items()}
-                shape = (num_slots, max_context) + spec.kv_shape(types, graph[n]["attrs"])
-                self.caches[graph[n]["attrs"]["layer"]] = (np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+                attrs = graph[n]["attrs"]
+                shape = (num_slots, max_context) + spec.kv_shape(types, attrs)
+                dtype = O.kv_dtype(attrs)
+                self.caches[attrs["layer"]] = (np.zeros(shape, dtype), np.zeros(shape, dtype))
         self.attrs = {}  # each op node's attrs with its spec's defaults filled in (IR text may omit them)
         for n in self.order:
             spec = O.get_spec(graph[n]["op"])

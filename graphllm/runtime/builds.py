@@ -188,7 +188,7 @@ def check_artifact(artifact: str | os.PathLike, graph: Graph) -> None:
 
 def _another_model(artifact: Path, plan: Plan) -> str:
     """The message for an artifact whose graph is not the one the model and flags give."""
-    what = "compiled for another model or other --dtype/--custom/--passes flags"
+    what = "compiled for another model or other --dtype/--kv-dtype/--custom/--passes flags"
     if plan.model is None:
         return f"the build in {artifact} was {what} (from a text IR); recompile it with `graphllm compile` for this model"
     return (f"the build in {artifact} was {what} (its model: {plan.model.path}); pass -m {plan.model.path} with the "

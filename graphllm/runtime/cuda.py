@@ -114,8 +114,8 @@ class CudaExecutor(CompiledExecutor):
         self.inputs = {name: uploaded[id(a)] for name, a in tables.items()}  # sinLocal may be sin
         self.staged = np.zeros((len(_STAGED), max(chunk, self.max_seqs)), np.int32)  # host side of the step inputs
         self.staged_dev = self._empty(self.staged.shape, "int32")
-        self.caches = {layer: (self._empty(shape, "float32"), self._empty(shape, "float32"))
-                       for layer, shape in self._cache_shapes().items()}
+        self.caches = {layer: (self._empty(shape, dtype), self._empty(shape, dtype))
+                       for layer, (shape, dtype) in self._cache_shapes().items()}
         self.storage = self._plan_storage()
         self._bindings: dict[tuple[int, int], list[tuple[Callable, tuple]]] = {}
         self._outputs: dict[tuple[int, int], Any] = {}
@@ -143,9 +143,9 @@ class CudaExecutor(CompiledExecutor):
         view = self._ffi.get_global_func("runtime.TVMTensorCreateView")
         return view(base, self._ffi.Shape(tuple(int(d) for d in shape)), self._ffi.dtype(dtype), offset)
 
-    def _cache_shapes(self) -> dict[int, tuple[int, ...]]:
-        """The [slots, max_context, kv_heads, head_dim] shape of each layer's KV cache."""
-        return {s.layer: (self.num_slots, self.max_context, *s.kv_shape)
+    def _cache_shapes(self) -> dict[int, tuple[tuple[int, ...], str]]:
+        """The [slots, max_context, kv_heads, head_dim] shape and the element type of each layer's KV cache."""
+        return {s.layer: ((self.num_slots, self.max_context, *s.kv_shape), s.kv_dtype)
                 for s in self.plan.kernel_steps if s.layer is not None and s.kv_shape is not None}
 
     def _plan_storage(self) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Everything a step needs is allocated at load: weights (re-laid out once where a kernel asks),
 activation buffers sized for the largest chunk and shared between values whose lifetimes do not
-overlap, the KV cache ``[slots, max_context, kv_heads, head_dim]`` per layer, and the step inputs.
+overlap, the KV cache ``[slots, max_context, kv_heads, head_dim]`` per layer (of the plan's kv_dtype), and the
+step inputs.
 Per token count the kernel calls are bound once to tensors (views of those buffers) and cached, so
 a decode step is a loop of pre-bound calls with no allocation.
 """
@@ -134,7 +135,7 @@ class CompiledExecutor:
         for step in self.plan.kernel_steps:
             if step.layer is not None and step.kv_shape is not None:
                 shape = (self.num_slots, self.max_context, *step.kv_shape)
-                caches[step.layer] = (aligned_empty(shape, "float32"), aligned_empty(shape, "float32"))
+                caches[step.layer] = (aligned_empty(shape, step.kv_dtype), aligned_empty(shape, step.kv_dtype))
         return caches
 
     def _plan_storage(self) -> dict[str, np.ndarray]:

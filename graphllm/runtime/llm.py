@@ -12,6 +12,7 @@ from ..dsl.graph import Graph
 from ..dsl.reference import ReferenceExecutor
 from ..errors import GenerationError
 from ..io.loader import LoadedModel
+from ..passes.kv_dtype import graph_kv_dtype
 from ..pipeline import GraphOptions, build
 from .engine import DEFAULT_STEP_TOKENS, Engine
 from .generate import Chunk, check_prompt
@@ -52,13 +53,14 @@ class LLM:
              artifact: str | os.PathLike | None = None, threads: int | None = None,
              dtype: str | None = None, passes: list[str] | None = None, show_progress: bool = False,
              max_seqs: int | None = None, device: str = "cpu", cuda_archs: tuple[str, ...] | None = None,
-             tuned: TuningChoice = True) -> "LLM":
+             tuned: TuningChoice = True, kv_dtype: str | None = None) -> "LLM":
         """Load weights and tokenizer, build the graph and an executor.
 
         ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
         cache (compiling on first use, with the knobs of the ``tuned`` database: True the default one, False
         none, or a folder); ``reference`` runs the numpy oracle. ``dtype`` None keeps a
         GGUF's blocks as they are; float32 dequantizes them; int8 / int4g[GROUP] quantize Linear weights.
+        ``kv_dtype`` is the KV cache's element type (f16/float16, f32/float32; None: the pipeline's default).
         """
         if executor not in EXECUTORS:
             raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
@@ -66,7 +68,7 @@ class LLM:
             from .cuda import parse_device, require_cuda
 
             require_cuda(parse_device(device)[1])
-        built = build(path, GraphOptions(custom=custom, dtype=dtype, passes=passes))
+        built = build(path, GraphOptions(custom=custom, dtype=dtype, passes=passes, kv_dtype=kv_dtype))
         model, graph, notes, weights = built.model, built.graph, built.notes, built.weights
         limit = int(graph.config["max_positions"])
         ctx = min(limit, max_context or DEFAULT_MAX_CONTEXT)
@@ -81,6 +83,11 @@ class LLM:
                                 threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs,
                                 device=device, cuda_archs=cuda_archs, tuned=tuned)
         return cls(model, graph, runner, ctx, notes, num_slots)
+
+    @property
+    def kv_dtype(self) -> str | None:
+        """The KV cache's element type (float16 or float32)."""
+        return graph_kv_dtype(self.graph)
 
     @property
     def tokenizer(self) -> Any:

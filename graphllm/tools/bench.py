@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from ..passes.kv_dtype import graph_kv_dtype, kv_bytes_per_position
+
 
 def copy_bandwidth(nbytes: int = 256 << 20, repeat: int = 3) -> float:
     """Bytes/s of a large numpy copy (read + write counted), the machine's memory-bandwidth yardstick."""
@@ -63,6 +65,8 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
         "ttft_s": t_prefill + per_token,
         "peak_rss_mb": peak_rss,
         "weight_bytes_per_token": wbytes,
+        "kv_dtype": graph_kv_dtype(llm.graph),
+        "kv_cache_mb": kv_bytes_per_position(llm.graph) * llm.max_context * llm.engine.num_slots / 2**20,
         "decode_gb_s": wbytes / per_token / 1e9,
         "copy_gb_s": bandwidth / 1e9,
         "bandwidth_share": (wbytes / per_token) / bandwidth,
@@ -90,6 +94,7 @@ def format_bench(r: dict[str, Any]) -> str:
         f"decode          {r['decode_tok_s']:.1f} tokens/s  ({r['gen_tokens']} tokens)",
         f"first token     {r['ttft_s'] * 1000:.1f} ms",
         f"peak RSS        {r['peak_rss_mb']:.0f} MB",
+        f"KV cache        {r['kv_cache_mb']:.2f} MB of {r['kv_dtype']}",
         f"decode traffic  {r['decode_gb_s']:.2f} GB/s of weights = {100 * r['bandwidth_share']:.0f}% "
         f"of measured copy bandwidth ({r['copy_gb_s']:.1f} GB/s)",
     ]

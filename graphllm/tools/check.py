@@ -553,7 +553,8 @@ def check_model(model_path: str | None, custom: str | Path, against: str = "buil
     if tokens < 0:
         raise GraphLLMError(f"--tokens must be 0 or more, got {tokens}")
     unoptimised = ["verify"]  # every value stays one op of one file:line
-    built = build(model, GraphOptions(custom=custom, dtype=dtype, passes=unoptimised))
+    exact_kv = "float32"  # the descriptions are compared, not the cache's rounding (transformers keeps float32)
+    built = build(model, GraphOptions(custom=custom, dtype=dtype, passes=unoptimised, kv_dtype=exact_kv))
     graph, notes = built.graph, built.notes
     weights = functools.partial(weight_source, model)
     quantized = dtype not in QUANT_FREE
@@ -562,7 +563,8 @@ def check_model(model_path: str | None, custom: str | Path, against: str = "buil
         compare_transformers(graph, weights, ids, transformers_reference(Path(model.path)), report, tokens)
     else:
         try:
-            builtin = build(model, GraphOptions(dtype="float32" if quantized else None, passes=unoptimised)).graph
+            builtin = build(model, GraphOptions(dtype="float32" if quantized else None, passes=unoptimised,
+                                                kv_dtype=exact_kv)).graph
         except ModelLoadError as e:
             raise GraphLLMError(f"{e}; or compare with transformers: --against transformers") from None
         compare_builtin(graph, builtin, weights, ids, report, tokens)

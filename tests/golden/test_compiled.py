@@ -109,7 +109,7 @@ def test_artifact_for_another_model_is_a_clear_error(tmp_path):
     assert _run(tmp_path / "home", "compile", "-m", str(FIXTURES / "tiny_llama"), "-o", str(out)).returncode == 0
     r = _run(tmp_path / "home", "run", "-m", str(FIXTURES / "tiny_qwen2"), "x", "--artifact", str(out))
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr == (
-        f"error: the build in {out} was compiled for another model or other --dtype/--custom/--passes flags (its "
+        f"error: the build in {out} was compiled for another model or other --dtype/--kv-dtype/--custom/--passes flags (its "
         f"model: {FIXTURES / 'tiny_llama'}); pass -m {FIXTURES / 'tiny_llama'} with the flags given to `graphllm "
         f"compile`, or recompile it with `graphllm compile` for this model\n")
 

@@ -32,12 +32,15 @@ CUDA_CASES = KNOB_SAMPLES + [
     case("QKVAttention", {"qkv": "f32[T,960]", "k": "f32[1]", "v": "f32[1]", "seqLens": "i32[B]",
                           "positionIds": "i32[T]", "sin": "f32[160,16]", "cos": "f32[160,16]"},
          numHeads=9, numKVHeads=3, scale=0.125, rotaryDim=16),
+    case("FusedAttention", ROPE, scale=0.125, rotaryDim=32, window=16, kvDtype="float16"),  # half cache: write + read
+    case("QKVAttention", {"qkv": "f32[T,960]", "k": "f32[1]", "v": "f32[1]", "seqLens": "i32[B]"},
+         numHeads=9, numKVHeads=3, scale=0.125, kvDtype="float16"),
 ]
 
 
 @needs_nvcc
 def test_every_op_builds_for_cuda_and_nvcc_compiles_it_without_spills() -> None:
-    """Each op's CUDA kernels (all variants, the KV-cache write too) go through TVM's CUDA codegen into one module;
+    """Each op's CUDA kernels (all variants, the KV-cache write too, over float32 and float16 caches) go through TVM's CUDA codegen into one module;
     nvcc compiles that CUDA C for sm_80 and sm_90 and ptxas reports no spill for any kernel."""
     funcs = {}
     for c in CUDA_CASES:
@@ -46,6 +49,7 @@ def test_every_op_builds_for_cuda_and_nvcc_compiles_it_without_spills() -> None:
             funcs[f"{c.request().key()}_{i}"] = stage.func
     source = cuda_source(build_module(funcs, cuda_target(("sm_80", "sm_90"))))
     assert len(re.findall(r"__global__", source)) >= len(funcs)
+    assert "half* __restrict__ k_cache" in source and "float* __restrict__ k_cache" in source  # both cache dtypes
     fatbin, log = compile_fatbin(source, ["sm_80", "sm_90"], ["-Xptxas", "-v"])
     assert {("sass", 80), ("sass", 90), ("ptx", 90)} <= set(fatbin_entries(fatbin))
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)

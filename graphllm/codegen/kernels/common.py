@@ -46,7 +46,8 @@ def inv_root_mean(total: Expr, n: int, eps: float) -> Expr:
 
 
 def widen(value: Any, dtype: str) -> Expr:
-    """Return a stored weight element of `dtype` as float32 (bfloat16: its bits shifted into a float32's top half)."""
+    """Return a stored weight or KV-cache element of `dtype` as float32 (bfloat16: its bits shifted into a float32's top
+    half)."""
     from tvm import tirx
 
     if dtype == "bfloat16":

@@ -41,6 +41,7 @@ class TuneOptions:
 
     model: str | None = None
     dtype: str | None = None
+    kv_dtype: str | None = None  # the KV cache's element type (None: the pipeline's default)
     threads: int | None = None
     db: Path = field(default_factory=default_db_dir)
     budget_s: float | None = None
@@ -58,7 +59,7 @@ def tune_model(o: TuneOptions, log: Callable[[str], None] = lambda s: print(s, f
     target = host_target()
     ident = identity(target, threads)
     db = TuningDB.load(o.db)
-    graph = build(o.model, GraphOptions(dtype=o.dtype), need_model=False).graph
+    graph = build(o.model, GraphOptions(dtype=o.dtype, kv_dtype=o.kv_dtype), need_model=False).graph
     model = str(o.model or "default")
     todo = _tunable(graph)
     measured = []
@@ -120,8 +121,8 @@ def _step_phase(o: TuneOptions, db: TuningDB, ident: dict[str, Any], target: dic
         return []
     seqs = max([*SPLIT_SEQS, *(max(k.values) for _, _, k in pending if k.name == "large_from")])
     workload = Workload()
-    llm = LLM.load(o.model, dtype=o.dtype, threads=o.threads, tuned=o.db, num_slots=seqs, max_seqs=seqs,
-                   max_context=workload.context)
+    llm = LLM.load(o.model, dtype=o.dtype, kv_dtype=o.kv_dtype, threads=o.threads, tuned=o.db, num_slots=seqs,
+                   max_seqs=seqs, max_context=workload.context)
     steps = StepBench(llm, seqs, o.step_rounds, workload)
     judged = []
     for req, record, knob in _progress_items(pending, "step knobs", o.show_progress):
@@ -141,7 +142,7 @@ def _step_phase(o: TuneOptions, db: TuningDB, ident: dict[str, Any], target: dic
 
 def _compare(o: TuneOptions, db: TuningDB, ident: dict[str, Any], model: str) -> dict[str, Any]:
     """Decode and prefill of the default and the tuned build, alternating rounds of run_bench; medians."""
-    load = dict(dtype=o.dtype, threads=o.threads, max_context=2 * Workload().prompt + 1)
+    load = dict(dtype=o.dtype, kv_dtype=o.kv_dtype, threads=o.threads, max_context=2 * Workload().prompt + 1)
     llms = {"default": LLM.load(o.model, tuned=False, **load), "tuned": LLM.load(o.model, tuned=o.db, **load)}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in llms}
     for _ in _progress_items(range(o.compare_rounds), "default vs tuned", o.show_progress):

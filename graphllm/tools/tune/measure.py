@@ -20,7 +20,7 @@ import numpy as np
 
 from ...codegen.build import build_module
 from ...codegen.lower import Kernel, LowerRequest, lower
-from ...dsl.ops import RefContext, get_spec
+from ...dsl.ops import RefContext, get_spec, kv_dtype
 from ...dsl.qformats import dequantize, quantize
 from ...dsl.types import SEQS, TOKENS
 from ...layouts import aligned_empty, get_packer
@@ -80,7 +80,8 @@ class KernelBench:
             kernel[port] = get_packer(self.kernel.packs[port])(ref[port]) if port in self.kernel.packs else ref[port]
         if self.kv is not None:
             shape = (1, self.workload.context, *self.kv)
-            kernel["kcache"], kernel["vcache"] = _random(shape, "float32", rng), _random(shape, "float32", rng)
+            dtype = kv_dtype(dict(self.req.attrs))
+            kernel["kcache"], kernel["vcache"] = _random(shape, dtype, rng), _random(shape, dtype, rng)
         return kernel, ref
 
     def _case(self, tokens: int, first: int, rng: np.random.Generator,

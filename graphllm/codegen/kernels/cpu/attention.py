@@ -1,7 +1,9 @@
-"""Causal GQA attention over a contiguous float32 KV cache, and the cache write, as TIR PrimFuncs.
+"""Causal GQA attention over a contiguous float16 or float32 KV cache, and the cache write, as TIR PrimFuncs.
 
 Layouts (T tokens, S sequence slots and C context positions are symbolic int64 dims):
-  q [T, Hq, D], k_cache / v_cache [S, C, Hk, D], pos int32 [T], slot int32 [T], out [T, Hq*D].
+  q [T, Hq, D], k_cache / v_cache [S, C, Hk, D] of the node's kvDtype, pos int32 [T], slot int32 [T],
+  out [T, Hq*D]. A float16 cache is written rounded (to nearest even) and read widened to float32 in the
+  vectorized loads (F16C's vcvtph2ps on x86), so all arithmetic stays float32.
 Query row t attends to positions 0..pos[t] of cache slot slot[t] (pos[t]-window+1..pos[t] with a
 sliding window); query head h reads kv head h // (Hq / Hk). With soft-capping, each scaled score s
 becomes cap * tanh(s / cap) before the softmax, as in the reference. The softmax is computed online (flash style, running max subtracted) over blocks
@@ -27,10 +29,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graphllm.codegen.kernels.common import fast_exp, rope_rotate
+from graphllm.codegen.kernels.common import fast_exp, rope_rotate, widen
 from graphllm.codegen.kernels.cpu import sched
 from graphllm.codegen.knobs import Knob, defaults
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.dsl.ops import kv_dtype as node_kv_dtype
 
 if TYPE_CHECKING:
     from tvm.tirx import Expr, PrimFunc
@@ -48,13 +51,13 @@ _NEG = -3.0e38  # "minus infinity" that stays finite through subtraction
 
 def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: float, window: int = 0,
                    softcap: float = 0.0, rope: tuple[int, int, int] | None = None, packed: bool = False,
-                   knobs: Mapping[str, Any] = DEFAULTS) -> PrimFunc:
+                   knobs: Mapping[str, Any] = DEFAULTS, kv_dtype: str = "float32") -> PrimFunc:
     """Return the PrimFunc attention(q, k_cache, v_cache, pos, slot, threads, [rope_pos, sin, cos,] out) of the module doc.
 
     window > 0 limits each query to its last `window` keys; softcap > 0 soft-caps the scores;
     rope = (rotaryDim, table rows, table cols) rotates each query row as it is loaded (fuse_rope);
     packed: q is the packed qkv [T, Hq + 2 Hk, D] (QKVAttention), whose first Hq heads are the queries.
-    `knobs` holds the values of KNOBS.
+    `knobs` holds the values of KNOBS; `kv_dtype` is the caches' element type.
     """
     from tvm import tirx
     from tvm.script import tirx as T
@@ -144,7 +147,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                                     part[u2 * lanes + i] = (
                                         part[u2 * lanes + i]
                                         + qs[h * d + c * lanes + i]
-                                        * k_cache[s, j0 + jq * unroll + u2, kvh, c * lanes + i]
+                                        * widen(k_cache[s, j0 + jq * unroll + u2, kvh, c * lanes + i], kv_dtype)
                                     )
                         for u2 in T.unroll(unroll):
                             score[jq * unroll + u2] = T.float32(0)
@@ -155,7 +158,8 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                             part[i] = T.float32(0)
                         for c in T.unroll(chunks):
                             for i in T.vectorized(lanes):
-                                part[i] = part[i] + qs[h * d + c * lanes + i] * k_cache[s, j0 + jj, kvh, c * lanes + i]
+                                part[i] = part[i] + qs[h * d + c * lanes + i] * widen(
+                                    k_cache[s, j0 + jj, kvh, c * lanes + i], kv_dtype)
                         score[jj] = T.float32(0)
                         for i in T.unroll(lanes):
                             score[jj] = score[jj] + part[i]
@@ -177,7 +181,7 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
                         acc[h * d + i] = acc[h * d + i] * tmp[1]
                     for jj in range(nb):
                         for i in T.vectorized(d):
-                            acc[h * d + i] = acc[h * d + i] + score[jj] * v_cache[s, j0 + jj, kvh, i]
+                            acc[h * d + i] = acc[h * d + i] + score[jj] * widen(v_cache[s, j0 + jj, kvh, i], kv_dtype)
             for h in range(hq):
                 if n_split == 1:
                     tmp[1] = T.float32(1) / run_sum[h]
@@ -212,8 +216,8 @@ def attention_func(num_q_heads: int, num_kv_heads: int, head_dim: int, scale: fl
     @T.prim_func
     def attention(
         q_arg: T.handle,
-        k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-        v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        k_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype),
+        v_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype),
         pos: T.Buffer((t_len,), "int32"),
         slot: T.Buffer((t_len,), "int32"),
         threads: T.Buffer((1,), "int32"),
@@ -243,11 +247,11 @@ def _without_params(func: PrimFunc, names: tuple[str, ...]) -> PrimFunc:
 
 
 def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] | None = None,
-                  packed_q_heads: int = 0) -> PrimFunc:
+                  packed_q_heads: int = 0, kv_dtype: str = "float32") -> PrimFunc:
     """Return the PrimFunc kv_write(k_cur, v_cur, pos, slot, [rope_pos, sin, cos,] k_cache, v_cache), in place.
 
     k_cur, v_cur [T, Hk, D] go to k_cache / v_cache [slot[t], pos[t]] (k rotated first when RoPE
-    is fused in). Serial: a few KB per token cost less than a thread-pool launch. With
+    is fused in), cast to the caches' `kv_dtype`. Serial: a few KB per token cost less than a thread-pool launch. With
     packed_q_heads = Hq, k_cur and v_cur are both the packed qkv [T, Hq + 2 Hk, D] (heads Hq.. and Hq+Hk..).
     """
     from tvm import tirx
@@ -262,6 +266,10 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
 
     has_rope = bool(rot)
 
+    def stored(x: Expr) -> Expr:
+        """A float32 value as the cache stores it."""
+        return x if kv_dtype == "float32" else T.Cast(kv_dtype, x)
+
     @T.macro
     def write(k_in, v_in, pos, slot, rope_pos, sin, cos, k_cache, v_cache):
         k_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=k_in.data)
@@ -270,18 +278,18 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
             if has_rope:  # a Python bool: k rotated (pairs i, i + rot) as it is stored
                 p = rope_pos[t]
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i] = rope_rotate(k_cur[t, k0 + h, i], k_cur[t, k0 + h, i + rot],
-                                                                 cos[p, i], sin[p, i], False)
+                    k_cache[slot[t], pos[t], h, i] = stored(rope_rotate(k_cur[t, k0 + h, i], k_cur[t, k0 + h, i + rot],
+                                                                        cos[p, i], sin[p, i], False))
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i + rot] = rope_rotate(k_cur[t, k0 + h, i + rot], k_cur[t, k0 + h, i],
-                                                                       cos[p, i], sin[p, i], True)
+                    k_cache[slot[t], pos[t], h, i + rot] = stored(rope_rotate(
+                        k_cur[t, k0 + h, i + rot], k_cur[t, k0 + h, i], cos[p, i], sin[p, i], True))
                 for i in range(d - 2 * rot):
-                    k_cache[slot[t], pos[t], h, i + 2 * rot] = k_cur[t, k0 + h, i + 2 * rot]
+                    k_cache[slot[t], pos[t], h, i + 2 * rot] = stored(k_cur[t, k0 + h, i + 2 * rot])
             else:
                 for i in T.vectorized(d):
-                    k_cache[slot[t], pos[t], h, i] = k_cur[t, k0 + h, i]
+                    k_cache[slot[t], pos[t], h, i] = stored(k_cur[t, k0 + h, i])
             for i in T.vectorized(d):
-                v_cache[slot[t], pos[t], h, i] = v_cur[t, v0 + h, i]
+                v_cache[slot[t], pos[t], h, i] = stored(v_cur[t, v0 + h, i])
 
     @T.prim_func
     def kv_write(
@@ -292,8 +300,8 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
         rope_pos: T.Buffer((t_len,), "int32"),
         sin: T.Buffer((rows, cols), "float32"),
         cos: T.Buffer((rows, cols), "float32"),
-        k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-        v_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
+        k_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype),
+        v_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype),
     ):
         T.func_attr({"tirx.noalias": True})
         k_in = T.match_buffer(k_arg, kv_shape, "float32")
@@ -311,10 +319,11 @@ def _attention_kernel(req: LowerRequest, knobs: Mapping[str, Any], hq: int, hk: 
     rope = (rot, *req.types["sin"].shape) if rot else None
     tables = ("positionIds", "sin", "cos") if rot else ()
     packed = ports[0] == ports[1]
-    write = Kernel(kv_write_func(hk, d, rope, hq if packed else 0),
+    dtype = node_kv_dtype(attrs)
+    write = Kernel(kv_write_func(hk, d, rope, hq if packed else 0, dtype),
                    (ports[1], ports[2], "positions", "slots", *tables, "kcache", "vcache"))
     func = attention_func(hq, hk, d, attrs["scale"], attrs.get("window") or 0, attrs.get("softcap") or 0.0, rope, packed,
-                          knobs)
+                          knobs, dtype)
     return Kernel(func, (ports[0], "kcache", "vcache", "positions", "slots", "threads", *tables, "out"), before=(write,))
 
 

@@ -1,4 +1,5 @@
-"""CUDA causal GQA attention over the float32 KV cache [S, C, Hk, D], and the cache write.
+"""CUDA causal GQA attention over the KV cache [S, C, Hk, D] (float16 or float32: the node's kvDtype), and the
+cache write (rounding to the cache's type; reads widen to float32).
 
 Attention is written as TE stages over the whole cache length C (masked: query row t sees keys
 0..pos[t] of slot slot[t], the last `window` of them with a sliding window), scheduled by
@@ -14,11 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graphllm.codegen.kernels.common import f32, fast_exp
+from graphllm.codegen.kernels.common import f32, fast_exp, widen
 from graphllm.codegen.kernels.cuda.sched import KNOBS, schedule_gpu
 from graphllm.codegen.kernels.stages import rope_value
 from graphllm.codegen.knobs import defaults
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
+from graphllm.dsl.ops import kv_dtype as node_kv_dtype
 
 if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
@@ -30,15 +32,16 @@ DEFAULTS = defaults(KNOBS)
 
 def attention_func(hq: int, hk: int, d: int, scale: float, window: int = 0, softcap: float = 0.0,
                    rope: tuple[int, int, int] | None = None, packed: bool = False,
-                   knobs: Mapping[str, Any] = DEFAULTS) -> PrimFunc:
-    """The PrimFunc attention(q, k_cache, v_cache, pos, slot, [rope_pos, sin, cos,] out) of the module doc."""
+                   knobs: Mapping[str, Any] = DEFAULTS, kv_dtype: str = "float32") -> PrimFunc:
+    """The PrimFunc attention(q, k_cache, v_cache, pos, slot, [rope_pos, sin, cos,] out) of the module doc, over
+    caches of `kv_dtype`."""
     from tvm import te, tirx
 
     group = hq // hk
     t_len, s_len, c_len = (te.var(name, "int64") for name in ("T", "S", "C"))
     q = te.placeholder((t_len, (hq + 2 * hk) * d) if packed else (t_len, hq, d), "float32", name="q")
-    kc = te.placeholder((s_len, c_len, hk, d), "float32", name="k_cache")
-    vc = te.placeholder((s_len, c_len, hk, d), "float32", name="v_cache")
+    kc = te.placeholder((s_len, c_len, hk, d), kv_dtype, name="k_cache")
+    vc = te.placeholder((s_len, c_len, hk, d), kv_dtype, name="v_cache")
     pos = te.placeholder((t_len,), "int32", name="pos")
     slot = te.placeholder((t_len,), "int32", name="slot")
     rot, rows, cols = rope or (0, 1, 1)
@@ -62,7 +65,7 @@ def attention_func(hq: int, hk: int, d: int, scale: float, window: int = 0, soft
 
     i = te.reduce_axis((0, d), name="i")
     dot = te.compute((t_len, hq, c_len), lambda t, h, j: te.sum(
-        q_scaled(t, h, i) * kc[slot[t], j, h // group, i], axis=i), name="score")
+        q_scaled(t, h, i) * widen(kc[slot[t], j, h // group, i], kv_dtype), axis=i), name="score")
 
     def score(t: Any, h: Any, j: Any) -> Any:
         """The (soft-capped) score, _NEG where the key is not visible."""
@@ -83,15 +86,16 @@ def attention_func(hq: int, hk: int, d: int, scale: float, window: int = 0, soft
     total = te.compute((t_len, hq), lambda t, h: te.sum(prob(t, h, j2), axis=j2), name="total")
     j3 = te.reduce_axis((0, c_len), name="j3")
     acc = te.compute((t_len, hq, d), lambda t, h, c: te.sum(
-        prob(t, h, j3) * vc[slot[t], j3, h // group, c], axis=j3), name="acc")
+        prob(t, h, j3) * widen(vc[slot[t], j3, h // group, c], kv_dtype), axis=j3), name="acc")
     out = te.compute((t_len, hq * d), lambda t, c: acc[t, c // d, c % d] / total[t, c // d], name="out")
     return schedule_gpu(te.create_prim_func([q, kc, vc, pos, slot, *tables, out]), knobs)
 
 
-def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1), packed_q_heads: int = 0) -> PrimFunc:
+def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1), packed_q_heads: int = 0,
+                  kv_dtype: str = "float32") -> PrimFunc:
     """The PrimFunc kv_write(k_cur, v_cur, pos, slot, [rope_pos, sin, cos,] k_cache, v_cache), in place: k rotated
-    first when rot > 0 (tables of shape `table`); with packed_q_heads = Hq both inputs are the packed qkv
-    [T, (Hq + 2 Hk) D]. One block per token, its threads over the Hk * D elements."""
+    first when rot > 0 (tables of shape `table`), both cast to `kv_dtype`; with packed_q_heads = Hq both inputs are
+    the packed qkv [T, (Hq + 2 Hk) D]. One block per token, its threads over the Hk * D elements."""
     from tvm import tirx
     from tvm.script import tirx as T
 
@@ -122,18 +126,19 @@ def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1)
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 for step in range(steps):
                     if step * threads + tx < hk * d:
-                        k_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = key(
-                            k_cur, t, (step * threads + tx) // d, (step * threads + tx) % d, rope_pos[t], sin, cos)
-                        v_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = v_cur[
-                            t, v0 + (step * threads + tx) // d, (step * threads + tx) % d]
+                        k_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = T.Cast(
+                            kv_dtype, key(k_cur, t, (step * threads + tx) // d, (step * threads + tx) % d, rope_pos[t],
+                                          sin, cos))
+                        v_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = T.Cast(
+                            kv_dtype, v_cur[t, v0 + (step * threads + tx) // d, (step * threads + tx) % d])
 
     if rot:
         @T.prim_func
         def kv_write_rope(k_arg: T.handle, v_arg: T.handle, pos: T.Buffer((t_len,), "int32"),
                           slot: T.Buffer((t_len,), "int32"), rope_pos: T.Buffer((t_len,), "int32"),
                           sin: T.Buffer((rows, cols), "float32"), cos: T.Buffer((rows, cols), "float32"),
-                          k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-                          v_cache: T.Buffer((s_len, c_len, hk, d), "float32")):
+                          k_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype),
+                          v_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype)):
             T.func_attr({"tirx.noalias": True})
             write(T.match_buffer(k_arg, kv_shape, "float32"), T.match_buffer(v_arg, kv_shape, "float32"), pos, slot,
                   rope_pos, sin, cos, k_cache, v_cache)
@@ -142,8 +147,8 @@ def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1)
 
     @T.prim_func
     def kv_write(k_arg: T.handle, v_arg: T.handle, pos: T.Buffer((t_len,), "int32"),
-                 slot: T.Buffer((t_len,), "int32"), k_cache: T.Buffer((s_len, c_len, hk, d), "float32"),
-                 v_cache: T.Buffer((s_len, c_len, hk, d), "float32")):
+                 slot: T.Buffer((t_len,), "int32"), k_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype),
+                 v_cache: T.Buffer((s_len, c_len, hk, d), kv_dtype)):
         T.func_attr({"tirx.noalias": True})
         write(T.match_buffer(k_arg, kv_shape, "float32"), T.match_buffer(v_arg, kv_shape, "float32"), pos, slot,
               pos, k_cache, k_cache, k_cache, v_cache)  # no RoPE: the tables are never read
@@ -167,10 +172,11 @@ def lower_attention(req: LowerRequest, knobs: Mapping[str, Any]) -> Kernel:
     rot = a.get("rotaryDim") or 0
     table = tuple(req.types["sin"].shape) if rot else (1, 1)
     extra = ("positionIds", "sin", "cos") if rot else ()
-    write = Kernel(kv_write_func(hk, d, rot, table, hq if q == k else 0),
+    dtype = node_kv_dtype(a)
+    write = Kernel(kv_write_func(hk, d, rot, table, hq if q == k else 0, dtype),
                    (k, v, "positions", "slots", *extra, "kcache", "vcache"))
     func = attention_func(hq, hk, d, a["scale"], a.get("window") or 0, a.get("softcap") or 0.0,
-                          (rot, *table) if rot else None, q == k, knobs)
+                          (rot, *table) if rot else None, q == k, knobs, dtype)
     return Kernel(func, (q, "kcache", "vcache", "positions", "slots", *extra, "out"), before=(write,))
 
 
