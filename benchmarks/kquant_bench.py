@@ -41,6 +41,16 @@ def weight_label(executor: Any, step: Any) -> str:
     return ""
 
 
+def step_flops(executor: Any, step: Any, label: str, tokens: int) -> int:
+    """2 * rows * N * K of a step with an [N, K] weight (rows: its input's, e.g. one per sequence for the lm_head)."""
+    from graphllm.plan import ValueArg
+
+    if not label or not isinstance(step.args[0], ValueArg):
+        return 0
+    n, k = (int(d) for d in label[label.index("[") + 1:-1].split(","))
+    return 2 * executor._array(step.args[0].value, tokens, 1).shape[0] * n * k
+
+
 def profile_model(path: str, threads: int, tokens: list[int], reps: int) -> None:
     """Per op and weight type: time per step of the compiled model (each call timed alone), GB/s or GFLOP/s."""
     from graphllm.plan import HostStep
@@ -61,16 +71,16 @@ def profile_model(path: str, threads: int, tokens: list[int], reps: int) -> None
         groups: dict[tuple[str, str], list[float]] = {}
         for step, sec in zip(ex.steps, per_call):
             label = "" if isinstance(step, HostStep) else weight_label(ex, step)
-            g = groups.setdefault((step.op, label), [0.0, 0, 0])
+            g = groups.setdefault((step.op, label), [0.0, 0, 0, 0])
             g[0] += sec
             g[1] += 1
             g[2] += sum(ex.weights[v].nbytes for v in step.value_ids() if v in ex.weights)
+            g[3] += step_flops(ex, step, label, t)
         total = per_call.sum()
         print(f"T = {t}: step {total * 1e3:.1f} ms (sum of calls timed alone), {len(calls)} calls; "
               f"load average {load_average()}")
         print(f"  {'op':16} {'weight':22} {'calls':>5} {'ms/step':>8} {'share':>6} {'GB/s':>6} {'GFLOP/s':>8}")
-        for (op, label), (sec, count, nbytes) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
-            flops = 2 * t * np.prod([int(d) for d in label[label.index("[") + 1:-1].split(",")]) * count if label else 0
+        for (op, label), (sec, count, nbytes, flops) in sorted(groups.items(), key=lambda kv: -kv[1][0]):
             print(f"  {op:16} {label:22} {count:>5} {sec * 1e3:>8.2f} {sec / total:>6.1%} "
                   f"{nbytes / sec / 1e9 if nbytes else 0:>6.1f} {flops / sec / 1e9:>8.1f}")
 
