@@ -59,7 +59,8 @@ def idle_cores(seconds: float = 1.0) -> float:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         return sum(fields), fields[3] + fields[4]  # all jiffies, idle + iowait
 
-    (total0, idle0), _ = sample(), time.sleep(seconds)
+    total0, idle0 = sample()
+    time.sleep(seconds)
     total1, idle1 = sample()
     return os.cpu_count() * (idle1 - idle0) / max(1, total1 - total0)
 
