@@ -9,6 +9,7 @@ order, so llama.cpp's Q/K permutation is kept). Usage:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +23,21 @@ SKIP = {"GGUF.version", "GGUF.tensor_count", "GGUF.kv_count", "general.architect
 FILE_TYPES = {"F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7}
 
 
+def copy_metadata(reader: GGUFReader, writer: GGUFWriter, keep: Callable[[str], bool]) -> None:
+    """Copy the reader's key/value fields whose key passes `keep` to the writer, with their GGUF types."""
+    for key, field in reader.fields.items():
+        if keep(key):
+            vtype = field.types[0]
+            sub = field.types[1] if vtype == GGUFValueType.ARRAY else None
+            writer.add_key_value(key, field.contents(), vtype, sub)
+
+
 def write_variant(src: Path, out: Path, kind: str) -> Path:
     """One re-encoded copy: matrices in `kind`, 1-D tensors float32 (as llama.cpp keeps norms)."""
     reader = GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
     writer = GGUFWriter(str(out), arch)
-    for key, field in reader.fields.items():
-        if key in SKIP:
-            continue
-        vtype = field.types[0]
-        sub = field.types[1] if vtype == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), vtype, sub)
+    copy_metadata(reader, writer, lambda key: key not in SKIP)
     writer.add_file_type(FILE_TYPES[kind])
     for t in reader.tensors:
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))

@@ -92,7 +92,7 @@ def packer_name(dtype: str) -> str:
 
 QROWS = 16  # output rows per packed row block: two AVX2 float32 vectors
 MAX_GROUP = 1024  # largest group size with a registered packer
-_PACK_CHUNK = 4096  # rows packed at a time (bounds the packer's temporary memory)
+_PACK_ELEMENTS = 1 << 19  # weights packed at a time: bounds the packers' temporaries (~20 bytes a weight) to ~10 MB
 
 
 @dataclass(frozen=True)
@@ -167,14 +167,20 @@ def _raw_blocks(raw: np.ndarray, fmt: QFormat) -> tuple[np.ndarray, int, int]:
     return raw, raw.shape[0], raw.shape[1] // fmt.block_bytes
 
 
+def _chunk_rows(k: int) -> int:
+    """Rows a packer works on at a time for rows of k weights: whole row blocks, about _PACK_ELEMENTS weights."""
+    return max(1, _PACK_ELEMENTS // (k * QROWS)) * QROWS
+
+
 def pack_qweight(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Raw blocks uint8 [N, K/G * block_bytes] -> the kernels' 64-byte-aligned uint32 [ceil(N/16), K/G, record]."""
     lay = qlayout(dtype)
     fmt, W, H, P = lay.fmt, lay.words, lay.halves, lay.per_word
     raw, n, kb = _raw_blocks(raw, fmt)
     out = aligned_empty((-(-n // QROWS), kb, lay.record), "uint32")
-    for r0 in range(0, n, _PACK_CHUNK):
-        r1 = min(n, r0 + _PACK_CHUNK)
+    step = _chunk_rows(kb * fmt.group)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
         rows, nbc = r1 - r0, -(-(r1 - r0) // QROWS)
         blocks = raw[r0:r1].reshape(rows * kb, fmt.block_bytes)
         codes = (_codes(fmt, blocks) - lay.lo).astype(np.uint32).reshape(rows, kb, P, W)
@@ -262,8 +268,9 @@ def pack_subblocks(raw: np.ndarray, dtype: str) -> np.ndarray:
     fmt, spec = lay.fmt, lay.spec
     raw, n, kb = _raw_blocks(raw, fmt)
     out = aligned_empty((-(-n // QROWS), kb, lay.record), "uint32")
-    for r0 in range(0, n, _PACK_CHUNK):
-        r1 = min(n, r0 + _PACK_CHUNK)
+    step = _chunk_rows(kb * fmt.group)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
         rows, nbc = r1 - r0, -(-(r1 - r0) // QROWS)
         u, scales, mins, heads = spec.parts(raw[r0:r1].reshape(rows * kb, fmt.block_bytes))
         u = u.reshape(rows, kb, spec.nsub, spec.sub).astype(np.uint32)
