@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 from . import __version__
 from .dsl.graph import Graph
 from .dsl.serialize import graph_to_json
-from .dsl.types import TensorType
+from .dsl.types import SEQS, TOKENS, TensorType
 from .errors import ModelLoadError
 from .host import tvm_version
 from .io.cache import FileSum, checked_json_text, read_checked_json
@@ -162,9 +162,9 @@ class Step:
     inplace: str | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
 
-    def symbol(self, tokens: int) -> str:
-        """The kernel to call for a step of `tokens` tokens."""
-        return self.large if self.large is not None and tokens >= self.large_from else self.kernel
+    def symbol(self, rows: int) -> str:
+        """The kernel to call when the step's output has `rows` rows (large_from counts output rows)."""
+        return self.large if self.large is not None and rows >= self.large_from else self.kernel
 
     def value_ids(self) -> tuple[str, ...]:
         """The plan values bound to the kernel (inputs and output)."""
@@ -215,6 +215,12 @@ class Plan:
     def kernel_steps(self) -> tuple[Step, ...]:
         """The steps that call a kernel."""
         return tuple(s for s in self.steps if isinstance(s, Step))
+
+    def kernel_symbol(self, step: Step, tokens: int, seqs: int) -> str:
+        """The kernel a step calls in a step of `tokens` tokens over `seqs` sequences: chosen by its output's rows,
+        so a step on one row per sequence (the lm_head after the last-row gather) keeps its GEMV in a prefill."""
+        shape = self.values[step.node].type.concrete({TOKENS: tokens, SEQS: seqs})
+        return step.symbol(shape[0] if shape else 1)
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-able data."""

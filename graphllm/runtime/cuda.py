@@ -197,8 +197,8 @@ class CudaExecutor(CompiledExecutor):
             if len(self._bindings) >= MAX_BINDINGS:
                 oldest = next(iter(self._bindings))
                 del self._bindings[oldest], self._outputs[oldest]
-            self._bindings[key] = [(self.lib[s.symbol(tokens)], tuple(self._arg_array(s, a, tokens, seqs)
-                                                                     for a in s.args)) for s in self.steps]
+            self._bindings[key] = [(self.lib[self.plan.kernel_symbol(s, tokens, seqs)],
+                                    tuple(self._arg_array(s, a, tokens, seqs) for a in s.args)) for s in self.steps]
             self._outputs[key] = self._array(self.output, tokens, seqs)
         return self._bindings[key]
 

@@ -182,7 +182,7 @@ class CompiledExecutor:
                 calls.append(self._host_call(step, tokens, seqs))
                 continue
             args = tuple(as_tensor(self._arg_array(step, a, tokens, seqs)) for a in step.args)
-            calls.append((self.lib[step.symbol(tokens)], args))
+            calls.append((self.lib[self.plan.kernel_symbol(step, tokens, seqs)], args))
         self._bindings[key] = calls
         self._outputs[key] = self._array(self.output, tokens, seqs)
         if len(self._bindings) > MAX_BINDINGS:

@@ -74,7 +74,7 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
     if hasattr(llm.executor, "profile"):
         prof = llm.executor.profile(1, 1)
         steps = llm.executor.plan.kernel_steps
-        prefill_variants = sum(1 for st in steps if st.symbol(prompt_tokens) != st.kernel)
+        prefill_variants = sum(1 for st in steps if llm.executor.plan.kernel_symbol(st, prompt_tokens, 1) != st.kernel)
         result.update(threads=llm.executor.threads, launches_per_decode=prof["launches"],
                       launches_per_prefill=len(steps), prefill_large_variants=prefill_variants,
                       activation_mb_planned=llm.executor.activation_bytes["planned"] / 2**20,
