@@ -19,14 +19,14 @@ import resource
 import subprocess
 from pathlib import Path
 
-MB = 1024  # kB per MB in /proc
+MIB = 1024  # kB per MiB in /proc (every figure here is in MiB, as ru_maxrss / 1024)
 
 
 def status() -> dict[str, float]:
-    """This process's VmRSS, VmHWM, RssAnon and RssFile in MB."""
+    """This process's VmRSS, VmHWM, RssAnon and RssFile in MiB."""
     keys = ("VmRSS", "VmHWM", "RssAnon", "RssFile")
     lines = Path("/proc/self/status").read_text().splitlines()
-    return {k: int(line.split()[1]) / MB for line in lines for k in keys if line.startswith(k + ":")}
+    return {k: int(line.split()[1]) / MIB for line in lines for k in keys if line.startswith(k + ":")}
 
 
 def show(stage: str) -> None:
@@ -36,7 +36,7 @@ def show(stage: str) -> None:
 
 
 def largest_mappings(count: int = 8) -> list[tuple[float, str]]:
-    """The `count` mappings (by file, or [anon] / [heap]) holding the most resident MB."""
+    """The `count` mappings (by file, or [anon] / [heap]) holding the most resident MiB."""
     rss: collections.Counter[str] = collections.Counter()
     where = "[anon]"
     for line in Path("/proc/self/smaps").read_text().splitlines():
@@ -45,14 +45,14 @@ def largest_mappings(count: int = 8) -> list[tuple[float, str]]:
             where = head[5] if len(head) > 5 else "[anon]"
         elif head and head[0] == "Rss:":
             rss[where] += int(head[1])
-    return [(kb / MB, name) for name, kb in rss.most_common(count)]
+    return [(kb / MIB, name) for name, kb in rss.most_common(count)]
 
 
 def llama_peak(binary: str, model: str, prompt: int, gen: int, threads: int) -> float:
-    """llama-bench's peak RSS in MB on the same file and sizes (one repetition)."""
+    """llama-bench's peak RSS in MiB on the same file and sizes (one repetition)."""
     subprocess.run([binary, "-m", model, "-p", str(prompt), "-n", str(gen), "-t", str(threads), "-r", "1"],
                    check=True, capture_output=True)
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / MB
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / MIB
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     a = ap.parse_args()
     # first, while this process is small: a child's ru_maxrss counts the pages it shared with its parent at fork
     llama = a.llama_bench and llama_peak(a.llama_bench, a.model, a.prompt_tokens, a.gen_tokens, a.threads)
-    print(f"{'stage':34} {'RSS MB':>8} {'peak MB':>8} {'anon MB':>8} {'file MB':>8}")
+    print(f"{'stage':34} {'RSS MiB':>8} {'peak MiB':>8} {'anon MiB':>8} {'file MiB':>8}")
     show("Python")
     import numpy as np
 
@@ -86,10 +86,10 @@ def main() -> None:
         logits = executor.run([int(logits[0].argmax())], [a.prompt_tokens + i], [1], [0])
     show(f"{a.gen_tokens} decodes")
     for mb, name in largest_mappings():
-        print(f"  {mb:7.1f} MB  {name}")
+        print(f"  {mb:7.1f} MiB  {name}")
     if llama:
         peak = status()["VmHWM"]
-        print(f"peak RSS: graphllm {peak:.1f} MB, llama-bench {llama:.1f} MB ({peak / llama - 1:+.0%})")
+        print(f"peak RSS: graphllm {peak:.1f} MiB, llama-bench {llama:.1f} MiB ({peak / llama - 1:+.0%})")
 
 
 if __name__ == "__main__":
