@@ -11,6 +11,25 @@ from graphllm.io import download
 
 
 @pytest.fixture(scope="session")
+def exact_kv() -> str:
+    """The KV dtype of tests held to float32 oracles (transformers, the float32 reference) at float32 tolerances.
+
+    Stated, not the default: the default float16 cache rounds keys and values, which moves logits by ~1e-3.
+    """
+    return "float32"
+
+
+@pytest.fixture(scope="session")
+def kv16_atol() -> float:
+    """Absolute tolerance on logits (of O(1..10)) between two runs that each keep a float16 KV cache.
+
+    Their caches differ only where a float32 difference of an ulp rounds to the neighbouring float16 (one float16
+    ulp, twice its half-ulp 2^-11 relative); a few such keys or values move O(1..10) logits far less than 1e-2.
+    """
+    return 1e-2
+
+
+@pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """Path of the real SmolLM2-135M-Instruct Q4_1 GGUF (downloaded once); skips only if that is impossible."""
     try:

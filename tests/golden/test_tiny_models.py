@@ -15,9 +15,9 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def case(request):
+def case(request, exact_kv):
     folder = FIXTURES / request.param
-    return (LLM.load(folder, executor="reference", max_context=128), np.load(folder / "expected.npz"),
+    return (LLM.load(folder, executor="reference", max_context=128, kv_dtype=exact_kv), np.load(folder / "expected.npz"),
             json.loads((folder / "expected.json").read_text()))
 
 
@@ -46,7 +46,7 @@ def test_token_by_token_equals_every_prefill_row(case, p):
 def test_batched_step_equals_separate_runs(case):
     llm, exp, _ = case
     a, b = exp["prompt1_ids"].tolist(), exp["prompt2_ids"].tolist()
-    both = LLM.load(llm.model.path, executor="reference", max_context=128, num_slots=2)
+    both = LLM.load(llm.model.path, executor="reference", max_context=128, num_slots=2, kv_dtype=llm.kv_dtype)
     out = both.step(a + b, list(range(len(a))) + list(range(len(b))), [len(a), len(b)], [0, 1])
     np.testing.assert_allclose(out[0], exp["prompt1_prefill_logits"][-1], atol=TOL, rtol=0)
     np.testing.assert_allclose(out[1], exp["prompt2_prefill_logits"][-1], atol=TOL, rtol=0)
