@@ -45,14 +45,16 @@ GREEDY_8 = SamplingParams(max_tokens=8, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> openai.OpenAI:
-    with running_server(tmp_path_factory.mktemp("structured") / "server.log", "--max-batch", "8") as base:
+def api(tmp_path_factory, exact_kv) -> openai.OpenAI:
+    """The server, with a float32 KV cache: its logprobs are held to the reference's at 1e-4."""
+    with running_server(tmp_path_factory.mktemp("structured") / "server.log", "--max-batch", "8", "--kv-dtype",
+                        exact_kv) as base:
         yield client(base)
 
 
 @pytest.fixture(scope="module")
-def solo() -> LLM:
-    return LLM.load(TINY, executor="reference")
+def solo(exact_kv) -> LLM:
+    return LLM.load(TINY, executor="reference", kv_dtype=exact_kv)
 
 
 def _schema_format(name: str) -> dict[str, Any]:
@@ -163,16 +165,15 @@ def test_completion_logprobs_streamed_and_whole(api, solo):
         assert got["text_offset"] == list(np.cumsum([0] + [len(t) for t in got["tokens"][:-1]]))
 
 
-def test_chat_logprobs_stream(api, kv16_atol):
+def test_chat_logprobs_stream(api):
     kw = dict(model="tiny_llama", messages=MESSAGES, temperature=0, max_tokens=5, logprobs=True, top_logprobs=1,
               extra_body={"ignore_eos": True})
     whole = api.chat.completions.create(**kw).choices[0].logprobs.content
     streamed = [e for c in api.chat.completions.create(stream=True, **kw)
                 if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
     assert [e.token for e in streamed] == [e.token for e in whole] and len(whole) == 5
-    # the second request reuses the first one's cached prompt prefix (float16, the default): the same logits to
-    # the cache's rounding
-    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole], abs=kv16_atol)
+    # the second request reuses the first one's cached prompt prefix: the same logits to rounding
+    assert [e.logprob for e in streamed] == pytest.approx([e.logprob for e in whole], abs=1e-4)
 
 
 @pytest.mark.parametrize("fields, name", [
