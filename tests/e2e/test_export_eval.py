@@ -45,7 +45,8 @@ def test_eval_reports_perplexity_and_kl(tmp_path, capsys, exact_kv):
     q8 = _numbers(capsys.readouterr().out)
     assert 0 < q8["mean KL"] < q["mean KL"]  # 8-bit weights cost less than 4-bit
     assert q8["float32 ppl"] == q["float32 ppl"]
-    assert main(base + ["--dtype", "float32", "--kv-dtype", exact_kv]) == 0  # compiled: every position's logits in one step per chunk
+    # compiled: every position's logits in one step per chunk
+    assert main(base + ["--dtype", "float32", "--kv-dtype", exact_kv]) == 0
     tvm = _numbers(capsys.readouterr().out)
     assert tvm["perplexity"] == pytest.approx(q["float32 ppl"], rel=1e-5)
 

@@ -17,7 +17,8 @@ TOL = 1e-4
 @pytest.fixture(scope="module", params=MODELS)
 def case(request, exact_kv):
     folder = FIXTURES / request.param
-    return (LLM.load(folder, executor="reference", max_context=128, kv_dtype=exact_kv), np.load(folder / "expected.npz"),
+    return (LLM.load(folder, executor="reference", max_context=128, kv_dtype=exact_kv),
+            np.load(folder / "expected.npz"),
             json.loads((folder / "expected.json").read_text()))
 
 
