@@ -417,7 +417,8 @@ register(OpSpec(
     "Optional: window > 0: a token at position p sees keys p-window+1 .. p only (sliding window); softcap > 0: "
     "scores become softcap * tanh(scores / softcap) after scaling (Gemma 2); rotaryDim > 0 (with "
     "positionIds, sin, cos): q and curk are rotated first, as LlamaRotatePosition2D would (the fuse_rope pass); "
-    "kvDtype (float16 or float32, the default): the cache's element type, k/v rounded to it as they are stored. "
+    "kvDtype (float16 or float32; absent: float32; builds write float16 unless --kv-dtype f32): the cache's "
+    "element type, k/v rounded to it as they are stored. "
     "As in fastllm, k/v only name the layer's cache and original/mask/unitLen carry nothing.",
     kv_shape=lambda t, a: (int(t["curk"].shape[1]), int(t["curk"].shape[2]))))
 

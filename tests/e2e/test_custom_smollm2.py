@@ -15,10 +15,11 @@ ROOT = Path(__file__).parents[2]
 GOLDEN = json.loads((ROOT / "tests" / "fixtures" / "smollm2_golden.json").read_text())
 
 
-def test_fastllm_example_runs_smollm2_like_the_builtin(smollm2_model):
+def test_fastllm_example_runs_smollm2_like_the_builtin(smollm2_model, exact_kv):
     types = weight_types(smollm2_model)
-    custom = build_graph(smollm2_model.config, types, ROOT / "examples" / "qwen2_fastllm.py", passes=[])
-    builtin = build_graph(smollm2_model.config, types, passes=[])
+    custom = build_graph(smollm2_model.config, types, ROOT / "examples" / "qwen2_fastllm.py", passes=[],
+                         kv_dtype=exact_kv)
+    builtin = build_graph(smollm2_model.config, types, passes=[], kv_dtype=exact_kv)
     assert graph_difference(custom, builtin, locs=False) is None
     case = GOLDEN["prompts"][0]
     ids = case["prompt_ids"]

@@ -34,7 +34,7 @@ def _numbers(text):
     return {k: float(v) for k, v in re.findall(r"^(perplexity|float32 ppl|mean KL)\s+([\d.]+)", text, re.M)}
 
 
-def test_eval_reports_perplexity_and_kl(tmp_path, capsys):
+def test_eval_reports_perplexity_and_kl(tmp_path, capsys, exact_kv):
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
     base = ["eval", "-m", str(TINY), "--text", str(text), "--window", "32", "--chunk", "16"]
@@ -45,7 +45,8 @@ def test_eval_reports_perplexity_and_kl(tmp_path, capsys):
     q8 = _numbers(capsys.readouterr().out)
     assert 0 < q8["mean KL"] < q["mean KL"]  # 8-bit weights cost less than 4-bit
     assert q8["float32 ppl"] == q["float32 ppl"]
-    assert main(base + ["--dtype", "float32"]) == 0  # compiled: every position's logits in one step per chunk
+    # compiled: every position's logits in one step per chunk
+    assert main(base + ["--dtype", "float32", "--kv-dtype", exact_kv]) == 0
     tvm = _numbers(capsys.readouterr().out)
     assert tvm["perplexity"] == pytest.approx(q["float32 ppl"], rel=1e-5)
 
@@ -55,13 +56,13 @@ def test_eval_missing_text_is_a_clear_error(capsys):
     assert "cannot read --text" in capsys.readouterr().err
 
 
-def test_eval_reads_a_k_quant_file_in_its_blocks(tmp_path, capsys):
+def test_eval_reads_a_k_quant_file_in_its_blocks(tmp_path, capsys, exact_kv):
     """eval on a Q4_K_M file: perplexity of the file's blocks; its float32 reference is the same dequantized weights."""
     text = tmp_path / "t.txt"
     text.write_text(TEXT)
     kq = Path(__file__).parents[1] / "fixtures" / "gguf_kquant" / "tiny_llama_k.Q4_K_M.gguf"
     assert main(["eval", "-m", str(kq), "--text", str(text), "--window", "32", "--chunk", "16",
-                 "--executor", "reference"]) == 0
+                 "--executor", "reference", "--kv-dtype", exact_kv]) == 0
     r = _numbers(capsys.readouterr().out)
     assert r["perplexity"] > 1 and r["perplexity"] == pytest.approx(r["float32 ppl"], rel=1e-4)
     assert r["mean KL"] < 1e-6

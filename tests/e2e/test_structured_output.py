@@ -45,14 +45,16 @@ GREEDY_8 = SamplingParams(max_tokens=8, ignore_eos=True)
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory) -> openai.OpenAI:
-    with running_server(tmp_path_factory.mktemp("structured") / "server.log", "--max-batch", "8") as base:
+def api(tmp_path_factory, exact_kv) -> openai.OpenAI:
+    """The server, with a float32 KV cache: its logprobs are held to the reference's at 1e-4."""
+    with running_server(tmp_path_factory.mktemp("structured") / "server.log", "--max-batch", "8", "--kv-dtype",
+                        exact_kv) as base:
         yield client(base)
 
 
 @pytest.fixture(scope="module")
-def solo() -> LLM:
-    return LLM.load(TINY, executor="reference")
+def solo(exact_kv) -> LLM:
+    return LLM.load(TINY, executor="reference", kv_dtype=exact_kv)
 
 
 def _schema_format(name: str) -> dict[str, Any]:

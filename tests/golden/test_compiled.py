@@ -17,9 +17,9 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module", params=["tiny_llama", "tiny_qwen2"])
-def pair(request):
+def pair(request, exact_kv):
     folder = FIXTURES / request.param
-    return (LLM.load(folder, executor="tvm", max_context=160, num_slots=2),
+    return (LLM.load(folder, executor="tvm", max_context=160, num_slots=2, kv_dtype=exact_kv),
             np.load(folder / "expected.npz"))
 
 
@@ -39,7 +39,7 @@ def test_compiled_matches_transformers_prefill_and_decode(pair):
 @pytest.mark.parametrize("tokens", [1, 7, 128, 150])
 def test_compiled_equals_reference_at_token_counts(pair, tokens):
     llm, _ = pair
-    ref = LLM.load(llm.model.path, executor="reference", max_context=160)
+    ref = LLM.load(llm.model.path, executor="reference", max_context=160, kv_dtype=llm.kv_dtype)
     ids = (np.arange(tokens) * 37 % 300 + 3).tolist()
     np.testing.assert_allclose(llm.step(ids, range(tokens), [tokens], [1]),
                                ref.step(ids, range(tokens), [tokens], [0]), atol=TOL, rtol=0)
@@ -132,11 +132,11 @@ def test_packed_weights_are_reused_on_the_next_start(tmp_path, monkeypatch):
     ["verify", "dce", "cse", "merge_linears"],  # merged projections + Split copies, attention on separate q/k/v
     ["verify", "dce", "cse", "fuse_norm", "fuse_residual", "fuse_rope"],  # fusions without merging
 ], ids=["unfused", "merge_only", "fuse_without_merge"])
-def test_partial_pipelines_compile_to_the_same_logits(passes):
+def test_partial_pipelines_compile_to_the_same_logits(passes, exact_kv):
     """The fused plan's logits equal the unfused plan's (and the reference's) with the passes on or off."""
     folder = FIXTURES / "tiny_qwen2"  # q/k/v biases: merged rows and biases
     exp = np.load(folder / "expected.npz")
-    llm = LLM.load(folder, executor="tvm", max_context=64, passes=passes)
+    llm = LLM.load(folder, executor="tvm", max_context=64, passes=passes, kv_dtype=exact_kv)
     ids = exp["prompt1_ids"].tolist()
     logits = llm.prefill(ids, slot=0)
     np.testing.assert_allclose(logits, exp["prompt1_step_logits"][0], atol=TOL, rtol=0)

@@ -20,10 +20,10 @@ def family(request):
 
 
 @pytest.fixture(scope="module", params=["reference", "tvm"])
-def loaded(request, family):
+def loaded(request, family, exact_kv):
     """The family's model on one executor (the TVM build is compiled once per family, then cached)."""
     folder, exp = family
-    return LLM.load(folder, executor=request.param, max_context=64, num_slots=2), exp
+    return LLM.load(folder, executor=request.param, max_context=64, num_slots=2, kv_dtype=exact_kv), exp
 
 
 def test_prefill_and_greedy_decode_match_transformers(loaded, greedy_matches):

@@ -23,10 +23,10 @@ def case(request):
 
 
 @pytest.fixture(scope="module", params=["reference", "tvm"])
-def loaded(request, case):
+def loaded(request, case, exact_kv):
     """The file's model on one executor."""
     path, exp = case
-    return LLM.load(path, executor=request.param, max_context=64, num_slots=1), exp
+    return LLM.load(path, executor=request.param, max_context=64, num_slots=1, kv_dtype=exact_kv), exp
 
 
 def test_all_architectures_have_a_fixture():

@@ -47,11 +47,11 @@ def test_k_quant_file_loads_in_its_native_blocks(qtype):
 
 @pytest.fixture(scope="module", params=[(t, e) for t in sorted(TYPES) for e in ("reference", "tvm")],
                 ids=lambda p: f"{p[0]}-{p[1]}")
-def loaded(request):
+def loaded(request, exact_kv):
     """A K-quant file's model on one executor, and transformers' expected logits on that file."""
     qtype, executor = request.param
     exp = np.load(_path(qtype).with_suffix(".npz"))
-    return LLM.load(_path(qtype), executor=executor, max_context=64, num_slots=1), exp
+    return LLM.load(_path(qtype), executor=executor, max_context=64, num_slots=1, kv_dtype=exact_kv), exp
 
 
 def test_k_quant_logits_match_transformers(loaded, greedy_matches):

@@ -50,11 +50,11 @@ def test_linear_and_embedding_weights_get_the_16bit_type_and_reference_uses_roun
 
 @pytest.fixture(scope="module", params=[("tiny_llama", "float16"), ("tiny_llama", "bfloat16"),
                                         ("tiny_qwen2", "float16"), ("tiny_qwen2", "bfloat16")], ids=str)
-def pair(request):
+def pair(request, exact_kv):
     """The compiled and the reference executor of one fixture model at one 16-bit --dtype."""
     name, dtype = request.param
-    return (LLM.load(FIXTURES / name, executor="tvm", dtype=dtype, max_context=64),
-            LLM.load(FIXTURES / name, executor="reference", dtype=dtype, max_context=64))
+    return (LLM.load(FIXTURES / name, executor="tvm", dtype=dtype, max_context=64, kv_dtype=exact_kv),
+            LLM.load(FIXTURES / name, executor="reference", dtype=dtype, max_context=64, kv_dtype=exact_kv))
 
 
 @pytest.mark.parametrize("tokens", [1, 40])
@@ -67,7 +67,7 @@ def test_compiled_equals_reference(pair, tokens: int) -> None:
                                ref.step(ids, range(tokens), [tokens], [0]), atol=TOL, rtol=0)
 
 
-def test_gguf_16bit_matrices_pass_through_untouched(tmp_path: Path) -> None:
+def test_gguf_16bit_matrices_pass_through_untouched(tmp_path: Path, exact_kv: str) -> None:
     """No --dtype: a GGUF's F16/BF16 matrices keep their type, handed over as the file's numbers, and the
     compiled executor computes what the reference does on them."""
     path = tmp_path / "m.gguf"
@@ -80,8 +80,8 @@ def test_gguf_16bit_matrices_pass_through_untouched(tmp_path: Path) -> None:
     assert types["model.layers.0.self_attn.o_proj.weight"].dtype == "bfloat16"
     assert types["model.norm.weight"].dtype == "float32"
     assert weight_types(model, native=False)["model.layers.0.self_attn.k_proj.weight"].dtype == "float32"
-    tvm = LLM.load(path, executor="tvm", max_context=32)
-    ref = LLM.load(path, executor="reference", max_context=32)
+    tvm = LLM.load(path, executor="tvm", max_context=32, kv_dtype=exact_kv)
+    ref = LLM.load(path, executor="reference", max_context=32, kv_dtype=exact_kv)
     up = "model.layers.1.mlp.up_proj.weight"
     stored = tvm.executor.weights  # the packed copies; the source hands over the file's numbers
     assert any(a.dtype == np.uint16 for a in stored.values()) and any(a.dtype == np.float16 for a in stored.values())

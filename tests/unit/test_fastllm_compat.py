@@ -82,9 +82,9 @@ def builtin() -> object:
     return build_graph(CONFIG, TYPES, passes=[])
 
 
-def test_example_is_the_builtin_graph_and_matches_transformers():
+def test_example_is_the_builtin_graph_and_matches_transformers(exact_kv):
     assert graph_difference(build_graph(CONFIG, TYPES, EXAMPLE, passes=[]), builtin(), locs=False) is None
-    llm = LLM.load(QWEN2, custom=EXAMPLE, executor="reference", max_context=32)
+    llm = LLM.load(QWEN2, custom=EXAMPLE, executor="reference", max_context=32, kv_dtype=exact_kv)
     exp = np.load(QWEN2 / "expected.npz")
     ids = exp["prompt2_ids"].tolist()
     np.testing.assert_allclose(llm.prefill(ids), exp["prompt2_prefill_logits"][-1], atol=1e-4, rtol=0)

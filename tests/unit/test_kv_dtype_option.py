@@ -68,7 +68,7 @@ def test_every_attention_node_carries_the_dtype(graphs) -> None:
         nodes = _attention_nodes(graph)
         assert nodes and {graph[n]["attrs"]["kvDtype"] for n in nodes} == {dtype}
         assert graph_kv_dtype(graph) == dtype
-    assert graph_kv_dtype(build_graph(CONFIG, TYPES)) == DEFAULT_KV_DTYPE
+    assert graph_kv_dtype(build_graph(CONFIG, TYPES)) == DEFAULT_KV_DTYPE == "float16"
 
 
 def test_the_dtype_is_part_of_the_graph_and_build_keys(graphs) -> None:
@@ -83,6 +83,13 @@ def test_the_text_ir_writes_and_reads_it(graphs) -> None:
     assert text.count('kvDtype="float16"') == CONFIG["num_hidden_layers"]
     parsed = verify(parse_graph(text))
     assert graph_kv_dtype(parsed) == "float16"
+
+
+def test_an_ir_without_the_attribute_keeps_a_float32_cache(graphs) -> None:
+    """IR written before kvDtype existed had float32 caches: the float16 default does not change how it reads."""
+    text = print_graph(graphs["float16"]).replace(', kvDtype="float16"', "")
+    assert "kvDtype" not in text
+    assert graph_kv_dtype(verify(parse_graph(text))) == "float32"
 
 
 def test_an_unknown_dtype_in_the_graph_fails_verify(graphs) -> None:

@@ -67,7 +67,8 @@ def test_plan_is_typed(plan: Plan) -> None:
     assert {KVCacheArg("key"), KVCacheArg("value"), ExtraArg("positions"), ExtraArg("last_rows")} <= set(args)
     assert all(isinstance(a, (ValueArg, ExtraArg, KVCacheArg)) for a in args)
     attention = [s for s in plan.kernel_steps if KVCacheArg("key") in s.args]
-    assert attention and all(s.layer is not None and s.kv_shape and s.kv_dtype == "float32" for s in attention)
+    default_kv = "float16"
+    assert attention and all(s.layer is not None and s.kv_shape and s.kv_dtype == default_kv for s in attention)
 
 
 def test_plan_round_trip(plan: Plan, tmp_path: Path) -> None:

@@ -91,17 +91,17 @@ def test_smollm2_gguf_graph_round_trips(smollm2_model, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["int4", "int8"])
-def test_parsed_quantized_ir_compiles_to_the_same_logits(tmp_path, dtype):
+def test_parsed_quantized_ir_compiles_to_the_same_logits(tmp_path, dtype, exact_kv):
     model = tiny("tiny_llama")
-    built = build(model, GraphOptions(dtype=dtype))
+    built = build(model, GraphOptions(dtype=dtype, kv_dtype=exact_kv))
     original = built.graph
     ir = tmp_path / "g.ir"
     ir.write_text(print_graph(original))
     parsed = load_ir(ir)
     assert graph_key(parsed) == graph_key(original)
     compile_graph(parsed, tmp_path / "art", host_target(), show_progress=False)
-    from_ir = LLM.load(model.path, dtype=dtype, artifact=tmp_path / "art", max_context=16)
-    compiled = LLM.load(model.path, dtype=dtype, max_context=16)
+    from_ir = LLM.load(model.path, dtype=dtype, artifact=tmp_path / "art", max_context=16, kv_dtype=exact_kv)
+    compiled = LLM.load(model.path, dtype=dtype, max_context=16, kv_dtype=exact_kv)
     reference = ReferenceExecutor(original, built.weights, max_context=16)
     ids = [5, 9, 30, 2, 77, 1, 300]
     for step in [(ids, range(7), [7], [0]), ([11], [7], [1], [0])]:
