@@ -55,6 +55,13 @@ def widen(value: Any, dtype: str) -> Expr:
     return value.astype("float32")
 
 
+def narrow(value: Any, dtype: str) -> Expr:
+    """Return a float32 value as a KV cache of `dtype` stores it (float16: rounded to nearest even); widen's inverse."""
+    from tvm import tirx
+
+    return value if dtype == "float32" else tirx.Cast(dtype, value)
+
+
 def rope_rotate(x: Expr, partner: Expr, cos: Expr, sin: Expr, second: bool) -> Expr:
     """One element of rotate-half RoPE: x * cos - partner * sin in the first half, x * cos + partner * sin in the second.
 

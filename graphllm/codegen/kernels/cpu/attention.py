@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graphllm.codegen.kernels.common import fast_exp, rope_rotate, widen
+from graphllm.codegen.kernels.common import fast_exp, narrow, rope_rotate, widen
 from graphllm.codegen.kernels.cpu import sched
 from graphllm.codegen.knobs import Knob, defaults
 from graphllm.codegen.lower import Kernel, LowerRequest, lowering
@@ -266,10 +266,6 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
 
     has_rope = bool(rot)
 
-    def stored(x: Expr) -> Expr:
-        """A float32 value as the cache stores it."""
-        return x if kv_dtype == "float32" else T.Cast(kv_dtype, x)
-
     @T.macro
     def write(k_in, v_in, pos, slot, rope_pos, sin, cos, k_cache, v_cache):
         k_cur = T.decl_buffer((t_len, kv_rows, d), "float32", data=k_in.data)
@@ -278,18 +274,18 @@ def kv_write_func(num_kv_heads: int, head_dim: int, rope: tuple[int, int, int] |
             if has_rope:  # a Python bool: k rotated (pairs i, i + rot) as it is stored
                 p = rope_pos[t]
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i] = stored(rope_rotate(k_cur[t, k0 + h, i], k_cur[t, k0 + h, i + rot],
-                                                                        cos[p, i], sin[p, i], False))
+                    k_cache[slot[t], pos[t], h, i] = narrow(rope_rotate(k_cur[t, k0 + h, i], k_cur[t, k0 + h, i + rot],
+                                                                        cos[p, i], sin[p, i], False), kv_dtype)
                 for i in T.vectorized(rot):
-                    k_cache[slot[t], pos[t], h, i + rot] = stored(rope_rotate(
-                        k_cur[t, k0 + h, i + rot], k_cur[t, k0 + h, i], cos[p, i], sin[p, i], True))
+                    k_cache[slot[t], pos[t], h, i + rot] = narrow(rope_rotate(
+                        k_cur[t, k0 + h, i + rot], k_cur[t, k0 + h, i], cos[p, i], sin[p, i], True), kv_dtype)
                 for i in range(d - 2 * rot):
-                    k_cache[slot[t], pos[t], h, i + 2 * rot] = stored(k_cur[t, k0 + h, i + 2 * rot])
+                    k_cache[slot[t], pos[t], h, i + 2 * rot] = narrow(k_cur[t, k0 + h, i + 2 * rot], kv_dtype)
             else:
                 for i in T.vectorized(d):
-                    k_cache[slot[t], pos[t], h, i] = stored(k_cur[t, k0 + h, i])
+                    k_cache[slot[t], pos[t], h, i] = narrow(k_cur[t, k0 + h, i], kv_dtype)
             for i in T.vectorized(d):
-                v_cache[slot[t], pos[t], h, i] = stored(v_cur[t, v0 + h, i])
+                v_cache[slot[t], pos[t], h, i] = narrow(v_cur[t, v0 + h, i], kv_dtype)
 
     @T.prim_func
     def kv_write(

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from graphllm.codegen.kernels.common import f32, fast_exp, widen
+from graphllm.codegen.kernels.common import f32, fast_exp, narrow, widen
 from graphllm.codegen.kernels.cuda.sched import KNOBS, schedule_gpu
 from graphllm.codegen.kernels.stages import rope_value
 from graphllm.codegen.knobs import defaults
@@ -126,11 +126,11 @@ def kv_write_func(hk: int, d: int, rot: int = 0, table: tuple[int, int] = (1, 1)
             for tx in T.thread_binding(threads, thread="threadIdx.x"):
                 for step in range(steps):
                     if step * threads + tx < hk * d:
-                        k_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = T.Cast(
-                            kv_dtype, key(k_cur, t, (step * threads + tx) // d, (step * threads + tx) % d, rope_pos[t],
-                                          sin, cos))
-                        v_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = T.Cast(
-                            kv_dtype, v_cur[t, v0 + (step * threads + tx) // d, (step * threads + tx) % d])
+                        k_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = narrow(
+                            key(k_cur, t, (step * threads + tx) // d, (step * threads + tx) % d, rope_pos[t], sin, cos),
+                            kv_dtype)
+                        v_cache[slot[t], pos[t], (step * threads + tx) // d, (step * threads + tx) % d] = narrow(
+                            v_cur[t, v0 + (step * threads + tx) // d, (step * threads + tx) % d], kv_dtype)
 
     if rot:
         @T.prim_func
