@@ -10,17 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .dsl.graph import WEIGHT_OP, ComputeGraph, Graph, trace
-from .dsl.modelfile import load_model_file
-from .dsl.types import TensorType
 from .errors import GraphBuildError, GraphLLMError
-from .io.loader import LoadedModel, WeightSource, load_model, weight_types
-from .models import builtin_model, check_sizes
-from .passes.kv_dtype import DEFAULT_KV_DTYPE, set_kv_dtype
-from .passes.manager import DEFAULT_PIPELINE, FUSION_PASSES, run_passes
-from .passes.verify import verify
+from .passes.kv_dtype import DEFAULT_KV_DTYPE
+
+if TYPE_CHECKING:  # the graph, the passes and the model readers load when a graph is built: a warm start builds none
+    from .dsl.graph import ComputeGraph, Graph
+    from .dsl.types import TensorType
+    from .io.loader import LoadedModel, WeightSource
 
 
 @dataclass(frozen=True)
@@ -40,6 +38,8 @@ class GraphOptions:
         """The pass names to run (None = the default pipeline)."""
         if not self.no_fuse:
             return self.passes
+        from .passes.manager import DEFAULT_PIPELINE, FUSION_PASSES
+
         return [p for p in (self.passes or DEFAULT_PIPELINE) if p not in FUSION_PASSES]
 
 
@@ -68,6 +68,13 @@ def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
 
     The traced graph is verified before any pass (every later layer needs the inferred types).
     """
+    from .dsl.graph import trace
+    from .dsl.modelfile import load_model_file
+    from .models import builtin_model, check_sizes
+    from .passes.kv_dtype import set_kv_dtype
+    from .passes.manager import run_passes
+    from .passes.verify import verify
+
     check_sizes(config, weight_types)
     description: type[ComputeGraph] = load_model_file(custom) if custom else builtin_model(config)
     traced = set_kv_dtype(verify(trace(description, config, weight_types, notes=notes)), kv_dtype)
@@ -76,6 +83,9 @@ def build_graph(config: dict[str, Any], weight_types: dict[str, TensorType],
 
 def weight_source(model: LoadedModel, graph: Graph) -> WeightSource:
     """The weights as the graph's Weight nodes want them (types, derived concatenations, folded constants)."""
+    from .dsl.graph import WEIGHT_OP
+    from .io.loader import WeightSource
+
     nodes = [graph[n] for n in graph.nodes_of(WEIGHT_OP)]
     return WeightSource(model, {d["name"]: d["type"] for d in nodes},
                         {d["name"]: d["attrs"]["concat"] for d in nodes if d["attrs"].get("concat")},
@@ -89,6 +99,7 @@ def load_ir(path: str | os.PathLike) -> Graph:
     here, not in a kernel.
     """
     from .dsl.textir import parse_graph  # lark only for an IR file: a model's run never loads it
+    from .passes.verify import verify
 
     path = Path(path)
     try:
@@ -123,6 +134,8 @@ def build(model: LoadedModel | str | os.PathLike | None, options: GraphOptions =
         graph = load_ir(options.ir)
         loaded = _load(model) if need_model or model is not None else None
         return Built(graph, loaded, notes)
+    from .io.loader import weight_types
+
     loaded = _load(model)
     graph = build_graph(loaded.config, weight_types(loaded, native=options.dtype is None), options.custom, notes,
                         options.pipeline(), dtype=options.dtype, after=options.after,
@@ -131,4 +144,6 @@ def build(model: LoadedModel | str | os.PathLike | None, options: GraphOptions =
 
 
 def _load(model: LoadedModel | str | os.PathLike | None) -> LoadedModel:
+    from .io.loader import LoadedModel, load_model
+
     return model if isinstance(model, LoadedModel) else load_model(model)

@@ -16,16 +16,19 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
+
+import numpy as np
 
 from . import __version__
-from .dsl.graph import Graph
-from .dsl.serialize import graph_to_json
 from .dsl.types import SEQS, TOKENS, TensorType
 from .errors import ModelLoadError
 from .host import tvm_version
 from .io.cache import FileSum, checked_json_text, read_checked_json
 from .io.output import FolderKind
+
+if TYPE_CHECKING:
+    from .dsl.graph import Graph
 
 PLAN_VERSION = 7  # 5: typed plan (packed weights, argument kinds, knobs and op per step); 6: checksums, model;
 # 7: kv_dtype per KV-cache step
@@ -40,6 +43,8 @@ KV_HALVES = ("key", "value")
 
 def graph_key(graph: Graph) -> str:
     """Identity of a graph's computation (source locations excluded): a plan is for one graph."""
+    from .dsl.serialize import graph_to_json  # the graph (networkx) only where one is keyed: never on a warm start
+
     text = json.dumps(graph_to_json(graph, with_locs=False), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -221,6 +226,16 @@ class Plan:
         so a step on one row per sequence (the lm_head after the last-row gather) keeps its GEMV in a prefill."""
         shape = self.values[step.node].type.concrete({TOKENS: tokens, SEQS: seqs})
         return step.symbol(shape[0] if shape else 1)
+
+    @property
+    def kv_dtype(self) -> str | None:
+        """The KV caches' element type (None without caches; mixed types joined by '+'), as graph_kv_dtype says."""
+        return "+".join(sorted({s.kv_dtype for s in self.kernel_steps if s.kv_shape and s.kv_dtype})) or None
+
+    def kv_bytes_per_position(self) -> int:
+        """Bytes of KV cache one token position takes in one slot, over all layers (keys and values)."""
+        layers = {s.layer: (s.kv_shape, s.kv_dtype) for s in self.kernel_steps if s.kv_shape and s.kv_dtype}
+        return sum(2 * int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layers.values())
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-able data."""

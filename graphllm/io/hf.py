@@ -58,6 +58,12 @@ class SafeTensor:
     dtype: str  # safetensors dtype name: F32, F16, BF16, F64
     shape: tuple[int, ...]
     data: np.ndarray = field(repr=False)  # uint8 view of the file
+    file: Path | None = field(default=None, repr=False, compare=False)  # the file `data` is a view of ...
+    offset: int = field(default=0, repr=False, compare=False)  # ... from this byte on
+
+    def span(self) -> tuple[Path, int, int] | None:
+        """The file, offset and length of this tensor's bytes (None off a file)."""
+        return None if self.file is None else (self.file, self.offset, self.data.nbytes)
 
     def load(self) -> np.ndarray:
         """The tensor as float32 (a read-only view of the file for F32, a widened copy otherwise)."""
@@ -87,6 +93,10 @@ class BlockTensor:
     qformat: str
     shape: tuple[int, ...]
     stored: SafeTensor = field(repr=False)
+
+    def span(self) -> tuple[Path, int, int] | None:
+        """The file, offset and length of the blocks' bytes (None off a file)."""
+        return self.stored.span()
 
     def raw(self) -> np.ndarray:
         """The blocks, uint8 [N, K/G*block_bytes]."""
@@ -151,7 +161,7 @@ def read_safetensors(path: Path) -> dict[str, SafeTensor]:
         start, stop = 8 + size + begin, 8 + size + end
         if stop > buffer.size or end - begin != int(np.prod(shape)) * _DTYPES[dtype][0].itemsize:
             raise ModelLoadError(f"{path}: tensor {name!r} lies outside the file or has a wrong size (truncated?)")
-        tensors[name] = SafeTensor(name, dtype, shape, buffer[start:stop])
+        tensors[name] = SafeTensor(name, dtype, shape, buffer[start:stop], path, start)
     return tensors
 
 

@@ -95,6 +95,14 @@ class WeightSource(Mapping[str, np.ndarray]):
             return tensor.stored()
         return to_float_dtype(self._float(name), t.dtype)
 
+    def span(self, name: str) -> tuple[Path, int, int] | None:
+        """The file, offset and length of a checkpoint tensor's bytes as stored (None for a derived weight or one
+        not read from a file): what a warm start reads back, once checked to equal the weight the graph takes."""
+        tensor = self.model.weights.tensors.get(name)
+        if name in self.parts or name in self.folds or tensor is None:
+            return None
+        return tensor.span() if hasattr(tensor, "span") else None
+
     def __iter__(self) -> Iterator[str]:
         yield from self.model.weights
         yield from self.parts

@@ -142,6 +142,25 @@ class Tokenizer:
         return render(self._compiled(source), messages=messages, tools=tools,
                       add_generation_prompt=add_generation_prompt, **context)
 
+    # ------------------------------------------------------------ saving
+    def to_json(self) -> dict[str, Any]:
+        """Everything this tokenizer is, as JSON-able data (from_json rebuilds it without the model file)."""
+        return {"hf": self.hf.to_str(), "bos_token_id": self._bos, "eos_token_ids": self._eos,
+                "add_bos": self._add_bos, "chat_template": self.chat_template, "tool_template": self.tool_template}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Tokenizer:
+        """The tokenizer to_json saved; ValueError when the data is not one."""
+        try:
+            hf = HFTokenizer.from_str(data["hf"])
+            return cls(hf, bos_token_id=data["bos_token_id"], eos_token_ids=data["eos_token_ids"],
+                       add_bos=data["add_bos"], chat_template=data["chat_template"],
+                       tool_template=data["tool_template"])
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a saved tokenizer ({type(e).__name__}: {e})") from None
+        except Exception as e:  # the Rust library raises plain Exception subclasses
+            raise ValueError(f"not a saved tokenizer ({e})") from None
+
     # ------------------------------------------------------------ constructors
     @classmethod
     def from_hf_folder(cls, path: str | os.PathLike[str]) -> Tokenizer:

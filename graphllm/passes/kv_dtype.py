@@ -8,11 +8,15 @@ attention node without it (IR written before the attribute) keeps a float32 cach
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from ..dsl.graph import Graph
 from ..dsl.ops import KV_DTYPES, get_spec, kv_dtype
 from ..errors import GraphLLMError
+
+if TYPE_CHECKING:
+    from ..dsl.graph import Graph
 
 DEFAULT_KV_DTYPE = "float16"  # same greedy text and perplexity as float32, faster at long contexts (codegen/NOTES.md)
 KV_DTYPE_ALIASES = {"f16": "float16", "f32": "float32"}  # llama.cpp's names (-ctk/-ctv f16)

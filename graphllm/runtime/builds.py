@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 import numpy as np
 
 from .. import __version__
-from ..dsl.graph import Graph
 from ..errors import ModelLoadError
 from ..host import cpu_flags, tvm_version
 from ..io.cache import file_lock, read_checked_json, write_checked_json
@@ -32,6 +31,7 @@ from .executor import CompiledExecutor
 
 if TYPE_CHECKING:
     from ..codegen.tuning import TuningChoice
+    from ..dsl.graph import Graph
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +101,19 @@ def build_dir(graph: Graph, target: dict[str, Any] | None = None, knobs: Mapping
     return graphllm_home() / "builds" / cache_key(graph, target or host_target(), knobs=knobs)
 
 
-def packed_dir(build: Path, weights: Mapping[str, np.ndarray]) -> Path | None:
-    """Where a build keeps the packed weights of one model file (by path, size and mtime)."""
-    model = getattr(weights, "model", None)
-    if model is None or not Path(model.path).exists():
+def packed_dir(build: Path, model: Path | None) -> Path | None:
+    """Where a build keeps the packed weights of one model file or folder (by path, size and mtime)."""
+    if model is None or not model.exists():
         return None
-    paths = [Path(model.path)] if Path(model.path).is_file() else sorted(Path(model.path).glob("*.safetensors"))
+    paths = [model] if model.is_file() else sorted(model.glob("*.safetensors"))
     ident = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
     return build / "packed" / hashlib.sha256(ident.encode()).hexdigest()[:20]
+
+
+def model_path(weights: Mapping[str, np.ndarray]) -> Path | None:
+    """The model file or folder a weight source reads (None for weights not read from a model)."""
+    model = getattr(weights, "model", None)
+    return None if model is None else Path(model.path)
 
 
 def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str | os.PathLike | None,
@@ -126,14 +131,14 @@ def open_build(graph: Graph, weights: Mapping[str, np.ndarray], *, artifact: str
     make = functools.partial(executor_class, weights=weights, **kwargs)
     if artifact is not None:
         check_artifact(artifact, graph)
-        return make(artifact, pack_cache=packed_dir(Path(artifact), weights))
+        return make(artifact, pack_cache=packed_dir(Path(artifact), model_path(weights)))
     target = device_target(device, cuda_archs)
     from ..codegen.tuning import tuned_knobs  # the knobs' declarations (no TVM import)
 
     chosen = tuned_knobs(graph, target, threads, tuned)
     notes.extend([chosen.note] if chosen.note else [])
     folder = build_dir(graph, target, chosen.knobs)
-    make = functools.partial(make, folder, pack_cache=packed_dir(folder, weights))
+    make = functools.partial(make, folder, pack_cache=packed_dir(folder, model_path(weights)))
     return _cached(graph, folder, target, chosen.knobs, functools.partial(_load_entry, make, folder), show_progress,
                    fresh=make)
 

@@ -15,17 +15,19 @@ serialized by one lock, so both kinds of reader, from any threads, may share an 
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..errors import GenerationError
 from .generate import Chunk, TokenStream, check_prompt
 from .sampling import SamplingParams
+
+if TYPE_CHECKING:  # asyncio (4 MiB) loads with the server, whose readers wait asynchronously
+    import asyncio
 
 DEFAULT_STEP_TOKENS = 128  # the compiled executor's packed-step size
 _END = object()  # marker after a request's last item: it is over (after its final chunk or its error)
@@ -111,6 +113,8 @@ class Request(TokenStream):
 
     async def _wait(self) -> None:
         """Sleep until the engine has queued an item (the waiter is set before the queue is checked again)."""
+        import asyncio
+
         self.engine.start()
         self.waiter = asyncio.get_running_loop().create_future()
         try:

@@ -51,6 +51,7 @@ class CompiledExecutor:
     def __init__(self, artifact: str | Path, weights: Mapping[str, np.ndarray], *, max_context: int,
                  num_slots: int = 1, chunk: int = 128, threads: int | None = None,
                  max_seqs: int | None = None, pack_cache: Path | None = None) -> None:
+        self.artifact = Path(artifact)
         self.plan = plan = read_build(artifact)  # the library is checked before it is opened
         self.threads = configure_threads(threads)
         self.lib = load_module(Path(artifact) / LIB_FILE)

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
-from ..dsl.graph import Graph
-from ..dsl.reference import ReferenceExecutor
 from ..errors import GenerationError
-from ..io.loader import LoadedModel
-from ..passes.kv_dtype import graph_kv_dtype
-from ..pipeline import GraphOptions, build
+from ..passes.kv_dtype import graph_kv_dtype, kv_bytes_per_position
+from ..pipeline import GraphOptions
 from .engine import DEFAULT_STEP_TOKENS, Engine
 from .generate import Chunk, check_prompt
 from .sampling import SamplingParams
 
 if TYPE_CHECKING:
-    from ..codegen.tuning import TuningChoice
+    from ..codegen.tuning_paths import TuningChoice
+    from ..dsl.graph import Graph
+    from ..io.loader import LoadedModel
+    from ..io.tokenizer import Tokenizer
+    from .starts import WarmStart
 
 DEFAULT_MAX_CONTEXT = 4096
 EXECUTORS = ("tvm", "reference")
@@ -36,15 +39,22 @@ class Completion:
 
 
 class LLM:
-    """The Python API: ``LLM.load(path).complete("The capital of France is")``."""
+    """The Python API: ``LLM.load(path).complete("The capital of France is")``.
 
-    def __init__(self, model: LoadedModel, graph: Graph, executor: Any, max_context: int,
-                 notes: list[str], num_slots: int = 1, max_step_tokens: int = DEFAULT_STEP_TOKENS) -> None:
-        self.model = model
-        self.graph = graph
+    A warm start (runtime/starts.py) holds neither the model's reader nor its graph: ``model`` and ``graph`` are
+    then read or built on first use (export, tuning), and the tokenizer is read when text is first encoded.
+    """
+
+    def __init__(self, executor: Any, max_context: int, notes: list[str], num_slots: int = 1,
+                 max_step_tokens: int = DEFAULT_STEP_TOKENS, *, options: GraphOptions,
+                 model: LoadedModel | None = None, graph: Graph | None = None, start: WarmStart | None = None) -> None:
+        if model is None and start is None:
+            raise ValueError("an LLM needs its model or a warm start's record of it")
         self.executor = executor
         self.max_context = max_context
         self.notes = notes
+        self.options = options
+        self._model, self._graph, self._start = model, graph, start
         self.engine = Engine(self, num_slots, max_step_tokens)  # every generation runs here
 
     @classmethod
@@ -61,6 +71,7 @@ class LLM:
         none, or a folder); ``reference`` runs the numpy oracle. ``dtype`` None keeps a
         GGUF's blocks as they are; float32 dequantizes them; int8 / int4g[GROUP] quantize Linear weights.
         ``kv_dtype`` is the KV cache's element type (f16/float16, f32/float32; None: the pipeline's default).
+        A start like an earlier one (same model files, flags, graphllm, CPU, tuning) is warm: runtime/starts.py.
         """
         if executor not in EXECUTORS:
             raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
@@ -68,30 +79,108 @@ class LLM:
             from .cuda import parse_device, require_cuda
 
             require_cuda(parse_device(device)[1])
-        built = build(path, GraphOptions(custom=custom, dtype=dtype, passes=passes, kv_dtype=kv_dtype))
+        options = GraphOptions(custom=custom, dtype=dtype, passes=passes, kv_dtype=kv_dtype)
+        run = dict(max_context=max_context, num_slots=num_slots, threads=threads, max_seqs=max_seqs)
+        key = None
+        if executor == "tvm" and device == "cpu" and artifact is None:
+            from ..io.download import default_model_path
+            from .starts import find_start, start_key
+
+            key = start_key(default_model_path() if path is None else Path(path).expanduser(), options, threads, tuned)
+            start = find_start(key) if key else None
+            if start is not None:
+                notes = start.notes
+                ctx = _context(int(start.config["max_positions"]), max_context, notes)
+                try:
+                    warm = start.open(**(run | {"max_context": ctx}))
+                except Exception:  # a build or packed weight gone or damaged: the cold start mends it, saying so
+                    warm = None
+                if warm is not None:
+                    return cls(warm, ctx, notes, num_slots, options=options, start=start)
+        from ..pipeline import build
+
+        built = build(path, options)
         model, graph, notes, weights = built.model, built.graph, built.notes, built.weights
-        limit = int(graph.config["max_positions"])
-        ctx = min(limit, max_context or DEFAULT_MAX_CONTEXT)
-        if max_context and max_context > limit:
-            notes.append(f"--max-context {max_context} exceeds the model's {limit} positions: using {limit}")
+        recorded = list(notes)
+        ctx = _context(int(graph.config["max_positions"]), max_context, notes)
         if executor == "reference":
+            from ..dsl.reference import ReferenceExecutor
+
             runner = ReferenceExecutor(graph, weights, max_context=ctx, num_slots=num_slots)
         else:
             from .builds import open_build
 
-            runner = open_build(graph, weights, artifact=artifact, max_context=ctx, num_slots=num_slots,
-                                threads=threads, notes=notes, show_progress=show_progress, max_seqs=max_seqs,
-                                device=device, cuda_archs=cuda_archs, tuned=tuned)
-        return cls(model, graph, runner, ctx, notes, num_slots)
+            before = len(notes)
+            runner = open_build(graph, weights, artifact=artifact, **(run | {"max_context": ctx}), notes=notes,
+                                show_progress=show_progress, device=device, cuda_archs=cuda_archs, tuned=tuned)
+            recorded += notes[before:]
+            if key is not None:
+                from .starts import save_start
+
+                save_start(key, model, weights, runner, recorded, runner.artifact)
+        return cls(runner, ctx, notes, num_slots, options=options, model=model, graph=graph)
+
+    @property
+    def model(self) -> LoadedModel:
+        """The model as read from its files (read now after a warm start, which needs only its record)."""
+        if self._model is None:
+            from ..io.loader import load_model
+
+            self._model = load_model(self._start.model_path)
+        return self._model
+
+    @property
+    def graph(self) -> Graph:
+        """The model's graph after the passes (built now after a warm start, which runs the cached build)."""
+        if self._graph is None:
+            from ..pipeline import build
+
+            self._graph = build(self.model, self.options).graph
+        return self._graph
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer (a warm start reads its saved copy on first use, or the model's if that is damaged)."""
+        if self._model is None:
+            from .starts import ColdStart
+
+            try:
+                return self._start.tokenizer()
+            except ColdStart:
+                pass
+        return self.model.tokenizer
+
+    @property
+    def model_path(self) -> Path:
+        """The model's file or folder."""
+        return self._start.model_path if self._model is None else Path(self._model.path)
+
+    @property
+    def file_type(self) -> str:
+        """How the model's weights are stored, e.g. gguf:Q4_K_M."""
+        return self._start.file_type if self._model is None else self._model.file_type
+
+    @property
+    def generation_config(self) -> dict[str, Any]:
+        """The model's generation defaults (eos ids, sampling values it sets)."""
+        return self._start.generation_config if self._model is None else self._model.generation_config
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The model's configuration as the graph holds it (max_positions, vocab_size, ...)."""
+        plan = getattr(self.executor, "plan", None)
+        return plan.config if plan is not None else self.graph.config
 
     @property
     def kv_dtype(self) -> str | None:
         """The KV cache's element type (float16 or float32)."""
-        return graph_kv_dtype(self.graph)
+        plan = getattr(self.executor, "plan", None)
+        return plan.kv_dtype if plan is not None else graph_kv_dtype(self.graph)
 
-    @property
-    def tokenizer(self) -> Any:
-        return self.model.tokenizer
+    def kv_bytes_per_position(self) -> int:
+        """Bytes of KV cache one token position takes in one slot, over all layers."""
+        plan = getattr(self.executor, "plan", None)
+        return plan.kv_bytes_per_position() if plan is not None else kv_bytes_per_position(self.graph)
 
     def step(self, ids: Sequence[int], positions: Sequence[int], seq_lens: Sequence[int],
              slots: Sequence[int]) -> np.ndarray:
@@ -122,3 +211,10 @@ class LLM:
         text = "".join(chunk.text for chunk in request)
         return Completion(text, request.history[request.prompt_tokens:], request.prompt_tokens,
                           str(request.finish_reason))
+
+
+def _context(limit: int, asked: int | None, notes: list[str]) -> int:
+    """The KV cache length: what was asked (default DEFAULT_MAX_CONTEXT), at most the model's positions (noted)."""
+    if asked and asked > limit:
+        notes.append(f"--max-context {asked} exceeds the model's {limit} positions: using {limit}")
+    return min(limit, asked or DEFAULT_MAX_CONTEXT)

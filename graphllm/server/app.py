@@ -614,7 +614,7 @@ def create_app(engine: "Engine", model_name: str, api_key: str | None = None, *,
     async def defaults() -> dict[str, Any]:
         """The sampling a conversation starts from (as `graphllm chat`): the model's generation_config over
         CHAT_SAMPLING, this server's default max_tokens (null: until the context is full), a random seed."""
-        return {**chat_sampling(engine.llm.model.generation_config), "max_tokens": default_max_tokens,
+        return {**chat_sampling(engine.llm.generation_config), "max_tokens": default_max_tokens,
                 "seed": RANDOM_SEED}
 
     @app.get("/", response_class=HTMLResponse)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from ..passes.kv_dtype import graph_kv_dtype, kv_bytes_per_position
 
 
 def copy_bandwidth(nbytes: int = 256 << 20, repeat: int = 3) -> float:
@@ -35,7 +34,7 @@ def weight_bytes(llm: Any) -> int:
 def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat: int = 3,
               seed: int = 0) -> dict[str, Any]:
     """Time prefill of a random prompt and greedy decode steps; medians over ``repeat`` runs."""
-    vocab = int(llm.graph.config.get("vocab_size") or llm.tokenizer.vocab_size)
+    vocab = int(llm.config.get("vocab_size") or llm.tokenizer.vocab_size)
     if prompt_tokens + gen_tokens > llm.max_context:
         raise ValueError(f"prompt + generated tokens ({prompt_tokens + gen_tokens}) exceed the context "
                          f"of {llm.max_context}; lower them or raise --max-context")
@@ -58,15 +57,15 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
     bandwidth = copy_bandwidth()
     result = {
         "executor": type(llm.executor).__name__,
-        "model": str(llm.model.path), "weights": llm.model.file_type,
+        "model": str(llm.model_path), "weights": llm.file_type,
         "prompt_tokens": prompt_tokens, "gen_tokens": gen_tokens, "repeat": repeat,
         "prefill_tok_s": prompt_tokens / t_prefill,
         "decode_tok_s": gen_tokens / t_decode if gen_tokens else None,
         "ttft_s": t_prefill + per_token,
         "peak_rss_mb": peak_rss,
         "weight_bytes_per_token": wbytes,
-        "kv_dtype": graph_kv_dtype(llm.graph),
-        "kv_cache_mb": kv_bytes_per_position(llm.graph) * llm.max_context * llm.engine.num_slots / 2**20,
+        "kv_dtype": llm.kv_dtype,
+        "kv_cache_mb": llm.kv_bytes_per_position() * llm.max_context * llm.engine.num_slots / 2**20,
         "decode_gb_s": wbytes / per_token / 1e9,
         "copy_gb_s": bandwidth / 1e9,
         "bandwidth_share": (wbytes / per_token) / bandwidth,

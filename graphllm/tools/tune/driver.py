@@ -21,7 +21,8 @@ from typing import Any
 
 from ...codegen.knobs import defaults
 from ...codegen.lower import LowerRequest, knobs_of
-from ...codegen.tuning import TuningDB, default_db_dir, identity, kernel_requests, kernel_signature
+from ...codegen.tuning import TuningDB, identity, kernel_requests, kernel_signature
+from ...codegen.tuning_paths import default_db_dir
 from ...errors import GraphLLMError
 from ...pipeline import GraphOptions, build
 from ...runtime.builds import host_target
