@@ -3,12 +3,13 @@
 Run: python benchmarks/load_memory.py -m MODEL.gguf [--prompt-tokens 128] [--gen-tokens 128] [--threads 2]
          [--kv-dtype f16|f32] [--llama-bench PATH/TO/llama-bench]
 
-Stages: Python + imports, the model opened and its graph built (GGUF header, tokenizer, passes), the executor
-loaded (kernel library, packed weights: from the build cache's packed copies when there, else packed here),
-one prefill, the decodes; then the largest mappings. VmHWM is the process's peak RSS, the figure
-`graphllm bench` reports (ru_maxrss). With --llama-bench, llama.cpp's bench runs on the same file, prompt,
-generation and threads as a child process (before graphllm loads), and its peak RSS (ru_maxrss of the children,
-i.e. its VmHWM, counting its memory-mapped weights as graphllm's count its packed ones) is printed beside.
+Stages: Python + imports, the model loaded as `graphllm run/bench` load it (LLM.load: a warm start, from the record
+a first start, run here in a child process, left in GRAPHLLM_HOME/starts: runtime/starts.py), one prefill, the
+decodes; then the largest mappings. VmHWM is the process's peak RSS, the figure `graphllm bench` reports
+(ru_maxrss).
+With --llama-bench, llama.cpp's bench runs on the same file, prompt, generation and threads as a child process
+(before graphllm loads), and its peak RSS (ru_maxrss of the children, i.e. its VmHWM, counting its
+memory-mapped weights as graphllm's count its packed ones) is printed beside.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import collections
 import resource
 import subprocess
+import sys
 from pathlib import Path
 
 MIB = 1024  # kB per MiB in /proc (every figure here is in MiB, as ru_maxrss / 1024)
@@ -64,22 +66,22 @@ def main() -> None:
     ap.add_argument("--kv-dtype", default=None, help="the KV cache's element type, f16 or f32 (default: graphllm's)")
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary, for its peak RSS on the same file")
     a = ap.parse_args()
+    context = a.prompt_tokens + a.gen_tokens + 1
     # first, while this process is small: a child's ru_maxrss counts the pages it shared with its parent at fork
     llama = a.llama_bench and llama_peak(a.llama_bench, a.model, a.prompt_tokens, a.gen_tokens, a.threads)
     print(f"{'stage':34} {'RSS MiB':>8} {'peak MiB':>8} {'anon MiB':>8} {'file MiB':>8}")
+    subprocess.run([sys.executable, "-c", "import sys; from graphllm.runtime.llm import LLM; LLM.load(sys.argv[1], "
+                    "max_context=int(sys.argv[2]), threads=int(sys.argv[3]), kv_dtype=sys.argv[4] or None)",
+                    a.model, str(context), str(a.threads), a.kv_dtype or ""], check=True)  # the first start: this one is warm
     show("Python")
     import numpy as np
 
-    from graphllm.pipeline import GraphOptions, build
-    from graphllm.runtime.builds import open_build
+    from graphllm.runtime.llm import LLM
 
     show("imports")
-    built = build(a.model, GraphOptions(kv_dtype=a.kv_dtype))
-    show("model opened, graph built")
-    context = a.prompt_tokens + a.gen_tokens + 1
-    executor = open_build(built.graph, built.weights, artifact=None, max_context=context, num_slots=1,
-                          threads=a.threads, notes=[])
-    show("executor loaded (weights packed)")
+    llm = LLM.load(a.model, max_context=context, threads=a.threads, kv_dtype=a.kv_dtype)
+    executor = llm.executor
+    show("model loaded (a warm start)")
     logits = executor.run(np.arange(1, a.prompt_tokens + 1), np.arange(a.prompt_tokens), [a.prompt_tokens], [0])
     show(f"prefill of {a.prompt_tokens}")
     for i in range(a.gen_tokens):

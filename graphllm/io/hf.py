@@ -19,7 +19,7 @@ import numpy as np
 
 from graphllm.dsl import qformats
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.io.weights import NUMPY_FLOATS, TensorWeights
+from graphllm.io.weights import FLOAT_DTYPES, TensorWeights
 
 # safetensors dtype -> (numpy dtype of the stored bytes, name used in file_type and graph types)
 _DTYPES: dict[str, tuple[np.dtype, str]] = {
@@ -77,7 +77,7 @@ class SafeTensor:
     def float_dtype(self) -> str | None:
         """float32, float16 or bfloat16 for tensors stored as that type, else None."""
         name = _DTYPES[self.dtype][1]
-        return name if name in NUMPY_FLOATS else None
+        return name if name in FLOAT_DTYPES else None
 
     @property
     def qformat(self) -> None:

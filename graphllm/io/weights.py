@@ -10,17 +10,27 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
 HALF_DTYPES = ("float16", "bfloat16")
-NUMPY_FLOATS = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
-                "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+FLOAT_DTYPES = ("float32", *HALF_DTYPES)
+
+
+def numpy_float(dtype: str) -> np.dtype | None:
+    """The numpy dtype of a graph float type (float32, float16, ml_dtypes' bfloat16), None for any other type.
+
+    ml_dtypes (2.6 MiB) is imported for bfloat16 only: a run of a float16 or quantized model never loads it.
+    """
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype) if dtype in FLOAT_DTYPES else None
 
 
 def to_float_dtype(values: np.ndarray, dtype: str) -> np.ndarray:
     """values as the graph dtype float32, float16 or bfloat16 (rounded to nearest even; no copy if already so)."""
-    return np.asarray(values, dtype=NUMPY_FLOATS[dtype])
+    return np.asarray(values, dtype=numpy_float(dtype))
 
 
 class TensorWeights(Mapping[str, np.ndarray]):

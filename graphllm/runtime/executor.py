@@ -29,7 +29,7 @@ from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
 from ..io.cache import FileSum, read_checked_json, write_checked_json
-from ..io.weights import NUMPY_FLOATS
+from ..io.weights import numpy_float
 from ..layouts import aligned_empty, get_packer
 from ..plan import (LIB_FILE, Arg, HostStep, InputValue, KVCacheArg, PackedWeightValue, Plan, Step, ValueArg,
                     ViewValue, WeightValue, read_build)
@@ -122,7 +122,7 @@ class CompiledExecutor:
                 out[v] = found[v]
                 continue
             t = weight.type
-            stored = np.uint8 if t.quantized else NUMPY_FLOATS.get(t.dtype, np.float32)  # 16-bit weights stay 16-bit
+            stored = np.uint8 if t.quantized else numpy_float(t.dtype) or np.float32  # 16-bit weights stay 16-bit
             arr = np.asarray(weights[weight.name], dtype=stored)
             out[v] = get_packer(layout)(arr) if layout else _aligned(arr)
             if v in paths:

@@ -131,9 +131,9 @@ class FileWeights(Mapping[str, np.ndarray]):
 
 def _numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype of a loaded weight by its name (bfloat16 is ml_dtypes')."""
-    from ..io.weights import NUMPY_FLOATS
+    from ..io.weights import numpy_float
 
-    return NUMPY_FLOATS.get(name) or np.dtype(name)
+    return numpy_float(name) or np.dtype(name)
 
 
 @dataclass
