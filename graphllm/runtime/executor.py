@@ -54,7 +54,8 @@ class CompiledExecutor:
                  max_seqs: int | None = None, pack_cache: Path | None = None) -> None:
         self.plan = plan = read_build(artifact)  # the library is checked before it is opened
         self.threads = configure_threads(threads)
-        self.lib = KernelLibrary(Path(artifact) / LIB_FILE)
+        self.library_path = Path(artifact) / LIB_FILE
+        self.lib = KernelLibrary(self.library_path)
         self.max_context, self.num_slots, self.chunk = max_context, num_slots, chunk
         self.max_seqs = max(num_slots, max_seqs or 0)  # sequences per step (eval packs one per token)
         self.steps = plan.steps
@@ -186,14 +187,28 @@ class CompiledExecutor:
                 parts.append(self._host_call(step, tokens, seqs))
                 kernels = []
                 continue
-            kernels.append((self.plan.kernel_symbol(step, tokens, seqs),
-                            [self._arg_array(step, a, tokens, seqs) for a in step.args]))
+            kernels.append((self.plan.kernel_symbol(step, tokens, seqs), self._step_arrays(step, tokens, seqs)))
         parts.extend([self.lib.program(kernels)] if kernels else [])
         self._bindings[key] = parts
         self._outputs[key] = self._array(self.output, tokens, seqs)
         if len(self._bindings) > MAX_BINDINGS:
             del self._outputs[self._bindings.popitem(last=False)[0]]
         return parts
+
+    def ffi_calls(self, tokens: int, seqs: int) -> list[tuple[Callable, tuple]]:
+        """The step of this shape as tvm_ffi calls over the executor's own buffers, for tools that swap or time kernels
+        one by one (the tuner; imports tvm_ffi): (kernel, tensors) per kernel step, (host op, ()) per host step."""
+        from .tvm import as_tensor, load_module
+
+        self._bind(tokens, seqs)  # the output view of this shape
+        lib = load_module(self.library_path)
+        return [(self._host_call(step, tokens, seqs), ()) if isinstance(step, HostStep) else
+                (lib[self.plan.kernel_symbol(step, tokens, seqs)],
+                 tuple(as_tensor(a) for a in self._step_arrays(step, tokens, seqs))) for step in self.steps]
+
+    def _step_arrays(self, step: Step, tokens: int, seqs: int) -> list[np.ndarray]:
+        """The arrays bound to a kernel step's arguments for a step of this many tokens and sequences."""
+        return [self._arg_array(step, a, tokens, seqs) for a in step.args]
 
     def _arg_array(self, step: Step, arg: Arg, tokens: int, seqs: int) -> np.ndarray:
         """The array bound to one kernel argument for a step of this many tokens and sequences."""
