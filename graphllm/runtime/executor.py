@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import time
@@ -19,7 +20,7 @@ import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -198,13 +199,18 @@ class CompiledExecutor:
     def ffi_calls(self, tokens: int, seqs: int) -> list[tuple[Callable, tuple]]:
         """The step of this shape as tvm_ffi calls over the executor's own buffers, for tools that swap or time kernels
         one by one (the tuner; imports tvm_ffi): (kernel, tensors) per kernel step, (host op, ()) per host step."""
-        from .tvm import as_tensor, load_module
+        from .tvm import as_tensor
 
-        self._bind(tokens, seqs)  # the output view of this shape
-        lib = load_module(self.library_path)
         return [(self._host_call(step, tokens, seqs), ()) if isinstance(step, HostStep) else
-                (lib[self.plan.kernel_symbol(step, tokens, seqs)],
+                (self.ffi_library[self.plan.kernel_symbol(step, tokens, seqs)],
                  tuple(as_tensor(a) for a in self._step_arrays(step, tokens, seqs))) for step in self.steps]
+
+    @functools.cached_property
+    def ffi_library(self) -> Any:
+        """The kernel library as a tvm_ffi module, for tools (loaded on first use: imports tvm_ffi)."""
+        from .tvm import load_module
+
+        return load_module(self.library_path)
 
     def _step_arrays(self, step: Step, tokens: int, seqs: int) -> list[np.ndarray]:
         """The arrays bound to a kernel step's arguments for a step of this many tokens and sequences."""

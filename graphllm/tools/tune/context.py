@@ -20,7 +20,6 @@ from ...codegen.build import build_module
 from ...codegen.compile import request_of
 from ...codegen.lower import LowerRequest, lower
 from ...plan import Step
-from ...runtime.tvm import load_module
 from .measure import Calls, Workload, module_funcs, stages, variant
 from .search import MARGIN
 
@@ -60,7 +59,7 @@ class StepBench:
     def crossover(self, key: str, allowed: Sequence[int]) -> tuple[int, dict[str, Any]]:
         """The judged `large_from` of a Linear kernel and what it was judged on."""
         idx = set(self.steps_of(key))
-        lib = load_module(self.ex.library_path)
+        lib = self.ex.ffi_library
 
         def pick(large: bool) -> Callable[[int, Step], Any]:
             return lambda i, st: lib[st.large if large else st.kernel] if i in idx and st.large else None
