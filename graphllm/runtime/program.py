@@ -35,11 +35,13 @@ class KernelLibrary:
     def __init__(self, path: str | os.PathLike) -> None:
         ffi.native()  # the symbols the library needs, first
         try:
-            run = getattr(ctypes.CDLL(str(path)), _RUN)
-        except AttributeError:
-            raise DamagedBuild(Path(path), "the kernel library has no step driver (an older graphllm built it)") from None
+            lib = ctypes.CDLL(str(path))
         except OSError as e:
             raise DamagedBuild(Path(path), f"the kernel library cannot be loaded ({e})") from None
+        if not hasattr(lib, _RUN):
+            _unload(lib)  # else a rebuilt library at this path would open as this one
+            raise DamagedBuild(Path(path), "the kernel library has no step driver (an older graphllm built it)")
+        run = getattr(lib, _RUN)
         run.argtypes, run.restype = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p], ctypes.c_int64
         self.run = run
         self.module = ffi.load_module(path)
@@ -99,6 +101,13 @@ class Program:
         done = self._run(self._address, self._count, seconds)
         if done != self._count:
             raise ffi.raised_error(f"kernel {self.names[done]}")
+
+
+def _unload(lib: ctypes.CDLL) -> None:
+    """Close a library opened here (dlclose): the next dlopen of its path reads the file again."""
+    dlclose = ctypes.CDLL(None).dlclose
+    dlclose.argtypes = [ctypes.c_void_p]
+    dlclose(lib._handle)
 
 
 def _dl_dtype(dtype: np.dtype) -> tuple[int, int, int]:
