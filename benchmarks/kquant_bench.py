@@ -60,7 +60,7 @@ def profile_model(path: str, threads: int, tokens: list[int], reps: int) -> None
     print(f"{path}: {ex.threads} threads, load average {load_average()}")
     for t in tokens:
         ex.run(np.arange(1, t + 1), np.arange(t), [t], [0])
-        calls = ex._bind(t, 1)
+        calls = ex.ffi_calls(t, 1)
         times = np.empty((reps, len(calls)))
         for r in range(reps):
             for i, (fn, args) in enumerate(calls):

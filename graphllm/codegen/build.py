@@ -6,6 +6,8 @@ library is loaded (through a `tvm_callback_cuda_compile` registered then, NVRTC 
 source is compiled here, ahead of time, by the machine's nvcc into one fatbin for the target's
 archs (`compile_fatbin`), stored beside the library; the runtime registers a callback that hands
 that fatbin over (graphllm/runtime/cuda.py), and the GPU machine needs neither nvcc nor NVRTC.
+Every library also holds the native step driver (DRIVER_SOURCE), compiled by the compiler TVM links with: the CPU
+runtime runs a step's kernels through it in one call (graphllm/runtime/program.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
     from tvm.tirx import PrimFunc
 
 _FATBIN_MAGIC = 0xBA55ED50
+DRIVER_SOURCE = Path(__file__).with_name("driver.c")  # part of the build cache key (runtime/builds.codegen_hash)
 
 
 def build_module(funcs: Mapping[str, PrimFunc], target: Mapping[str, object] | None = None) -> Executable:
@@ -90,10 +93,15 @@ def build_fatbin(executable: Executable, target: Mapping[str, object]) -> tuple[
 
 
 def export_module(executable: Executable, path: str | os.PathLike) -> Path:
-    """Write a built module as a shared library (atomically, so readers never see half a file)."""
+    """Write a built module with the step driver linked in as a shared library (atomically, so readers never see
+    half a file)."""
+    import tvm_ffi.libinfo
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.so")
-    executable.export_library(str(tmp))
+    executable.export_library(str(tmp), addons=[str(DRIVER_SOURCE)],
+                              options=["-O2", f"-I{tvm_ffi.libinfo.find_include_path()}",
+                                       f"-I{tvm_ffi.libinfo.find_dlpack_include_path()}"])
     os.replace(tmp, path)
     return path

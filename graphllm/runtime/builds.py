@@ -41,9 +41,10 @@ CACHE_ENTRY = dataclasses.replace(ARTIFACT, what="cached build", whole=True)  # 
 
 @functools.lru_cache(maxsize=1)
 def codegen_hash() -> str:
-    """Hash of the code generator's sources (read as files, not imported): a changed kernel never reuses a build."""
+    """Hash of the code generator's sources, Python and the step driver's C (read as files, not imported): a changed
+    kernel or driver never reuses a build."""
     h = hashlib.sha256()
-    for path in sorted(CODEGEN_SOURCES.rglob("*.py")):
+    for path in sorted(p for p in CODEGEN_SOURCES.rglob("*") if p.suffix in (".py", ".c")):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -4,14 +4,15 @@ Everything a step needs is allocated at load: weights (re-laid out once where a 
 activation buffers sized for the largest chunk and shared between values whose lifetimes do not
 overlap, the KV cache ``[slots, max_context, kv_heads, head_dim]`` per layer (of the plan's kv_dtype), and the
 step inputs.
-Per token count the kernel calls are bound once to tensors (views of those buffers) and cached, so
-a decode step is a loop of pre-bound calls with no allocation.
+Per token count the kernel calls are bound once to DLTensors (views of those buffers) and cached as native
+programs split by the host steps, so a decode step is one call into the step driver per program, allocating nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import os
 import time
@@ -19,7 +20,7 @@ import warnings
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -34,7 +35,8 @@ from ..layouts import aligned_empty, get_packer
 from ..plan import (LIB_FILE, Arg, HostStep, InputValue, KVCacheArg, PackedWeightValue, Plan, Step, ValueArg,
                     ViewValue, WeightValue, read_build)
 from .memory_plan import plan_memory
-from .tvm import as_tensor, configure_threads, load_module, load_runtime
+from .program import KernelLibrary, Program
+from .tvm import configure_threads
 
 _NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64}
 MAX_BINDINGS = 8
@@ -54,7 +56,8 @@ class CompiledExecutor:
         self.artifact = Path(artifact)
         self.plan = plan = read_build(artifact)  # the library is checked before it is opened
         self.threads = configure_threads(threads)
-        self.lib = load_module(Path(artifact) / LIB_FILE)
+        self.library_path = Path(artifact) / LIB_FILE
+        self.lib = KernelLibrary(self.library_path)
         self.max_context, self.num_slots, self.chunk = max_context, num_slots, chunk
         self.max_seqs = max(num_slots, max_seqs or 0)  # sequences per step (eval packs one per token)
         self.steps = plan.steps
@@ -73,7 +76,7 @@ class CompiledExecutor:
         self.extras["threads"][0] = self.threads
         self.caches = self._allocate_caches()
         self.storage = self._plan_storage()
-        self._bindings: OrderedDict[tuple[int, int], list[tuple[Callable, tuple]]] = OrderedDict()
+        self._bindings: OrderedDict[tuple[int, int], list[Callable[[], None]]] = OrderedDict()
         self._outputs: dict[tuple[int, int], np.ndarray] = {}  # the output view of each bound step shape
         self.weight_bytes = self._bytes_per_token()
         _return_freed_memory()
@@ -172,23 +175,47 @@ class CompiledExecutor:
         n = _size(t, tokens, seqs)
         return self.storage[v][:n * np.dtype(_NP[t.dtype]).itemsize].view(_NP[t.dtype]).reshape(shape)
 
-    def _bind(self, tokens: int, seqs: int) -> list[tuple[Callable, tuple]]:
+    def _bind(self, tokens: int, seqs: int) -> list[Callable[[], None]]:
+        """The step of this shape as parts run in order: native programs of kernel calls between host steps."""
         key = (tokens, seqs)
         if key in self._bindings:
             self._bindings.move_to_end(key)
             return self._bindings[key]
-        calls = []
+        parts: list[Callable[[], None]] = []
+        kernels: list[tuple[str, list[np.ndarray]]] = []
         for step in self.steps:
             if isinstance(step, HostStep):
-                calls.append(self._host_call(step, tokens, seqs))
+                parts.extend([self.lib.program(kernels)] if kernels else [])
+                parts.append(self._host_call(step, tokens, seqs))
+                kernels = []
                 continue
-            args = tuple(as_tensor(self._arg_array(step, a, tokens, seqs)) for a in step.args)
-            calls.append((self.lib[self.plan.kernel_symbol(step, tokens, seqs)], args))
-        self._bindings[key] = calls
+            kernels.append((self.plan.kernel_symbol(step, tokens, seqs), self._step_arrays(step, tokens, seqs)))
+        parts.extend([self.lib.program(kernels)] if kernels else [])
+        self._bindings[key] = parts
         self._outputs[key] = self._array(self.output, tokens, seqs)
         if len(self._bindings) > MAX_BINDINGS:
             del self._outputs[self._bindings.popitem(last=False)[0]]
-        return calls
+        return parts
+
+    def ffi_calls(self, tokens: int, seqs: int) -> list[tuple[Callable, tuple]]:
+        """The step of this shape as tvm_ffi calls over the executor's own buffers, for tools that swap or time kernels
+        one by one (the tuner; imports tvm_ffi): (kernel, tensors) per kernel step, (host op, ()) per host step."""
+        from .tvm import as_tensor
+
+        return [(self._host_call(step, tokens, seqs), ()) if isinstance(step, HostStep) else
+                (self.ffi_library[self.plan.kernel_symbol(step, tokens, seqs)],
+                 tuple(as_tensor(a) for a in self._step_arrays(step, tokens, seqs))) for step in self.steps]
+
+    @functools.cached_property
+    def ffi_library(self) -> Any:
+        """The kernel library as a tvm_ffi module, for tools (loaded on first use: imports tvm_ffi)."""
+        from .tvm import load_module
+
+        return load_module(self.library_path)
+
+    def _step_arrays(self, step: Step, tokens: int, seqs: int) -> list[np.ndarray]:
+        """The arrays bound to a kernel step's arguments for a step of this many tokens and sequences."""
+        return [self._arg_array(step, a, tokens, seqs) for a in step.args]
 
     def _arg_array(self, step: Step, arg: Arg, tokens: int, seqs: int) -> np.ndarray:
         """The array bound to one kernel argument for a step of this many tokens and sequences."""
@@ -199,14 +226,14 @@ class CompiledExecutor:
         rows = {"last_rows": seqs, "threads": 1}.get(arg.name, tokens)
         return self.extras[arg.name][:rows]
 
-    def _host_call(self, step: HostStep, tokens: int, seqs: int) -> tuple[Callable, tuple]:
+    def _host_call(self, step: HostStep, tokens: int, seqs: int) -> Callable[[], None]:
         spec = O.get_spec(step.op)
         arrays = {port: self._array(v, tokens, seqs) for port, v in step.args.items()}
         names = {port: _value_name(self.plan, v) for port, v in step.args.items()}
 
         def host() -> None:
             spec.reference(arrays, {}, O.RefContext(names=names))
-        return host, ()
+        return host
 
     # -------------------------------------------------------------- run
 
@@ -248,10 +275,10 @@ class CompiledExecutor:
             self.extras["slots"][:tokens] = np.repeat(slot_ids, lens)
             np.cumsum(lens, out=self.extras["last_rows"][:seqs])
             self.extras["last_rows"][:seqs] -= 1
-        calls = self._bind(tokens, seqs)
+        parts = self._bind(tokens, seqs)
         try:
-            for fn, args in calls:
-                fn(*args)
+            for part in parts:
+                part()
         except O.OpExit as e:
             raise GenerationError(str(e)) from None
         return self._outputs[(tokens, seqs)].copy()
@@ -259,31 +286,35 @@ class CompiledExecutor:
     def profile(self, tokens: int = 1, seqs: int = 1, repeat: int = 5) -> dict[str, float]:
         """Time of a step vs the time spent inside kernels, for the host (Python + FFI) overhead share.
 
-        Kernel time = each call timed alone minus the cost of an empty FFI call, measured here.
+        Kernel time = each kernel call timed by the step driver, plus each host step timed here; ffi_call_s is the
+        cost of one call from Python into the driver (an empty program), paid once per program of a step.
         """
-        calls = self._bind(tokens, seqs)
+        parts = self._bind(tokens, seqs)
         self.inputs["inputIds"][:tokens] = 0
         self.inputs["positionIds"][:tokens] = np.arange(tokens)
         self.inputs["seqLens"][:seqs] = tokens // seqs
         self.extras["slots"][:tokens] = 0
         self.extras["last_rows"][:seqs] = np.arange(1, seqs + 1) * (tokens // seqs) - 1
-        null = load_runtime().get_global_func("runtime.NumThreads")
+        null = self.lib.program([])
         t0 = time.perf_counter()
         for _ in range(1000):
             null()
         ffi = (time.perf_counter() - t0) / 1000
         kernel = 0.0
         for _ in range(repeat):
-            for fn, args in calls:
+            for part in parts:
+                if isinstance(part, Program):
+                    kernel += float(part.timed().sum())
+                    continue
                 t0 = time.perf_counter()
-                fn(*args)
-                kernel += time.perf_counter() - t0 - ffi
+                part()
+                kernel += time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(repeat):
-            for fn, args in calls:
-                fn(*args)
+            for part in parts:
+                part()
         total = time.perf_counter() - t0
-        return {"step_s": total / repeat, "kernels_s": max(kernel, 0.0) / repeat, "launches": len(calls),
+        return {"step_s": total / repeat, "kernels_s": kernel / repeat, "launches": len(self.steps),
                 "ffi_call_s": ffi}
 
 

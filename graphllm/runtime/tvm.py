@@ -1,26 +1,25 @@
 """The thin TVM runtime: `tvm_ffi` + `libtvm_runtime.so`, never the compiler (0.2-0.3 s to import).
 
-Load a kernel library, size TVM's thread pool, wrap aligned numpy arrays as tensors once and
-bind them to kernels for the per-token path.
+Size TVM's thread pool (through the C API: no `tvm_ffi` import), check kernel buffers; for the CUDA executor and the
+tools, load a kernel library with `tvm_ffi` and wrap aligned numpy arrays as its tensors. The CPU executor runs its
+kernels through the native step driver instead (runtime/program.py).
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import importlib.util
 import os
 import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from ..host import physical_cores
 from ..layouts import ALIGNMENT
+from . import ffi
 
 if TYPE_CHECKING:
     import tvm_ffi
@@ -43,12 +42,7 @@ def load_runtime() -> ModuleType:
             del sys.modules["torch"]
     import tvm_ffi
 
-    if tvm_ffi.get_global_func("runtime.NumThreads", allow_missing=True) is None:
-        spec = importlib.util.find_spec("tvm")
-        if spec is None or not spec.submodule_search_locations:
-            raise ImportError("apache-tvm is not installed: libtvm_runtime.so not found")
-        lib = Path(list(spec.submodule_search_locations)[0]) / "lib" / "libtvm_runtime.so"
-        ctypes.CDLL(str(lib), ctypes.RTLD_GLOBAL)
+    ffi.native()  # libtvm_runtime.so, RTLD_GLOBAL
     return tvm_ffi
 
 
@@ -66,9 +60,8 @@ def configure_threads(n: int | None = None) -> int:
     if n < 1:
         raise ValueError(f"thread count must be >= 1, got {n}")
     os.environ["TVM_NUM_THREADS"] = str(n)
-    tvm_ffi = load_runtime()
-    tvm_ffi.get_global_func("runtime.config_threadpool")(_AFFINITY_BIG, n)
-    used = int(tvm_ffi.get_global_func("runtime.NumThreads")())
+    ffi.call_global("runtime.config_threadpool", _AFFINITY_BIG, n)
+    used = int(cast(int, ffi.call_global("runtime.NumThreads")))
     if used < n:
         warnings.warn(
             f"TVM's thread pool already started with {used} thread(s) and cannot grow to {n}; "
@@ -84,11 +77,16 @@ def load_module(path: str | os.PathLike) -> tvm_ffi.Module:
     return load_runtime().load_module(str(path))
 
 
-def as_tensor(array: np.ndarray) -> tvm_ffi.Tensor:
-    """Wrap a 64-byte-aligned C-contiguous numpy array as a zero-copy tvm_ffi Tensor (checked)."""
+def check_buffer(array: np.ndarray) -> np.ndarray:
+    """`array` if a kernel may read it (C-contiguous, 64-byte aligned: kernels assume it), else ValueError."""
     if array.ctypes.data % ALIGNMENT or not array.flags.c_contiguous:
         raise ValueError("kernel buffers must be C-contiguous and 64-byte aligned; use aligned_empty")
-    return load_runtime().from_dlpack(array)
+    return array
+
+
+def as_tensor(array: np.ndarray) -> tvm_ffi.Tensor:
+    """Wrap a 64-byte-aligned C-contiguous numpy array as a zero-copy tvm_ffi Tensor (checked)."""
+    return load_runtime().from_dlpack(check_buffer(array))
 
 
 def bind(func: Callable[..., Any], *arrays: np.ndarray) -> Callable[[], Any]:

@@ -4,6 +4,7 @@ and `compile -o` that never loses a user's file (CLI cases run as subprocesses).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import os
@@ -77,11 +78,23 @@ def _plan_random_bytes(folder: Path) -> None:
     (folder / "plan.json").write_bytes(np.random.default_rng(0).bytes(5000))
 
 
+def _library_without_driver(folder: Path) -> None:
+    """An intact library, checksum recorded, as an older graphllm exported it: no step driver linked in."""
+    from graphllm.codegen.build import build_module
+    from graphllm.codegen.kernels.cpu.linear import linear_kernels
+    from graphllm.io.cache import FileSum
+    from graphllm.plan import Plan
+
+    build_module(linear_kernels(32, 16, bias=False, name="old")).export_library(str(folder / "kernels.so"))
+    dataclasses.replace(Plan.load(folder), library=FileSum.of(folder / "kernels.so")).save(folder)
+
+
 @pytest.mark.parametrize("damage, reason", [
     (_truncate_library, r"\(kernels.so is 1000 bytes, \d+ were written\)"),
+    (_library_without_driver, r"\(the kernel library has no step driver \(an older graphllm built it\)\)"),
     (_plan_list, r"\(not a graphllm plan \(no format version\)\)"),
     (_plan_random_bytes, r"\(not a graphllm plan \(UnicodeDecodeError: "),
-], ids=["truncated_library", "plan_list", "plan_random_bytes"])
+], ids=["truncated_library", "library_without_driver", "plan_list", "plan_random_bytes"])
 def test_a_damaged_entry_is_rebuilt_whole(home: Path, built: tuple[Path, str], tmp_path: Path, damage, reason) -> None:
     """One warning line, a rebuilt entry (unknown files in it gone, nothing outside it touched), the right text."""
     folder = entry(home)

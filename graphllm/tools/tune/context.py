@@ -41,7 +41,7 @@ class StepBench:
 
     def bound(self, seqs: int, swap: Callable[[int, Step], Callable[..., Any] | None]) -> Calls:
         """The decode step of `seqs` sequences, each step's function replaced by swap(index, step) unless None."""
-        calls = self.ex._bind(seqs, seqs)  # the executor's own bound calls (tensors over its buffers)
+        calls = self.ex.ffi_calls(seqs, seqs)  # the executor's own calls (tensors over its buffers)
         return [(swap(i, self.ex.steps[i]) or fn, args) for i, (fn, args) in enumerate(calls)]
 
     def fastest(self, variants: dict[Any, Calls]) -> dict[Any, float]:
@@ -59,7 +59,7 @@ class StepBench:
     def crossover(self, key: str, allowed: Sequence[int]) -> tuple[int, dict[str, Any]]:
         """The judged `large_from` of a Linear kernel and what it was judged on."""
         idx = set(self.steps_of(key))
-        lib = self.ex.lib
+        lib = self.ex.ffi_library
 
         def pick(large: bool) -> Callable[[int, Step], Any]:
             return lambda i, st: lib[st.large if large else st.kernel] if i in idx and st.large else None
