@@ -2,7 +2,7 @@
 
 A plan lists every value (an input, a weight, a weight re-laid out for a kernel, an activation
 buffer or a view of one), every step (a kernel symbol and what is bound to each of its
-parameters, or a host op run in Python) and the output value, with the size and sha256 of the
+parameters, or a host op run in Python) and the output value, with the size and digest of the
 kernel library beside it and the model it was compiled for. It is written and read only here
 (``Plan.save`` / ``Plan.load`` / ``read_build``, JSON led by the checksum of its own body); a plan of
 another format version, a damaged plan or a library that is not the one compiled is refused on load
@@ -11,7 +11,6 @@ another format version, a damaged plan or a library that is not the one compiled
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
@@ -24,14 +23,14 @@ from . import __version__
 from .dsl.types import SEQS, TOKENS, TensorType
 from .errors import ModelLoadError
 from .host import tvm_version
-from .io.cache import FileSum, checked_json_text, read_checked_json
+from .io.cache import FileSum, checked_json_text, digest, read_checked_json
 from .io.output import FolderKind
 
 if TYPE_CHECKING:
     from .dsl.graph import Graph
 
-PLAN_VERSION = 7  # 5: typed plan (packed weights, argument kinds, knobs and op per step); 6: checksums, model;
-# 7: kv_dtype per KV-cache step
+PLAN_VERSION = 8  # 5: typed plan (packed weights, argument kinds, knobs and op per step); 6: checksums, model;
+# 7: kv_dtype per KV-cache step; 8: XXH3-128 checksums, the step driver in the kernel library
 PLAN_FILE = "plan.json"
 LIB_FILE = "kernels.so"
 FATBIN_FILE = "kernels.fatbin"  # a CUDA build's kernels compiled by nvcc (codegen/build.py)
@@ -46,7 +45,7 @@ def graph_key(graph: Graph) -> str:
     from .dsl.serialize import graph_to_json  # the graph (networkx) only where one is keyed: never on a warm start
 
     text = json.dumps(graph_to_json(graph, with_locs=False), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return digest(text, 24)
 
 
 class DamagedBuild(ModelLoadError):
@@ -59,20 +58,20 @@ class DamagedBuild(ModelLoadError):
 
 @dataclass(frozen=True)
 class ModelRef:
-    """The model a build was compiled for: its path, and the size and sha256 of its weights
+    """The model a build was compiled for: its path, and the size and digest of its weights
     (the GGUF file, or the safetensors files of an HF folder in name order)."""
 
     path: str
     size: int
-    sha256: str
+    digest: str
 
     @staticmethod
     def of(path: str | os.PathLike) -> ModelRef:
         """The reference of the model at ``path`` (a .gguf file or an HF folder), hashed now."""
         path = Path(path).absolute()
         files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
-        digest = FileSum.of(*files)
-        return ModelRef(str(path), digest.size, digest.sha256)
+        total = FileSum.of(*files)
+        return ModelRef(str(path), total.size, total.digest)
 
 
 @dataclass(frozen=True)
@@ -303,7 +302,7 @@ class Plan:
 
 
 def read_build(folder: str | os.PathLike) -> Plan:
-    """The plan of a build folder whose library is checked against the size and sha256 the plan recorded
+    """The plan of a build folder whose library is checked against the size and digest the plan recorded
     (before anything opens it); DamagedBuild names what does not match."""
     plan = Plan.load(folder)
     lib = Path(folder) / LIB_FILE

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -30,6 +29,8 @@ def graphllm_home() -> Path:
 
 def _run(command: list[str]) -> tuple[int, list[str]]:
     """Run a command, echoing its output to stderr; return its exit code and last output lines."""
+    import subprocess  # only to download: a run that finds its model never loads it
+
     tail: collections.deque[str] = collections.deque(maxlen=15)
     try:
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")

@@ -14,7 +14,6 @@ at load, with a warning.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import warnings
@@ -33,7 +32,7 @@ from gguf.gguf_reader import ReaderField
 from graphllm.dsl import qformats
 from graphllm.dsl.arch import ArchConfig
 from graphllm.errors import ConfigError, ModelLoadError
-from graphllm.io.cache import read_checked_json, write_checked_json
+from graphllm.io.cache import digest, read_checked_json, write_checked_json
 from graphllm.io.download import graphllm_home
 from graphllm.io.weights import TensorWeights
 
@@ -433,7 +432,7 @@ _INDEX_VERSION = 1
 def _index_path(path: Path) -> Path:
     """Where the parsed header of this exact file (path, size, mtime) is cached."""
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+    key = digest(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}", 24)
     return graphllm_home() / "gguf-index" / f"{key}.json"
 
 

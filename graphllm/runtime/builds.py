@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ModelLoadError
 from ..host import cpu_flags, tvm_version
-from ..io.cache import file_lock, read_checked_json, write_checked_json
+from ..io.cache import digest, digester, file_lock, read_checked_json, write_checked_json
 from ..io.download import graphllm_home
 from ..plan import ARTIFACT, PLAN_VERSION, DamagedBuild, ModelRef, Plan, graph_key, read_build
 from .executor import CompiledExecutor
@@ -43,7 +42,7 @@ CACHE_ENTRY = dataclasses.replace(ARTIFACT, what="cached build", whole=True)  # 
 def codegen_hash() -> str:
     """Hash of the code generator's sources, Python and the step driver's C (read as files, not imported): a changed
     kernel or driver never reuses a build."""
-    h = hashlib.sha256()
+    h = digester()
     for path in sorted(p for p in CODEGEN_SOURCES.rglob("*") if p.suffix in (".py", ".c")):
         h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()[:16]
@@ -55,7 +54,7 @@ def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32",
     and the knob values chosen over the defaults (tuned ones)."""
     text = json.dumps([graph_key(graph), target, dtype, __version__, tvm_version(), PLAN_VERSION, codegen_hash(),
                        *([knobs] if knobs else [])], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return digest(text, 24)
 
 
 def host_target() -> dict[str, Any]:
@@ -64,7 +63,7 @@ def host_target() -> dict[str, Any]:
     The file carries a checksum of its body; a damaged or implausible one is detected again (with a
     warning), never handed to LLVM.
     """
-    ident = hashlib.sha256(" ".join(sorted(cpu_flags())).encode() + tvm_version().encode()).hexdigest()[:16]
+    ident = digest(" ".join(sorted(cpu_flags())) + tvm_version(), 16)
     path = graphllm_home() / "targets" / f"{ident}.checked.json"  # not <ident>.json: older graphllms read that
     try:
         return _checked_target(read_checked_json(path.read_text())["target"])
@@ -108,7 +107,7 @@ def packed_dir(build: Path, model: Path | None) -> Path | None:
         return None
     paths = [model] if model.is_file() else sorted(model.glob("*.safetensors"))
     ident = "|".join(f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
-    return build / "packed" / hashlib.sha256(ident.encode()).hexdigest()[:20]
+    return build / "packed" / digest(ident, 20)
 
 
 def model_path(weights: Mapping[str, np.ndarray]) -> Path | None:

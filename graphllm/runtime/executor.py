@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import hashlib
 import os
 import time
 import warnings
@@ -29,7 +28,7 @@ from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
-from ..io.cache import FileSum, read_checked_json, write_checked_json
+from ..io.cache import FileSum, digest, digester, read_checked_json, write_checked_json
 from ..io.weights import numpy_float
 from ..layouts import aligned_empty, get_packer
 from ..plan import (LIB_FILE, Arg, HostStep, InputValue, KVCacheArg, PackedWeightValue, Plan, Step, ValueArg,
@@ -114,7 +113,7 @@ class CompiledExecutor:
         match is packed again (one warning for all).
         """
         used = self._used_weights()
-        paths = {v: pack_cache / f"{hashlib.sha1(v.encode()).hexdigest()[:20]}.npy"
+        paths = {v: pack_cache / f"{digest(v, 20)}.npy"
                  for v, (_, layout) in used.items() if pack_cache and layout}
         with ThreadPoolExecutor(self.threads) as pool:
             found = dict(zip(paths, pool.map(_try_load_packed, paths.values())))
@@ -330,7 +329,7 @@ def _try_load_packed(path: Path) -> np.ndarray | str | None:
 
 def _load_packed(path: Path) -> np.ndarray:
     """A packed weight saved earlier, read once into aligned anonymous memory (where the kernels read it as
-    they read freshly packed weights) and used only if its bytes match the size and sha256 of its sidecar.
+    they read freshly packed weights) and used only if its bytes match the size and digest of its sidecar.
 
     The .npy header is parsed by numpy's format module (no pickle: object arrays are refused); the data is
     hashed chunk by chunk as it is read. Any mismatch or unreadable file is a ValueError or OSError.
@@ -346,21 +345,22 @@ def _load_packed(path: Path) -> np.ndarray:
             raise ValueError(f"{path.name} is not a packed weight ({dtype}, fortran order {fortran})")
         header = f.tell()
         f.seek(0)
-        digest = hashlib.sha256(f.read(header))
+        running = digester()
+        running.update(f.read(header))
         arr = aligned_empty(shape, dtype)
         data = memoryview(arr.reshape(-1).view(np.uint8))
         for start in range(0, len(data), _HASH_CHUNK):
             part = data[start:start + _HASH_CHUNK]
             if f.readinto(part) != len(part):
                 raise ValueError(f"{path.name} is shorter than the {shape} {dtype} array its header says")
-            digest.update(part)
-    if digest.hexdigest() != expected.sha256:
+            running.update(part)
+    if running.hexdigest() != expected.digest:
         raise ValueError(f"{path.name} does not match the checksum recorded when it was written")
     return arr
 
 
 def _save_packed(path: Path, arr: np.ndarray) -> None:
-    """Keep a packed weight for the next start with its size and sha256 beside it (each written atomically,
+    """Keep a packed weight for the next start with its size and digest beside it (each written atomically,
     the checksum first; a read-only cache only costs speed)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
     try:
@@ -373,7 +373,7 @@ def _save_packed(path: Path, arr: np.ndarray) -> None:
 
 
 def _sum_path(path: Path) -> Path:
-    """The sidecar holding a packed weight's size and sha256."""
+    """The sidecar holding a packed weight's size and digest."""
     return path.with_name(f"{path.name}.sum")
 
 

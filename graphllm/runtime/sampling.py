@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -73,9 +74,14 @@ class Sampler:
 
     def __init__(self, params: SamplingParams, grammar: GrammarMatcher | None = None) -> None:
         self.params = params.validate()
-        self.rng = np.random.default_rng(None if params.seed == RANDOM_SEED else params.seed)
         self.grammar = grammar
         self.logprobs: tuple[float, list[tuple[int, float]]] | None = None
+
+    @functools.cached_property
+    def rng(self) -> np.random.Generator:
+        """The sequence's random generator, made at its first draw: a greedy sequence draws none, and never loads
+        numpy.random (6 MiB of a process's memory)."""
+        return np.random.default_rng(None if self.params.seed == RANDOM_SEED else self.params.seed)
 
     def __call__(self, logits: np.ndarray, history: list[int] | None = None) -> int:
         """The next token id given the logits [vocab] and the ids so far (for the repetition penalty); with a

@@ -12,7 +12,6 @@ removed (one warning) and the start is cold, which writes it again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ from ..codegen.tuning_paths import DB_FILE, TuningChoice, db_dir, resolved_threa
 from ..dsl.types import TensorType
 from ..errors import ModelLoadError
 from ..host import tvm_version
-from ..io.cache import FileSum, read_checked_json, write_checked_json
+from ..io.cache import FileSum, digest, digester, read_checked_json, write_checked_json
 from ..io.download import graphllm_home
 from ..passes.kv_dtype import DEFAULT_KV_DTYPE
 from ..plan import PackedWeightValue, WeightValue
@@ -57,7 +56,7 @@ class ColdStart(ModelLoadError):
 
 def sources_hash() -> str:
     """Hash of graphllm's own sources (3 ms): any change to a model description, pass or kernel makes starts cold."""
-    h = hashlib.sha256()
+    h = digester()
     for path in sorted(p for p in PACKAGE.rglob("*") if p.suffix in _SOURCE_SUFFIXES):
         h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:24]
@@ -78,7 +77,7 @@ def start_key(model: Path, options: GraphOptions, threads: int | None, tuned: Tu
         custom = None
         if options.custom is not None:
             source = Path(options.custom)
-            custom = [str(source.resolve()), hashlib.sha256(source.read_bytes()).hexdigest()]
+            custom = [str(source.resolve()), digest(source.read_bytes())]
         database = db_dir(tuned)
         db_file = database / DB_FILE if database is not None else None
         db_state = [db_file.stat().st_size, db_file.stat().st_mtime_ns] if db_file and db_file.is_file() else None
@@ -87,7 +86,7 @@ def start_key(model: Path, options: GraphOptions, threads: int | None, tuned: Tu
     parts = [START_FORMAT, ident, custom, options.dtype, options.pipeline(), options.kv_dtype or DEFAULT_KV_DTYPE,
              __version__, tvm_version(), sources_hash(), host_target(), resolved_threads(threads),
              str(database), db_state]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
+    return digest(json.dumps(parts), 24)
 
 
 def starts_dir() -> Path:

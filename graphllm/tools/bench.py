@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import random
 import resource
-import statistics
 import time
 from typing import Any
 
@@ -38,8 +38,8 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
     if prompt_tokens + gen_tokens > llm.max_context:
         raise ValueError(f"prompt + generated tokens ({prompt_tokens + gen_tokens}) exceed the context "
                          f"of {llm.max_context}; lower them or raise --max-context")
-    rng = np.random.default_rng(seed)
-    prompt = rng.integers(3, vocab, prompt_tokens).tolist()
+    rng = random.Random(seed)  # not numpy.random: the process measured loads what a greedy run loads
+    prompt = [rng.randrange(3, vocab) for _ in range(prompt_tokens)]
     prefill, decode = [], []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -50,7 +50,7 @@ def run_bench(llm: Any, prompt_tokens: int = 128, gen_tokens: int = 128, repeat:
         for i in range(gen_tokens):
             token = int(np.argmax(llm.decode(token, prompt_tokens + i)))
         decode.append(time.perf_counter() - t0)
-    t_prefill, t_decode = statistics.median(prefill), statistics.median(decode)
+    t_prefill, t_decode = float(np.median(prefill)), float(np.median(decode))
     per_token = t_decode / max(gen_tokens, 1)
     wbytes = weight_bytes(llm)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the yardstick's 512 MB of buffers
