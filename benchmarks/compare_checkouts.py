@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 FIELDS = (("prefill_tok_s", "prefill tok/s"), ("decode_tok_s", "decode tok/s"), ("bandwidth_share", "bandwidth share"),
-          ("peak_rss_mb", "peak RSS MB"))
+          ("peak_rss_mb", "peak RSS MiB"))
 
 
 def bench(checkout: Path, args: list[str]) -> dict:

@@ -92,8 +92,8 @@ def format_bench(r: dict[str, Any]) -> str:
         f"prefill         {r['prefill_tok_s']:.1f} tokens/s  ({r['prompt_tokens']} tokens)",
         f"decode          {r['decode_tok_s']:.1f} tokens/s  ({r['gen_tokens']} tokens)",
         f"first token     {r['ttft_s'] * 1000:.1f} ms",
-        f"peak RSS        {r['peak_rss_mb']:.0f} MB",
-        f"KV cache        {r['kv_cache_mb']:.2f} MB of {r['kv_dtype']}",
+        f"peak RSS        {r['peak_rss_mb']:.1f} MiB",
+        f"KV cache        {r['kv_cache_mb']:.2f} MiB of {r['kv_dtype']}",
         f"decode traffic  {r['decode_gb_s']:.2f} GB/s of weights = {100 * r['bandwidth_share']:.0f}% "
         f"of measured copy bandwidth ({r['copy_gb_s']:.1f} GB/s)",
     ]
