@@ -63,13 +63,11 @@ class CompiledExecutor:
         self.output = plan.output
         self._check_weights(weights)
         self.weights = self._load_weights(weights, pack_cache)
-        tables = rope_tables(plan.config)
-        aligned = {id(a): _first_rows(a, max_context) for a in tables.values()}  # sinLocal may be sin itself
         self.inputs = {
             "inputIds": aligned_empty(chunk, "int32"), "positionIds": aligned_empty(chunk, "int32"),
             "seqLens": aligned_empty(self.max_seqs, "int32"), "attentionMask": aligned_empty(chunk, "int32"),
             "atype": aligned_empty((), "float32"),
-        } | {name: aligned[id(a)] for name, a in tables.items()}
+        } | _rope_inputs(plan.config, max_context)
         self.extras = {"positions": self.inputs["positionIds"], "slots": aligned_empty(chunk, "int32"),
                        "last_rows": aligned_empty(self.max_seqs, "int32"), "threads": aligned_empty(1, "int32")}
         self.extras["threads"][0] = self.threads
@@ -388,6 +386,14 @@ def _return_freed_memory() -> None:
     malloc_trim; 10 MB of a SmolLM2 load that packs): it would stay resident while nothing reuses it."""
     with contextlib.suppress(OSError, AttributeError):  # another C library: nothing to do
         ctypes.CDLL(None).malloc_trim(0)
+
+
+def _rope_inputs(config: Mapping[str, Any], max_context: int) -> dict[str, np.ndarray]:
+    """The RoPE tables' first ``max_context`` rows in aligned arrays; the whole tables (2 MiB for a 8k-position
+    model) are freed on return, before the executor hands the freed heap back."""
+    tables = rope_tables(config)
+    aligned = {id(a): _first_rows(a, max_context) for a in tables.values()}  # sinLocal may be sin itself
+    return {name: aligned[id(a)] for name, a in tables.items()}
 
 
 def _first_rows(arr: np.ndarray, rows: int) -> np.ndarray:
