@@ -3,7 +3,7 @@
 Run: python benchmarks/load_memory.py -m MODEL.gguf [--prompt-tokens 128] [--gen-tokens 128] [--threads 2]
          [--kv-dtype f16|f32] [--llama-bench PATH/TO/llama-bench]
 
-Stages: Python + imports, the model loaded as `graphllm run/bench` load it (LLM.load: a warm start, from the record
+Stages: Python + imports, the model loaded as `graphllm bench` loads it (LLM.load: a warm start, from the record
 a first start, run here in a child process, left in GRAPHLLM_HOME/starts: runtime/starts.py), one prefill, the
 decodes; then the largest mappings. VmHWM is the process's peak RSS, the figure `graphllm bench` reports
 (ru_maxrss).
@@ -79,7 +79,7 @@ def main() -> None:
     from graphllm.runtime.llm import LLM
 
     show("imports")
-    llm = LLM.load(a.model, max_context=context, threads=a.threads, kv_dtype=a.kv_dtype)
+    llm = LLM.load(a.model, max_context=context, threads=a.threads, kv_dtype=a.kv_dtype, tokenizer=False)
     executor = llm.executor
     show("model loaded (a warm start)")
     logits = executor.run(np.arange(1, a.prompt_tokens + 1), np.arange(a.prompt_tokens), [a.prompt_tokens], [0])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import os
 from pathlib import Path
@@ -62,3 +64,10 @@ def tvm_version() -> str:
         return version("apache-tvm")
     except PackageNotFoundError:
         return "unknown"
+
+
+def return_freed_memory() -> None:
+    """Hand the heap that was freed back to the OS (glibc's malloc_trim): after a load, its temporaries would
+    otherwise stay resident while nothing reuses them. Nothing to do with another C library."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)

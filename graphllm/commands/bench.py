@@ -25,7 +25,7 @@ def bench(a: argparse.Namespace) -> int:
 
     if a.max_context is None:
         a.max_context = a.prompt_tokens + a.gen_tokens + 1
-    llm = load_llm(a)
+    llm = load_llm(a, tokenizer=False)  # token ids only: as llama-bench, it never reads the tokenizer
     result = run_bench(llm, a.prompt_tokens, a.gen_tokens, a.repeat)
     print(json.dumps(result, indent=1) if a.json else format_bench(result))
     return 0

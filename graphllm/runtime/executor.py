@@ -10,8 +10,6 @@ programs split by the host steps, so a decode step is one call into the step dri
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
 import os
 import time
@@ -28,6 +26,7 @@ from ..dsl import ops as O
 from ..dsl.inputs import rope_tables
 from ..dsl.types import SEQS, TOKENS, TensorType
 from ..errors import GenerationError, ModelLoadError
+from ..host import return_freed_memory
 from ..io.cache import FileSum, digest, digester, read_checked_json, write_checked_json
 from ..io.weights import numpy_float
 from ..layouts import aligned_empty, get_packer
@@ -76,7 +75,7 @@ class CompiledExecutor:
         self._bindings: OrderedDict[tuple[int, int], list[Callable[[], None]]] = OrderedDict()
         self._outputs: dict[tuple[int, int], np.ndarray] = {}  # the output view of each bound step shape
         self.weight_bytes = self._bytes_per_token()
-        _return_freed_memory()
+        return_freed_memory()  # packing temporaries, the GGUF header's strings: 10 MB of a SmolLM2 load that packs
 
     # -------------------------------------------------------------- load
 
@@ -379,13 +378,6 @@ def _value_name(plan: Plan, v: str) -> str:
     """A value's name as the user wrote it (inputs and weights), else its id."""
     value = plan.values[v]
     return value.name if isinstance(value, (InputValue, WeightValue)) else v
-
-
-def _return_freed_memory() -> None:
-    """Hand the heap the load freed (packing temporaries, the GGUF header's strings) back to the OS (glibc's
-    malloc_trim; 10 MB of a SmolLM2 load that packs): it would stay resident while nothing reuses it."""
-    with contextlib.suppress(OSError, AttributeError):  # another C library: nothing to do
-        ctypes.CDLL(None).malloc_trim(0)
 
 
 def _rope_inputs(config: Mapping[str, Any], max_context: int) -> dict[str, np.ndarray]:

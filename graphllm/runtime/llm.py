@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from ..errors import GenerationError
+from ..host import return_freed_memory
 from ..passes.kv_dtype import graph_kv_dtype, kv_bytes_per_position
 from ..pipeline import GraphOptions
 from .engine import DEFAULT_STEP_TOKENS, Engine
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_MAX_CONTEXT = 4096
 EXECUTORS = ("tvm", "reference")
+_UNREAD = object()  # a warm start's tokenizer not read yet (or its copy damaged: the model's is read instead)
 
 
 @dataclass
@@ -42,12 +43,13 @@ class LLM:
     """The Python API: ``LLM.load(path).complete("The capital of France is")``.
 
     A warm start (runtime/starts.py) holds neither the model's reader nor its graph: ``model`` and ``graph`` are
-    then read or built on first use (export, tuning), and the tokenizer is read when text is first encoded.
+    then read or built on first use (export, tuning).
     """
 
     def __init__(self, executor: Any, max_context: int, notes: list[str], num_slots: int = 1,
                  max_step_tokens: int = DEFAULT_STEP_TOKENS, *, options: GraphOptions,
-                 model: LoadedModel | None = None, graph: Graph | None = None, start: WarmStart | None = None) -> None:
+                 model: LoadedModel | None = None, graph: Graph | None = None, start: WarmStart | None = None,
+                 tokenizer: Tokenizer | None | object = _UNREAD) -> None:
         if model is None and start is None:
             raise ValueError("an LLM needs its model or a warm start's record of it")
         self.executor = executor
@@ -55,6 +57,7 @@ class LLM:
         self.notes = notes
         self.options = options
         self._model, self._graph, self._start = model, graph, start
+        self._tokenizer = model.tokenizer if model is not None else tokenizer
         self.engine = Engine(self, num_slots, max_step_tokens)  # every generation runs here
 
     @classmethod
@@ -63,7 +66,7 @@ class LLM:
              artifact: str | os.PathLike | None = None, threads: int | None = None,
              dtype: str | None = None, passes: list[str] | None = None, show_progress: bool = False,
              max_seqs: int | None = None, device: str = "cpu", cuda_archs: tuple[str, ...] | None = None,
-             tuned: TuningChoice = True, kv_dtype: str | None = None) -> "LLM":
+             tuned: TuningChoice = True, kv_dtype: str | None = None, tokenizer: bool = True) -> "LLM":
         """Load weights and tokenizer, build the graph and an executor.
 
         ``tvm`` (default) runs compiled kernels: from ``artifact`` when given, else from the build
@@ -72,6 +75,7 @@ class LLM:
         GGUF's blocks as they are; float32 dequantizes them; int8 / int4g[GROUP] quantize Linear weights.
         ``kv_dtype`` is the KV cache's element type (f16/float16, f32/float32; None: the pipeline's default).
         A start like an earlier one (same model files, flags, graphllm, CPU, tuning) is warm: runtime/starts.py.
+        ``tokenizer`` False (token ids only, as bench) leaves a warm start's tokenizer unread until it is used.
         """
         if executor not in EXECUTORS:
             raise GenerationError(f"unknown executor {executor!r} (available: {', '.join(EXECUTORS)})")
@@ -88,15 +92,9 @@ class LLM:
 
             key = start_key(default_model_path() if path is None else Path(path).expanduser(), options, threads, tuned)
             start = find_start(key) if key else None
-            if start is not None:
-                notes = start.notes
-                ctx = _context(int(start.config["max_positions"]), max_context, notes)
-                try:
-                    warm = start.open(**(run | {"max_context": ctx}))
-                except Exception:  # a build or packed weight gone or damaged: the cold start mends it, saying so
-                    warm = None
-                if warm is not None:
-                    return cls(warm, ctx, notes, num_slots, options=options, start=start)
+            warm = start and cls._warm(start, options, run, tokenizer)
+            if warm is not None:
+                return warm
         from ..pipeline import build
 
         built = build(path, options)
@@ -120,6 +118,22 @@ class LLM:
                 save_start(key, model, weights, runner, recorded, runner.artifact)
         return cls(runner, ctx, notes, num_slots, options=options, model=model, graph=graph)
 
+    @classmethod
+    def _warm(cls, start: WarmStart, options: GraphOptions, run: dict[str, Any], tokenizer: bool) -> LLM | None:
+        """The LLM of a warm start, or None when the start must be cold (the record's tokenizer copy, build or a
+        packed weight is damaged or gone: the cold start mends it, saying so)."""
+        notes = start.notes
+        ctx = _context(int(start.config["max_positions"]), run["max_context"], notes)
+        # the tokenizer before the weights: its parsing's transient heap comes and goes while the process is small
+        read = _read_tokenizer(start) if tokenizer else _UNREAD
+        if tokenizer and read is _UNREAD:  # its copy was damaged: the record is gone
+            return None
+        try:
+            executor = start.open(**(run | {"max_context": ctx}))
+        except Exception:
+            return None
+        return cls(executor, ctx, notes, run["num_slots"], options=options, start=start, tokenizer=read)
+
     @property
     def model(self) -> LoadedModel:
         """The model as read from its files (read now after a warm start, which needs only its record)."""
@@ -138,17 +152,13 @@ class LLM:
             self._graph = build(self.model, self.options).graph
         return self._graph
 
-    @functools.cached_property
+    @property
     def tokenizer(self) -> Tokenizer | None:
-        """The model's tokenizer (a warm start reads its saved copy on first use, or the model's if that is damaged)."""
-        if self._model is None:
-            from .starts import ColdStart
-
-            try:
-                return self._start.tokenizer()
-            except ColdStart:
-                pass
-        return self.model.tokenizer
+        """The model's tokenizer (a warm start's saved copy, or the model's if that is damaged)."""
+        if self._tokenizer is _UNREAD:
+            read = _read_tokenizer(self._start)
+            self._tokenizer = self.model.tokenizer if read is _UNREAD else read
+        return self._tokenizer
 
     @property
     def model_path(self) -> Path:
@@ -218,3 +228,16 @@ def _context(limit: int, asked: int | None, notes: list[str]) -> int:
     if asked and asked > limit:
         notes.append(f"--max-context {asked} exceeds the model's {limit} positions: using {limit}")
     return min(limit, asked or DEFAULT_MAX_CONTEXT)
+
+
+def _read_tokenizer(start: WarmStart) -> Tokenizer | None | object:
+    """A warm start's saved tokenizer, its parsing's freed heap handed back (building it from JSON peaks at twice
+    what it keeps: 30 MiB for SmolLM2's); _UNREAD when the copy is damaged (the record is then gone)."""
+    from .starts import ColdStart
+
+    try:
+        return start.tokenizer()
+    except ColdStart:
+        return _UNREAD
+    finally:
+        return_freed_memory()

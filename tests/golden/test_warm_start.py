@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from graphllm.plan import graph_key
+from graphllm.runtime import llm as llm_module
 from graphllm.runtime.llm import LLM
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -100,10 +101,27 @@ def test_a_damaged_tokenizer_copy_falls_back_to_the_models(home: Path) -> None:
     cold = LLM.load(GGUF, max_context=32)
     (record,) = records(home)
     (record / "tokenizer.json").write_bytes(b"\x00" * 100)
-    warm = LLM.load(GGUF, max_context=32)
-    with pytest.warns(UserWarning, match=r"its tokenizer cannot be read: .*; reading the model's"):
-        assert warm.tokenizer.encode(TEXT) == cold.tokenizer.encode(TEXT)
-    assert records(home) == []
+    with pytest.warns(UserWarning, match=r"its tokenizer cannot be read: .*; reading the model's") as caught:
+        again = LLM.load(GGUF, max_context=32)  # read before the weights: the start is cold, and recorded again
+    assert len(caught) == 1 and again._model is not None
+    assert again.tokenizer.encode(TEXT) == cold.tokenizer.encode(TEXT)
+    assert records(home) == [record]
+    (record / "tokenizer.json").write_bytes(b"\x00" * 100)
+    with pytest.warns(UserWarning, match=r"its tokenizer cannot be read") as caught:
+        lazy = LLM.load(GGUF, max_context=32, tokenizer=False)  # warm; the copy is read (and found damaged) now
+        assert lazy.tokenizer.encode(TEXT) == cold.tokenizer.encode(TEXT)
+        assert lazy.tokenizer.decode([5, 6]) == cold.tokenizer.decode([5, 6])
+    assert len(caught) == 1 and records(home) == []
+
+
+def test_a_tokenizer_left_unread_is_read_when_first_used(home: Path) -> None:
+    """LLM.load(tokenizer=False), as bench loads: a warm start reads no tokenizer until one is asked for."""
+    cold = LLM.load(GGUF, max_context=32)
+    warm = LLM.load(GGUF, max_context=32, tokenizer=False)
+    assert warm._tokenizer is llm_module._UNREAD
+    np.testing.assert_array_equal(logits(warm), logits(cold))
+    assert warm.complete(TEXT).text == cold.complete(TEXT).text  # reads it now
+    assert warm.tokenizer.encode(TEXT) == cold.tokenizer.encode(TEXT)
 
 
 def test_a_removed_build_or_damaged_packed_weight_is_mended_by_a_cold_start(home: Path) -> None:
