@@ -50,6 +50,10 @@ PACKAGE = Path(__file__).parents[1]
 _SOURCE_SUFFIXES = (".py", ".c", ".h", ".lark")
 
 
+_RECORD_FIELDS = {"build": str, "graph_key": str, "config": dict, "generation_config": dict, "file_type": str,
+                  "model": str, "notes": list, "weights": dict, "tokenizer": (str, type(None))}
+
+
 class ColdStart(ModelLoadError):
     """A warm start that cannot finish (its build or a packed weight has gone): the caller starts cold."""
 
@@ -202,6 +206,10 @@ def find_start(key: str) -> WarmStart | None:
     if data.get("format") != START_FORMAT:
         discard(folder, f"format {data.get('format')!r}, not {START_FORMAT}")
         return None
+    wrong = [key for key, kind in _RECORD_FIELDS.items() if not isinstance(data.get(key), kind)]
+    if wrong or not isinstance(data["config"].get("max_positions"), int):
+        discard(folder, f"malformed: {', '.join(wrong) or 'config.max_positions'}")
+        return None
     return WarmStart(folder, data)
 
 
@@ -261,4 +269,5 @@ def _same_bytes(array: np.ndarray, path: Path, offset: int, nbytes: int) -> bool
     """Whether the file holds exactly ``array``'s bytes at ``offset``."""
     if array.nbytes != nbytes:
         return False
-    return np.fromfile(path, np.uint8, count=nbytes, offset=offset).tobytes() == np.ascontiguousarray(array).tobytes()
+    stored = np.fromfile(path, np.uint8, count=nbytes, offset=offset)
+    return np.array_equal(stored, np.ascontiguousarray(array).reshape(-1).view(np.uint8))

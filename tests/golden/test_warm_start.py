@@ -97,6 +97,21 @@ def test_a_damaged_record_is_removed_and_the_start_is_cold(home: Path) -> None:
     assert records(home) == [record] and LLM.load(GGUF, max_context=32)._model is None  # recorded again
 
 
+def test_a_well_formed_record_of_the_wrong_shape_is_removed(home: Path) -> None:
+    """A record whose checksum matches but whose fields are not a start's (another graphllm's, hand-made)."""
+    from graphllm.io.cache import read_checked_json, write_checked_json
+
+    LLM.load(GGUF, max_context=32)
+    (record,) = records(home)
+    data = read_checked_json((record / "start.json").read_text())
+    del data["weights"]
+    data["config"] = {}
+    write_checked_json(record / "start.json", data)
+    with pytest.warns(UserWarning, match=r"is unusable \(malformed: weights\); starting cold"):
+        assert LLM.load(GGUF, max_context=32)._model is not None
+    assert records(home) == [record] and LLM.load(GGUF, max_context=32)._model is None
+
+
 def test_a_damaged_tokenizer_copy_falls_back_to_the_models(home: Path) -> None:
     cold = LLM.load(GGUF, max_context=32)
     (record,) = records(home)
