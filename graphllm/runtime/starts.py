@@ -108,12 +108,11 @@ class FileWeights(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         entry = self.entries[name]
-        dtype, shape = _numpy_dtype(entry.get("array_dtype", "")), tuple(entry.get("array_shape", ()))
         if "file" in entry:
             data = np.fromfile(entry["file"], np.uint8, count=entry["bytes"], offset=entry["offset"])
             if data.size != entry["bytes"]:
                 raise ColdStart(f"{entry['file']} is shorter than when the start was recorded")
-            return data.view(dtype).reshape(shape)
+            return data.view(_numpy_dtype(entry["array_dtype"])).reshape(entry["array_shape"])
         if "saved" in entry:
             path = self.folder / entry["saved"]
             why = FileSum.from_json(entry["sum"]).mismatch(path)
