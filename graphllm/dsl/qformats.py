@@ -88,6 +88,7 @@ class SubBlocks:
     scales: str  # "": none (D = d), "uint8": 6-bit scales (K-quants), "int8": signed 8-bit scales (q6_k)
     mins: str  # "": none, "m": an fp16 min per block (q5_1), "dmin": integer mins per sub-block times fp16 dmin
     split: Callable[[np.ndarray], Parts]  # raw blocks -> (u uint8 [n, group], scales [n, nsub], mins, fp16 heads)
+    heads_at: int = 0  # the byte offset of the fp16 heads in a block
 
     @property
     def nsub(self) -> int:
@@ -127,6 +128,23 @@ def dequantize(raw: np.ndarray, dtype: str, shape: tuple[int, ...]) -> np.ndarra
     for i in range(0, blocks.shape[0], step):
         out[i:i + step] = fmt.decode(blocks[i:i + step])
     return out.reshape(shape)
+
+
+def random_blocks(shape: tuple[int, int], dtype: str, rng: np.random.Generator, scale: float = 0.05) -> np.ndarray:
+    """Raw blocks of a random [N, K] tensor of about ``scale``'s magnitude: normal values quantized, or (formats made
+    only by llama.cpp: the K-quants) random codes, scales and mins under fp16 heads of a plausible size."""
+    fmt = qformat(dtype)
+    n, k = shape
+    try:
+        return quantize(rng.standard_normal(shape, dtype=np.float32) * scale, dtype)
+    except NotImplementedError:
+        pass
+    sub = fmt.sub_blocks
+    blocks = rng.integers(0, 256, (n * k // fmt.group, fmt.block_bytes), dtype=np.uint8)
+    levels = (1 << sub.bits) * (64 if sub.scales == "uint8" else 128 if sub.scales == "int8" else 1)
+    heads = np.full((blocks.shape[0], sub.heads), scale * 4 / levels, np.float16)
+    blocks[:, sub.heads_at:sub.heads_at + 2 * sub.heads] = heads.view(np.uint8)
+    return blocks.reshape(n, fmt.row_bytes(k))
 
 
 def quantize(w: np.ndarray, dtype: str) -> np.ndarray:
@@ -253,7 +271,7 @@ SUB_BLOCKS: dict[str, SubBlocks] = {
     "q5_1": SubBlocks(32, 32, 5, 24, 0, "", "m", functools.partial(_split_q5, heads=2)),
     "q4_k": SubBlocks(256, 32, 4, 144, 0, "uint8", "dmin", _split_q4_k),
     "q5_k": SubBlocks(256, 32, 5, 176, 0, "uint8", "dmin", _split_q5_k),
-    "q6_k": SubBlocks(256, 16, 6, 210, -32, "int8", "", _split_q6_k),
+    "q6_k": SubBlocks(256, 16, 6, 210, -32, "int8", "", _split_q6_k, heads_at=208),
 }
 
 

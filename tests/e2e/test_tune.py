@@ -115,6 +115,20 @@ def test_interrupted_tune_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(TuningDB.load(db).kernels) == 8
 
 
+def test_tune_a_kquant_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """K-quant kernels (whose blocks only llama.cpp makes) are tuned on random blocks, and the build the tuned
+    knobs make computes what the reference does."""
+    monkeypatch.setenv("GRAPHLLM_HOME", str(tmp_path))
+    model = str(Path(__file__).parents[1] / "fixtures" / "gguf_kquant" / "tiny_llama_k.Q4_K_M.gguf")
+    result = tune_model(options(tmp_path / "db", model=model, trials=1))
+    kinds = {r["kernel"].split("_")[0] for r in TuningDB.load(tmp_path / "db").kernels.values()}
+    assert result["measured"] and "cpu:fusedlinear" in kinds
+    tuned = LLM.load(model, max_context=32, tuned=tmp_path / "db", kv_dtype="float32")
+    ref = LLM.load(model, max_context=32, executor="reference", kv_dtype="float32")
+    ids = [1, 5, 9, 2]
+    np.testing.assert_allclose(tuned.step(ids, range(4), [4], [0]), ref.step(ids, range(4), [4], [0]), atol=2e-4)
+
+
 def test_export_import_report(tuned_db: Path, home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                               capsys: pytest.CaptureFixture[str]) -> None:
     """--export then --import into an empty database gives the same records; --report lists them."""

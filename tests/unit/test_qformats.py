@@ -5,7 +5,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import quants
 
-from graphllm.dsl.qformats import dequantize, qformat, quantize
+from graphllm.dsl.qformats import dequantize, qformat, quantize, random_blocks
 
 rng = np.random.default_rng(3)
 
@@ -46,3 +46,10 @@ def test_bad_shapes_and_names():
         quantize(np.zeros((2, 40), np.float32), "q4_1")
     with pytest.raises(ValueError, match="even"):
         qformat("q4_1g7")
+
+
+@pytest.mark.parametrize("dtype", ["q4_k", "q5_k", "q6_k", "q5_0", "q4_1"])
+def test_random_blocks_are_finite_and_of_the_asked_size(dtype: str) -> None:
+    """The tuner's random weights: every format, the K-quants too (random codes under plausible fp16 heads)."""
+    values = dequantize(random_blocks((4, 512), dtype, np.random.default_rng(1)), dtype, (4, 512))
+    assert np.isfinite(values).all() and 0.02 < values.std() < 0.08

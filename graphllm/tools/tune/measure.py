@@ -21,7 +21,7 @@ import numpy as np
 from ...codegen.build import build_module
 from ...codegen.lower import Kernel, LowerRequest, lower
 from ...dsl.ops import RefContext, get_spec, kv_dtype
-from ...dsl.qformats import dequantize, quantize
+from ...dsl.qformats import dequantize, random_blocks
 from ...dsl.types import SEQS, TOKENS
 from ...layouts import aligned_empty, get_packer
 from ...runtime.tvm import as_tensor
@@ -73,7 +73,7 @@ class KernelBench:
             if any(isinstance(d, str) for d in t.shape):
                 continue
             if t.quantized:
-                raw = quantize(rng.standard_normal(t.shape, dtype=np.float32) * 0.05, t.dtype)
+                raw = random_blocks(t.shape, t.dtype, rng)
                 kernel[port], ref[port] = get_packer(self.kernel.packs[port])(raw), dequantize(raw, t.dtype, t.shape)
                 continue
             ref[port] = _random(t.shape, t.dtype, rng)
