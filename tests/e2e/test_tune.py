@@ -115,6 +115,7 @@ def test_interrupted_tune_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(TuningDB.load(db).kernels) == 8
 
 
+@pytest.mark.slow  # 33 s; the default run checks the random K-quant blocks themselves (tests/unit/test_qformats.py)
 def test_tune_a_kquant_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """K-quant kernels (whose blocks only llama.cpp makes) are tuned on random blocks, and the build the tuned
     knobs make computes what the reference does."""
