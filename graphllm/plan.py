@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
-import numpy as np
-
 from . import __version__
+from .dsl.ops import kv_caches_dtype, kv_position_bytes
 from .dsl.types import SEQS, TOKENS, TensorType
 from .errors import ModelLoadError
 from .host import tvm_version
@@ -228,13 +227,16 @@ class Plan:
 
     @property
     def kv_dtype(self) -> str | None:
-        """The KV caches' element type (None without caches; mixed types joined by '+'), as graph_kv_dtype says."""
-        return "+".join(sorted({s.kv_dtype for s in self.kernel_steps if s.kv_shape and s.kv_dtype})) or None
+        """The KV caches' element type (None without caches; mixed types joined by '+')."""
+        return kv_caches_dtype(dtype for _, dtype in self._kv_caches())
 
     def kv_bytes_per_position(self) -> int:
         """Bytes of KV cache one token position takes in one slot, over all layers (keys and values)."""
-        layers = {s.layer: (s.kv_shape, s.kv_dtype) for s in self.kernel_steps if s.kv_shape and s.kv_dtype}
-        return sum(2 * int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in layers.values())
+        return kv_position_bytes(self._kv_caches())
+
+    def _kv_caches(self) -> list[tuple[tuple[int, ...], str]]:
+        """(kv_shape, dtype) of each layer's KV cache (a layer's cache may be bound by several steps)."""
+        return list({s.layer: (s.kv_shape, s.kv_dtype) for s in self.kernel_steps if s.kv_shape and s.kv_dtype}.values())
 
     def to_json(self) -> dict[str, Any]:
         """The plan as JSON-able data."""

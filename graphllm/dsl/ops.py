@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -333,6 +333,16 @@ UNSET_KV_DTYPE = "float32"  # the cache of an attention node without kvDtype (IR
 def kv_dtype(attrs: Mapping[str, Any]) -> str:
     """The element type of the KV cache an attention node owns: its kvDtype attribute, float32 when absent."""
     return attrs.get("kvDtype") or UNSET_KV_DTYPE
+
+
+def kv_caches_dtype(dtypes: Iterable[str]) -> str | None:
+    """The element type of a model's KV caches from each cache's (None without any; mixed ones joined by '+')."""
+    return "+".join(sorted(set(dtypes))) or None
+
+
+def kv_position_bytes(caches: Iterable[tuple[Sequence[int], str]]) -> int:
+    """Bytes one token position takes in one slot of KV caches given as (kv_shape, dtype) each: keys and values."""
+    return sum(2 * int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in caches)
 
 
 def _attention_infer(t, a):

@@ -34,6 +34,15 @@ def digester() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
+def tree_digest(root: Path, suffixes: tuple[str, ...], length: int) -> str:
+    """The digest of the files under ``root`` with these suffixes, by relative path and content (read as files, not
+    imported): what a cache keyed by source code compares."""
+    h = digester()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in suffixes):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:length]
+
+
 @contextmanager
 def file_lock(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if needed); another process blocks here until it is released.

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..dsl.ops import KV_DTYPES, get_spec, kv_dtype
+from ..dsl.ops import KV_DTYPES, get_spec, kv_caches_dtype, kv_dtype, kv_position_bytes
 from ..errors import GraphLLMError
 
 if TYPE_CHECKING:
@@ -46,15 +44,12 @@ def _cache_nodes(graph: Graph) -> list[str]:
 
 def graph_kv_dtype(graph: Graph) -> str | None:
     """The KV caches' element type (None for a graph without one; mixed types are named joined by '+')."""
-    names = sorted({kv_dtype(graph[n]["attrs"]) for n in _cache_nodes(graph)})
-    return "+".join(names) or None
+    return kv_caches_dtype(kv_dtype(graph[n]["attrs"]) for n in _cache_nodes(graph))
 
 
 def kv_bytes_per_position(graph: Graph) -> int:
     """Bytes of KV cache one token position takes in one slot, over all layers (keys and values)."""
-    total = 0
-    for n in _cache_nodes(graph):
+    def cache(n: str) -> tuple[tuple[int, ...], str]:
         types = {port: graph[src]["type"] for port, src in graph.inputs(n).items()}
-        heads, dim = get_spec(graph[n]["op"]).kv_shape(types, graph[n]["attrs"])
-        total += 2 * heads * dim * np.dtype(kv_dtype(graph[n]["attrs"])).itemsize
-    return total
+        return get_spec(graph[n]["op"]).kv_shape(types, graph[n]["attrs"]), kv_dtype(graph[n]["attrs"])
+    return kv_position_bytes(cache(n) for n in _cache_nodes(graph))

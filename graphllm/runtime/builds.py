@@ -23,7 +23,7 @@ import numpy as np
 from .. import __version__
 from ..errors import ModelLoadError
 from ..host import cpu_flags, tvm_version
-from ..io.cache import digest, digester, file_lock, read_checked_json, write_checked_json
+from ..io.cache import digest, file_lock, read_checked_json, tree_digest, write_checked_json
 from ..io.download import graphllm_home
 from ..plan import ARTIFACT, PLAN_VERSION, DamagedBuild, ModelRef, Plan, graph_key, read_build
 from .executor import CompiledExecutor
@@ -42,10 +42,7 @@ CACHE_ENTRY = dataclasses.replace(ARTIFACT, what="cached build", whole=True)  # 
 def codegen_hash() -> str:
     """Hash of the code generator's sources, Python and the step driver's C (read as files, not imported): a changed
     kernel or driver never reuses a build."""
-    h = digester()
-    for path in sorted(p for p in CODEGEN_SOURCES.rglob("*") if p.suffix in (".py", ".c")):
-        h.update(path.name.encode() + path.read_bytes())
-    return h.hexdigest()[:16]
+    return tree_digest(CODEGEN_SOURCES, (".py", ".c"), 16)
 
 
 def cache_key(graph: Graph, target: dict[str, Any], dtype: str = "float32",

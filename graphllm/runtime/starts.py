@@ -29,7 +29,7 @@ from ..codegen.tuning_paths import DB_FILE, TuningChoice, db_dir, resolved_threa
 from ..dsl.types import TensorType
 from ..errors import ModelLoadError
 from ..host import tvm_version
-from ..io.cache import FileSum, digest, digester, read_checked_json, write_checked_json
+from ..io.cache import FileSum, digest, read_checked_json, tree_digest, write_checked_json
 from ..io.download import graphllm_home
 from ..passes.kv_dtype import DEFAULT_KV_DTYPE
 from ..plan import PackedWeightValue, WeightValue
@@ -60,10 +60,7 @@ class ColdStart(ModelLoadError):
 
 def sources_hash() -> str:
     """Hash of graphllm's own sources (3 ms): any change to a model description, pass or kernel makes starts cold."""
-    h = digester()
-    for path in sorted(p for p in PACKAGE.rglob("*") if p.suffix in _SOURCE_SUFFIXES):
-        h.update(str(path.relative_to(PACKAGE)).encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()[:24]
+    return tree_digest(PACKAGE, _SOURCE_SUFFIXES, 24)
 
 
 def _files_ident(path: Path) -> list[list[Any]]:
